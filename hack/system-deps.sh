@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Debian packages the tests and the demo need; idempotent and quiet when all are present.
+set -euo pipefail
+pkgs=(postgresql-15 prometheus)
+missing=()
+for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+[ ${#missing[@]} -eq 0 ] && exit 0
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+echo "installing ${missing[*]}" >&2
+$SUDO apt-get update -qq
+# The Debian packages start system services by default; the tests start their own servers.
+echo exit 101 | $SUDO tee /usr/sbin/policy-rc.d >/dev/null; $SUDO chmod +x /usr/sbin/policy-rc.d
+trap '$SUDO rm -f /usr/sbin/policy-rc.d' EXIT
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

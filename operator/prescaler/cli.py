@@ -1,0 +1,237 @@
+"""The `prescaler` command line. Parses arguments, calls the stage modules, maps errors to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from prescaler.durations import format_duration, parse_duration
+from prescaler.errors import DataUnavailable, InputError, PrescalerError
+
+EXIT_INPUT = 2
+EXIT_UNAVAILABLE = 3
+
+
+def _duration(field: str):  # type: ignore[no-untyped-def]
+    def parse(text: str) -> timedelta:
+        try:
+            return parse_duration(text, field=field)
+        except InputError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    return parse
+
+
+def _positive_float(field: str):  # type: ignore[no-untyped-def]
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{field}: {text!r} is not a number") from exc
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{field} must be greater than zero, got {text}")
+        return value
+
+    return parse
+
+
+def _timestamp(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO timestamp") from exc
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="prescaler", description=__doc__)
+    p.add_argument("--database-url", help="SQLAlchemy URL (default: $PRESCALER_DATABASE_URL)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    m = sub.add_parser("migrate", help="bring the database schema to the current version")
+    m.set_defaults(func=cmd_migrate)
+
+    s = sub.add_parser("simulate", help="simulate fitness-app traffic into PostgreSQL")
+    s.add_argument("--days", type=_positive_float("--days"), default=28.0)
+    s.add_argument("--start", type=_timestamp, help="first timestamp (default: --days before now, midnight)")
+    s.add_argument("--step", type=_duration("--step"), default=timedelta(minutes=1))
+    s.add_argument("--seed", type=int, default=42)
+    s.add_argument("--service", default="workout-api")
+    s.set_defaults(func=cmd_simulate)
+
+    i = sub.add_parser("import", help="import a ds,y CSV trace (optional service, endpoint columns)")
+    i.add_argument("file", type=Path)
+    i.add_argument("--service", default="default", help="service for rows without a service column")
+    i.add_argument("--endpoint", default="*", help="endpoint for rows without an endpoint column")
+    i.add_argument("--timezone", default="UTC", help="zone of naive timestamps in the file")
+    i.set_defaults(func=cmd_import)
+
+    f = sub.add_parser("forecast", help="fit a model on a stored series and store its forecast")
+    f.add_argument("--series", required=True, help="service name in traffic_log")
+    f.add_argument("--model", default="auto")
+    f.add_argument("--step", type=_duration("--step"), default=timedelta(minutes=5))
+    f.add_argument("--history", type=_duration("--history"), default=timedelta(days=14))
+    f.add_argument("--horizon", type=_duration("--horizon"), default=timedelta(days=7))
+    f.add_argument("--now", type=_timestamp, help="forecast origin (default: the end of the stored data)")
+    f.add_argument("--output", type=Path, help="also write the forecast as CSV")
+    f.set_defaults(func=cmd_forecast)
+
+    b = sub.add_parser("backtest", help="replay a trace through static/reactive/predictive/oracle policies")
+    src = b.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", type=Path, help="CSV with ds,y")
+    src.add_argument("--series", help="a series (service) stored in PostgreSQL")
+    b.add_argument("--step", type=_duration("--step"), default=None, help="resample to this step")
+    b.add_argument("--capacity", type=_positive_float("--capacity"), required=True,
+                   help="requests one replica serves per step")
+    b.add_argument("--startup-delay", type=_duration("--startup-delay"), default=timedelta(minutes=10))
+    b.add_argument("--model", default="auto")
+    b.add_argument("--headroom", type=float, default=10.0, help="headroom percent for predictive/reactive")
+    b.add_argument("--last", type=_duration("--last"), help="only the last part of the trace, e.g. 120d")
+    b.add_argument("--timezone", default="UTC", help="zone of naive timestamps in the CSV")
+    b.add_argument("--json", type=Path, dest="json_out")
+    b.add_argument("--report", type=Path)
+    b.add_argument("--no-progress", action="store_true")
+    b.set_defaults(func=cmd_backtest)
+
+    r = sub.add_parser("run", help="run the operator (kopf)")
+    scope = r.add_mutually_exclusive_group()
+    scope.add_argument("--namespace", action="append", help="watch these namespaces (repeatable)")
+    scope.add_argument("--all-namespaces", action="store_true", default=True)
+    r.add_argument("--config", type=Path, help="administrator config (data sources) YAML")
+    r.add_argument("--metrics-port", type=int, default=9090)
+    r.add_argument("--liveness-port", type=int, default=8081)
+    r.add_argument("--peering", default="prescaler", help="kopf peering name ('' disables peering)")
+    r.add_argument("--priority", type=int, default=None,
+                   help="kopf peering priority (default: random, so replicas never tie and freeze)")
+    r.add_argument("--workers", type=int, default=2, help="forecast fit processes")
+    r.set_defaults(func=cmd_run)
+    return p
+
+
+def _engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from prescaler import db
+
+    engine = db.make_engine(args.database_url or db.database_url())
+    db.migrate(engine)
+    return engine
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from prescaler import db
+
+    engine = db.make_engine(args.database_url or db.database_url())
+    db.migrate(engine)
+    print(f"schema at revision {db.current_revision(engine)}")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from prescaler import ingest
+
+    start = args.start
+    if start is None:
+        today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        start = today - timedelta(days=args.days)
+    result = ingest.simulate(_engine(args), start=start, days=args.days, step=args.step, seed=args.seed,
+                             service=args.service)
+    print(f"simulated {result.rows:,} rows and {result.events} events for {args.service} "
+          f"from {start:%Y-%m-%d %H:%M} ({args.days:g} days at {format_duration(args.step)})")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from prescaler import ingest
+
+    result = ingest.import_csv(_engine(args), args.file, service=args.service, endpoint=args.endpoint,
+                               timezone=args.timezone)
+    print(f"read {result.rows_read:,} rows from {args.file}: {result.rows_written:,} written, "
+          f"{result.rows_unchanged:,} already present")
+    return 0
+
+
+def cmd_forecast(args: argparse.Namespace) -> int:
+    from prescaler import db, forecasting, history
+
+    forecasting.check_model_name(args.model)
+    engine = _engine(args)
+    source = history.default_source()
+    now = args.now or history.last_timestamp(engine, source, args.series)
+    if now is None:
+        raise InputError(f"series {args.series!r} has no data")
+    series = history.read_history(engine, source, args.series, now - args.history, now, args.step)
+    events = history.read_events(engine, args.series, now - args.history, now + args.horizon)
+    result = forecasting.fit_predict(args.model, series, args.horizon, events=events)
+    fc = result.forecast
+    db.save_forecast(engine, scaler_key=f"cli/{args.series}", series=args.series, forecast=fc,
+                     generated_at=now, smape=result.smape, fit_seconds=result.fit_seconds, params_hash="cli")
+    frame = fc.to_frame()
+    if args.output:
+        frame.to_csv(args.output, index=False)
+    peak = frame.loc[frame["yhat"].idxmax()]
+    print(f"model {result.model} ({result.reason}); fit {result.fit_seconds:.2f}s; "
+          f"sMAPE {result.smape if result.smape is not None else float('nan'):.1f}%")
+    print(f"{len(frame)} steps of {format_duration(args.step)} from {frame['ds'].iloc[0]:%Y-%m-%d %H:%M}; "
+          f"peak {peak['yhat']:,.0f} (upper {peak['upper']:,.0f}) at {peak['ds']:%Y-%m-%d %H:%M}")
+    return 0
+
+
+def cmd_backtest(args: argparse.Namespace) -> int:
+    from prescaler import backtest, forecasting, history, ingest, report
+
+    forecasting.check_model_name(args.model)
+    if args.input is not None:
+        series = ingest.read_trace_csv(args.input, timezone=args.timezone)
+    else:
+        engine = _engine(args)
+        source = history.default_source()
+        end = history.last_timestamp(engine, source, args.series)
+        if end is None:
+            raise InputError(f"series {args.series!r} has no data")
+        step = args.step or timedelta(minutes=5)
+        span = args.last or timedelta(days=60)
+        series = history.read_history(engine, source, args.series, end - span, end + step, step)
+    result = backtest.run_backtest(
+        series, capacity=args.capacity, startup_delay=args.startup_delay, step=args.step, model=args.model,
+        headroom_percent=args.headroom, last=args.last, progress=not args.no_progress,
+    )
+    print(backtest.format_table(result))
+    if args.json_out:
+        args.json_out.write_text(json.dumps(result.to_json(), indent=2))
+        print(f"wrote {args.json_out}")
+    if args.report:
+        report.write_html(result, args.report)
+        print(f"wrote {args.report}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from prescaler import handlers
+
+    namespaces = args.namespace or []
+    handlers.run(namespaces=namespaces, config_path=args.config, metrics_port=args.metrics_port,
+                 liveness_port=args.liveness_port, peering=args.peering or None, priority=args.priority,
+                 workers=args.workers, database_url=args.database_url)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except InputError as exc:
+        print(f"prescaler: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except DataUnavailable as exc:
+        print(f"prescaler: unavailable: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except PrescalerError as exc:
+        print(f"prescaler: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,13 @@
+"""Error kinds that callers map on purpose (exit codes, conditions, retries)."""
+
+
+class PrescalerError(Exception):
+    """Base class of every error prescaler raises on purpose."""
+
+
+class InputError(PrescalerError):
+    """Bad user input: a clear message, non-zero exit, nothing written."""
+
+
+class DataUnavailable(PrescalerError):
+    """The traffic store cannot be reached or has no usable data (transient)."""

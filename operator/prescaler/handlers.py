@@ -1,0 +1,179 @@
+"""Kopf handlers: thin. Parse what kopf hands over, call the reconciler, patch status, post events."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import kopf
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from prometheus_client import start_http_server
+
+from prescaler import db, forecasting, history, metrics
+from prescaler.actuation import Actuator, HpaState, load_client_config
+from prescaler.clock import Clock
+from prescaler.reconcile import Reconciler, ScalerState, Services
+
+GROUP, VERSION, PLURAL = "prescaler.dev", "v1alpha1", "predictivescalers"
+log = logging.getLogger("prescaler")
+
+_reconciler: Reconciler | None = None
+_settings: dict[str, Any] = {}
+
+
+def _timer_interval() -> float:
+    return float(os.environ.get("PRESCALER_TIMER_INTERVAL", "10"))
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    global _reconciler
+    settings.posting.level = logging.WARNING  # explicit events only, not every log line
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="prescaler.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="prescaler.dev")
+    settings.watching.server_timeout = 300
+    settings.networking.error_backoffs = [1, 2, 5, 10]
+    if _settings.get("peering"):
+        settings.peering.name = _settings["peering"]
+        settings.peering.priority = _settings["priority"]
+        settings.peering.mandatory = True
+        settings.peering.clusterwide = not _settings["namespaces"]
+        _ensure_peering(_settings["peering"], _settings["namespaces"])
+    else:
+        settings.peering.standalone = True
+    engine = db.make_engine(_settings.get("database_url") or db.database_url())
+    try:
+        db.migrate(engine)
+    except Exception as exc:  # the store may be down at start: ticks report DataAvailable=False and retry
+        log.warning("database not migrated at startup: %s", exc)
+    _reconciler = Reconciler(Services(
+        engine=engine,
+        actuator=Actuator(),
+        pool=forecasting.FitPool(max_workers=_settings.get("workers", 2)),
+        clock=Clock.from_env(),
+        sources=history.load_sources(_settings.get("config_path")),
+        fit_timeout_s=float(os.environ.get("PRESCALER_FIT_TIMEOUT", "120")),
+    ))
+
+
+@kopf.on.cleanup()
+async def cleanup(**_: Any) -> None:
+    if _reconciler is not None:
+        _reconciler.s.pool.shutdown()
+
+
+@kopf.index("autoscaling", "v2", "horizontalpodautoscalers")
+def hpa_by_target(namespace: str, name: str, spec: Mapping[str, Any], status: Mapping[str, Any],
+                  **_: Any) -> dict[tuple[str, str, str], HpaState]:
+    ref = spec.get("scaleTargetRef") or {}
+    return {(namespace, str(ref.get("kind")), str(ref.get("name"))): HpaState(
+        name=name,
+        min_replicas=int(spec.get("minReplicas") or 1),
+        max_replicas=int(spec.get("maxReplicas") or 1),
+        current_replicas=int(status.get("currentReplicas") or 0),
+    )}
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def scaler_by_target(namespace: str, name: str, spec: Mapping[str, Any], meta: Mapping[str, Any],
+                     **_: Any) -> dict[tuple[str, str, str], tuple[str, str]]:
+    ref = spec.get("scaleTargetRef") or {}
+    return {(namespace, str(ref.get("kind")), str(ref.get("name"))): (str(meta.get("creationTimestamp")), name)}
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=_timer_interval(), sharp=False)
+async def reconcile_timer(
+    namespace: str,
+    name: str,
+    body: kopf.Body,
+    spec: Mapping[str, Any],
+    memo: kopf.Memo,
+    patch: kopf.Patch,
+    hpa_by_target: kopf.Index[tuple[str, str, str], HpaState],
+    scaler_by_target: kopf.Index[tuple[str, str, str], tuple[str, str]],
+    **_: Any,
+) -> None:
+    assert _reconciler is not None
+    if "scaler_state" not in memo:
+        memo["scaler_state"] = ScalerState()
+    ref = spec.get("scaleTargetRef") or {}
+    key = (namespace, str(ref.get("kind")), str(ref.get("name")))
+    hpas = list(hpa_by_target.get(key, []))
+    rivals = sorted(scaler_by_target.get(key, []))
+    owner = rivals[0][1] if rivals else name
+    outcome = await _reconciler.tick(
+        namespace=namespace, name=name, body=body, state=memo["scaler_state"], hpas=hpas,
+        rival_owner=owner if owner != name else None,
+    )
+    if outcome is None:
+        return
+    patch.status.update(outcome.status)
+    for kind, reason, message in outcome.events:
+        kopf.event(body, type=kind, reason=reason, message=message[:1000])
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
+def forget(namespace: str, name: str, **_: Any) -> None:
+    # Stale series would otherwise linger in /metrics until the process restarts.
+    for metric in (metrics.DESIRED_REPLICAS, metrics.CURRENT_REPLICAS, metrics.READY_REPLICAS,
+                   metrics.OBSERVED_LOAD, metrics.FORECAST_PEAK_LOAD, metrics.FORECAST_ERROR,
+                   metrics.FORECAST_AGE, metrics.STATIC_PEAK_REPLICAS, metrics.LAST_REFRESH):
+        try:
+            metric.remove(namespace, name)
+        except KeyError:
+            pass
+
+
+def _ensure_peering(peering: str, namespaces: list[str]) -> None:
+    """Create the peering object when missing (kopf requires it to exist when peering is mandatory)."""
+    load_client_config()
+    api = client.CustomObjectsApi()
+    try:
+        if namespaces:
+            for ns in namespaces:
+                api.create_namespaced_custom_object("kopf.dev", "v1", ns, "kopfpeerings",
+                                                    {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering",
+                                                     "metadata": {"name": peering, "namespace": ns}})
+        else:
+            api.create_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings",
+                                             {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering",
+                                              "metadata": {"name": peering}})
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+
+
+def run(
+    *,
+    namespaces: list[str],
+    config_path: Path | None,
+    metrics_port: int,
+    liveness_port: int,
+    peering: str | None,
+    priority: int | None,
+    workers: int,
+    database_url: str | None,
+) -> None:
+    logging.basicConfig(level=os.environ.get("PRESCALER_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    load_client_config()
+    history.load_sources(config_path)  # fail fast on a bad administrator config
+    _settings.update(
+        namespaces=namespaces, config_path=config_path, peering=peering,
+        priority=priority if priority is not None else random.randint(1, 1_000_000),
+        workers=workers, database_url=database_url,
+    )
+    start_http_server(metrics_port, registry=metrics.REGISTRY)
+    kopf.run(
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        liveness_endpoint=f"http://0.0.0.0:{liveness_port}/healthz",
+        standalone=peering is None,
+        peering_name=peering,
+        priority=_settings["priority"],
+    )

@@ -1,0 +1,196 @@
+"""The planner's invariants, as properties (hypothesis), plus worked examples of its rule."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from prescaler.errors import InputError
+from prescaler.forecasting import Forecast
+from prescaler.planning import Recommendation, ScalingPolicy, plan
+
+NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+STEP = timedelta(minutes=5)
+
+
+def make_forecast(values: list[float], start: datetime = NOW - STEP, spread: float = 0.1) -> Forecast:
+    ds = pd.date_range(start, periods=len(values), freq=pd.Timedelta(STEP), tz="UTC")
+    y = np.asarray(values, dtype=float)
+    return Forecast(ds=ds, yhat=y, lower=y * (1 - spread), upper=y * (1 + spread), model="test")
+
+
+def policy(**kw: object) -> ScalingPolicy:
+    base: dict[str, object] = dict(min_replicas=2, max_replicas=40, capacity=100.0, lead_time=timedelta(minutes=10),
+                                   tick=timedelta(minutes=1), headroom_percent=10, quantile="yhat")
+    base.update(kw)
+    return ScalingPolicy(**base)  # type: ignore[arg-type]
+
+
+def test_rule_uses_peak_within_lead_time() -> None:
+    # Buckets: 11:55 (contains now), 12:00, 12:05, 12:10 (≤ now+lead+tick=12:11), 12:15 (beyond).
+    fc = make_forecast([100, 200, 300, 1000, 5000])
+    d = plan(policy(), now=NOW, current_replicas=2, forecast=fc, forecast_generated_at=NOW, observed_load=50)
+    assert d.desired == math.ceil(1000 * 1.1 / 100)  # 11
+    assert d.direction == "up" and not d.stale
+    assert "forecast peak 1,000" in d.reason and "lead 10m" in d.reason
+    assert d.peak_at == datetime(2026, 3, 2, 12, 10, tzinfo=UTC)
+
+
+def test_reactive_floor_beats_a_low_forecast() -> None:
+    fc = make_forecast([100] * 10)
+    d = plan(policy(), now=NOW, current_replicas=2, forecast=fc, forecast_generated_at=NOW, observed_load=2000)
+    assert d.desired == 22
+    assert "reactive floor" in d.reason
+
+
+def test_upper_quantile_provisions_the_band() -> None:
+    fc = make_forecast([1000] * 10, spread=0.5)
+    d = plan(policy(quantile="upper", headroom_percent=0), now=NOW, current_replicas=2, forecast=fc,
+             forecast_generated_at=NOW, observed_load=None)
+    assert d.desired == 15
+
+
+def test_scale_down_waits_for_the_window_then_steps() -> None:
+    pol = policy(scale_down_window=timedelta(minutes=15), scale_down_max_step_percent=50)
+    high = make_forecast([3000] * 30)
+    low = make_forecast([100] * 30)
+    d = plan(pol, now=NOW, current_replicas=2, forecast=high, forecast_generated_at=NOW, observed_load=None)
+    assert d.desired == 33
+    recs = d.recommendations
+    # Load falls: within the window the earlier high recommendation holds the fleet.
+    later = NOW + timedelta(minutes=5)
+    d2 = plan(pol, now=later, current_replicas=33, forecast=low, forecast_generated_at=NOW, observed_load=None,
+              recent=recs)
+    assert d2.desired == 33 and d2.direction == "none"
+    # After the window: down, but at most 50% per step.
+    after = NOW + timedelta(minutes=16)
+    d3 = plan(pol, now=after, current_replicas=33, forecast=low, forecast_generated_at=NOW, observed_load=None,
+              recent=d2.recommendations)
+    assert d3.desired == 33 - 16
+    assert d3.direction == "down"
+
+
+def test_stale_forecast_holds_and_reports() -> None:
+    fc = make_forecast([10] * 100)
+    old = NOW - timedelta(hours=3)
+    d = plan(policy(stale_after=timedelta(hours=2)), now=NOW, current_replicas=12, forecast=fc,
+             forecast_generated_at=old, observed_load=None)
+    assert d.stale and d.desired == 12 and "HoldCurrent" in d.reason and "3h" in d.reason
+
+
+def test_forecast_not_covering_lead_time_is_stale() -> None:
+    fc = make_forecast([10, 10])
+    d = plan(policy(), now=NOW, current_replicas=5, forecast=fc, forecast_generated_at=NOW, observed_load=None)
+    assert d.stale and "does not cover" in d.reason
+
+
+def test_scale_to_max_fallback() -> None:
+    d = plan(policy(fallback="ScaleToMax"), now=NOW, current_replicas=3, forecast=None, forecast_generated_at=None,
+             observed_load=None)
+    assert d.desired == 40 and d.stale
+
+
+@pytest.mark.parametrize(
+    ("kw", "field"),
+    [({"min_replicas": 5, "max_replicas": 2}, "minReplicas"), ({"capacity": 0.0}, "capacity"),
+     ({"min_replicas": 0}, "minReplicas"), ({"scale_down_max_step_percent": 0}, "maxStepPercent"),
+     ({"quantile": "p99"}, "quantile"), ({"headroom_percent": -1}, "headroomPercent")],
+)
+def test_impossible_policies_are_rejected(kw: dict[str, object], field: str) -> None:
+    with pytest.raises(InputError, match=field):
+        policy(**kw)
+
+
+# ---- properties -------------------------------------------------------------------------------------------
+
+loads = st.floats(min_value=0, max_value=1e6, allow_nan=False)
+policies = st.builds(
+    lambda lo, span, cap, lead, head, floor, window, step_pct, q: policy(
+        min_replicas=lo, max_replicas=lo + span, capacity=cap, lead_time=timedelta(minutes=lead),
+        headroom_percent=head, reactive_floor=floor, scale_down_window=timedelta(minutes=window),
+        scale_down_max_step_percent=step_pct, quantile=q,
+    ),
+    st.integers(1, 20), st.integers(0, 200), st.floats(1, 10_000), st.integers(0, 60), st.integers(0, 100),
+    st.booleans(), st.integers(0, 60), st.integers(1, 100), st.sampled_from(["yhat", "upper"]),
+)
+
+
+@st.composite
+def situations(draw: st.DrawFn) -> dict[str, object]:
+    pol = draw(policies)
+    values = draw(st.lists(loads, min_size=1, max_size=40))
+    fresh = draw(st.booleans())
+    has_forecast = draw(st.booleans())
+    fc = make_forecast(values) if has_forecast else None
+    age = timedelta(minutes=draw(st.integers(0, 600)))
+    recent = tuple(
+        Recommendation(NOW - timedelta(minutes=m), r)
+        for m, r in draw(st.lists(st.tuples(st.integers(0, 90), st.integers(0, 400)), max_size=8))
+    )
+    return dict(
+        policy=pol,
+        current=draw(st.integers(0, 400)),
+        forecast=fc,
+        generated_at=(NOW - age) if fresh else None,
+        observed=draw(st.one_of(st.none(), loads)),
+        recent=recent,
+    )
+
+
+def run(s: dict[str, object]):  # type: ignore[no-untyped-def]
+    return plan(s["policy"], now=NOW, current_replicas=s["current"], forecast=s["forecast"],  # type: ignore[arg-type]
+                forecast_generated_at=s["generated_at"], observed_load=s["observed"],  # type: ignore[arg-type]
+                recent=s["recent"])  # type: ignore[arg-type]
+
+
+@settings(max_examples=400, deadline=None)
+@given(situations())
+def test_always_within_bounds(s: dict[str, object]) -> None:
+    d = run(s)
+    pol: ScalingPolicy = s["policy"]  # type: ignore[assignment]
+    assert pol.min_replicas <= d.desired <= pol.max_replicas
+
+
+@settings(max_examples=400, deadline=None)
+@given(situations())
+def test_never_scales_down_on_stale_data(s: dict[str, object]) -> None:
+    d = run(s)
+    pol: ScalingPolicy = s["policy"]  # type: ignore[assignment]
+    current: int = s["current"]  # type: ignore[assignment]
+    if d.stale:
+        assert d.desired >= min(current, pol.max_replicas)
+
+
+@settings(max_examples=400, deadline=None)
+@given(situations())
+def test_never_below_the_reactive_floor(s: dict[str, object]) -> None:
+    d = run(s)
+    pol: ScalingPolicy = s["policy"]  # type: ignore[assignment]
+    observed = s["observed"]
+    if pol.reactive_floor and observed is not None:
+        need = math.ceil(float(observed) * (1 + pol.headroom_percent / 100) / pol.capacity - 1e-9)  # type: ignore[arg-type]
+        assert d.desired >= min(pol.max_replicas, need)
+
+
+@settings(max_examples=400, deadline=None)
+@given(situations())
+def test_scale_down_never_faster_than_the_step_limit(s: dict[str, object]) -> None:
+    d = run(s)
+    pol: ScalingPolicy = s["policy"]  # type: ignore[assignment]
+    current: int = s["current"]  # type: ignore[assignment]
+    if d.desired < current and current <= pol.max_replicas:
+        allowed = max(1, math.floor(current * pol.scale_down_max_step_percent / 100))
+        assert current - d.desired <= allowed
+
+
+@settings(max_examples=200, deadline=None)
+@given(situations())
+def test_every_decision_explains_itself(s: dict[str, object]) -> None:
+    d = run(s)
+    assert d.reason and d.reason.endswith(f"→ {d.desired} replicas")
