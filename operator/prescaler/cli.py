@@ -149,7 +149,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     result = ingest.import_csv(_engine(args), args.file, service=args.service, endpoint=args.endpoint,
                                timezone=args.timezone)
     print(f"read {result.rows_read:,} rows from {args.file}: {result.rows_written:,} written, "
-          f"{result.rows_unchanged:,} already present")
+          f"{result.rows_unchanged:,} already present, {result.rows_missing:,} empty rows skipped")
     return 0
 
 

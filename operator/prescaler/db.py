@@ -1,0 +1,290 @@
+"""PostgreSQL access: engine, schema (SQLAlchemy Core), alembic migrations, forecast and decision persistence.
+
+The MetaData below describes the schema the migrations build; a test fails when the two drift apart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Engine, make_url
+
+from prescaler.errors import DataUnavailable, InputError
+from prescaler.forecasting import Forecast
+from prescaler.planning import Decision
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+VERSION_TABLE = "prescaler_alembic_version"
+
+metadata = sa.MetaData()
+TS = sa.DateTime(timezone=True)
+
+traffic_log = sa.Table(
+    "traffic_log", metadata,
+    sa.Column("ts", TS, nullable=False),
+    sa.Column("service", sa.Text, nullable=False),
+    sa.Column("endpoint", sa.Text, nullable=False, server_default="*"),
+    sa.Column("requests", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("service", "endpoint", "ts", name="traffic_log_pkey"),
+    sa.CheckConstraint("requests >= 0", name="traffic_log_requests_nonnegative"),
+    sa.Index("traffic_log_service_ts_idx", "service", "ts"),
+    sa.Index("traffic_log_ts_brin", "ts", postgresql_using="brin"),
+)
+
+traffic_events = sa.Table(
+    "traffic_events", metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("service", sa.Text, nullable=True),
+    sa.Column("starts_at", TS, nullable=False),
+    sa.Column("ends_at", TS, nullable=False),
+    sa.Column("lift_percent", sa.Double(), nullable=True),
+    sa.UniqueConstraint("name", "starts_at", name="traffic_events_name_starts_at_key"),
+    sa.CheckConstraint("ends_at > starts_at", name="traffic_events_ends_after_start"),
+)
+
+forecasts = sa.Table(
+    "forecasts", metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=True),
+    sa.Column("scaler_key", sa.Text, nullable=False),
+    sa.Column("series", sa.Text, nullable=False),
+    sa.Column("model", sa.Text, nullable=False),
+    sa.Column("params_hash", sa.Text, nullable=False),
+    sa.Column("generated_at", TS, nullable=False),
+    sa.Column("step_seconds", sa.Integer, nullable=False),
+    sa.Column("horizon_seconds", sa.Integer, nullable=False),
+    sa.Column("smape", sa.Double(), nullable=True),
+    sa.Column("fit_seconds", sa.Double(), nullable=True),
+    sa.Column("note", sa.Text, nullable=False, server_default=""),
+    sa.Column("created_at", TS, nullable=False, server_default=sa.func.now()),
+    sa.Index("forecasts_scaler_generated_idx", "scaler_key", sa.text("generated_at DESC")),
+)
+
+forecast_points = sa.Table(
+    "forecast_points", metadata,
+    sa.Column("forecast_id", sa.BigInteger, sa.ForeignKey("forecasts.id", ondelete="CASCADE"),
+              nullable=False),
+    sa.Column("ds", TS, nullable=False),
+    sa.Column("yhat", sa.Double(), nullable=False),
+    sa.Column("yhat_lower", sa.Double(), nullable=False),
+    sa.Column("yhat_upper", sa.Double(), nullable=False),
+    sa.PrimaryKeyConstraint("forecast_id", "ds", name="forecast_points_pkey"),
+)
+
+scaling_decisions = sa.Table(
+    "scaling_decisions", metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=True),
+    sa.Column("decided_at", TS, nullable=False),
+    sa.Column("namespace", sa.Text, nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("target_kind", sa.Text, nullable=False),
+    sa.Column("target_name", sa.Text, nullable=False),
+    sa.Column("current_replicas", sa.Integer, nullable=False),
+    sa.Column("desired_replicas", sa.Integer, nullable=False),
+    sa.Column("recommended_replicas", sa.Integer, nullable=False),
+    sa.Column("direction", sa.Text, nullable=False),
+    sa.Column("stale", sa.Boolean, nullable=False),
+    sa.Column("forecast_load", sa.Double(), nullable=True),
+    sa.Column("observed_load", sa.Double(), nullable=True),
+    sa.Column("peak_at", TS, nullable=True),
+    sa.Column("peak_load", sa.Double(), nullable=True),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("applied", sa.Boolean, nullable=False),
+    sa.Index("scaling_decisions_scaler_idx", "namespace", "name", "decided_at"),
+)
+
+VIEWS = ("traffic_hourly", "traffic_daily", "traffic_profile", "traffic_top_endpoints")
+
+
+# --- engine and errors -------------------------------------------------------------------------------------
+
+def database_url() -> str:
+    """$PRESCALER_DATABASE_URL, else the local server's URL (see `prescaler.pgserver`)."""
+    env = os.environ.get("PRESCALER_DATABASE_URL")
+    if env:
+        return env
+    from prescaler import pgserver
+
+    return pgserver.url()
+
+
+def make_engine(url: str) -> Engine:
+    """An engine with liveness checks, a connect timeout and UTC sessions."""
+    try:
+        parsed = make_url(url)
+    except sa_exc.ArgumentError as exc:
+        raise InputError(f"invalid database URL: {exc}") from exc
+    connect_args: dict[str, object] = {}
+    if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() == "psycopg2":
+        # Fail fast when the server is down instead of hanging a reconcile, and read timestamps in UTC.
+        connect_args = {"connect_timeout": 5, "options": "-c timezone=UTC"}
+    try:
+        return sa.create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+    except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError) as exc:
+        raise InputError(f"unsupported database URL {parsed.render_as_string()!r}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def unavailable_on_error(action: str) -> Iterator[None]:
+    """Map connection-level failures to DataUnavailable (transient) with a message naming the action."""
+    try:
+        yield
+    except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+        detail = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+        raise DataUnavailable(f"database unavailable while {action}: {detail}") from exc
+
+
+# --- migrations --------------------------------------------------------------------------------------------
+
+def _alembic_config(connection: sa.Connection):  # type: ignore[no-untyped-def]
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Bring the schema to `revision` (default: the newest); safe to run from several processes at once."""
+    from alembic import command
+
+    with unavailable_on_error("migrating the schema"), engine.begin() as conn:
+        command.upgrade(_alembic_config(conn), revision)
+
+
+def current_revision(engine: Engine) -> str:
+    """The schema revision of the database, or "" when it was never migrated."""
+    from alembic.runtime.migration import MigrationContext
+
+    with unavailable_on_error("reading the schema revision"), engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+        return ctx.get_current_revision() or ""
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
+    return head or ""
+
+
+# --- forecasts ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StoredForecast:
+    forecast: Forecast
+    generated_at: datetime
+    smape: float | None
+    fit_seconds: float | None
+    model: str
+    params_hash: str
+
+
+def _opt_float(value: float | None) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def _step_seconds(ds: pd.DatetimeIndex) -> int:
+    if len(ds) < 2:
+        return 0
+    return int((ds[1] - ds[0]).total_seconds())
+
+
+def save_forecast(engine: Engine, *, scaler_key: str, series: str, forecast: Forecast, generated_at: datetime,
+                  smape: float | None, fit_seconds: float | None, params_hash: str, note: str = "") -> int:
+    """Store a forecast and its points in one transaction; returns the forecast id."""
+    ds = pd.DatetimeIndex(forecast.ds)
+    ds = ds.tz_localize(UTC) if ds.tz is None else ds.tz_convert(UTC)
+    step = _step_seconds(ds)
+    header = {
+        "scaler_key": scaler_key, "series": series, "model": forecast.model, "params_hash": params_hash,
+        "generated_at": generated_at, "step_seconds": step, "horizon_seconds": step * len(ds),
+        "smape": _opt_float(smape), "fit_seconds": _opt_float(fit_seconds),
+        "note": note or forecast.note,
+    }
+    with unavailable_on_error("saving a forecast"), engine.begin() as conn:
+        fid = int(conn.execute(forecasts.insert().returning(forecasts.c.id), header).scalar_one())
+        if len(ds):
+            rows = [
+                {"forecast_id": fid, "ds": t, "yhat": float(y), "yhat_lower": float(lo),
+                 "yhat_upper": float(up)}
+                for t, y, lo, up in zip(ds.to_pydatetime(), forecast.yhat, forecast.lower, forecast.upper,
+                                        strict=True)
+            ]
+            conn.execute(forecast_points.insert(), rows)
+    return fid
+
+
+def load_latest_forecast(engine: Engine, scaler_key: str,
+                         params_hash: str | None = None) -> StoredForecast | None:
+    """The newest stored forecast of a scaler (optionally only one made with the same parameters)."""
+    query = sa.select(forecasts).where(forecasts.c.scaler_key == scaler_key)
+    if params_hash is not None:
+        query = query.where(forecasts.c.params_hash == params_hash)
+    query = query.order_by(forecasts.c.generated_at.desc(), forecasts.c.id.desc()).limit(1)
+    with unavailable_on_error("loading a stored forecast"), engine.connect() as conn:
+        head = conn.execute(query).mappings().first()
+        if head is None:
+            return None
+        points = conn.execute(
+            sa.select(forecast_points.c.ds, forecast_points.c.yhat, forecast_points.c.yhat_lower,
+                      forecast_points.c.yhat_upper)
+            .where(forecast_points.c.forecast_id == head["id"]).order_by(forecast_points.c.ds)
+        ).all()
+    ds = pd.DatetimeIndex(pd.to_datetime([p[0] for p in points], utc=True), name="ds")
+    if head["step_seconds"] > 0 and len(ds) > 1:
+        freq = pd.tseries.frequencies.to_offset(pd.Timedelta(seconds=head["step_seconds"]))
+        with contextlib.suppress(ValueError):  # irregular points keep no freq
+            ds = pd.DatetimeIndex(ds, freq=freq)
+    values = np.array([[p[1], p[2], p[3]] for p in points], dtype=float).reshape(-1, 3)
+    forecast = Forecast(ds=ds, yhat=values[:, 0], lower=values[:, 1], upper=values[:, 2], model=head["model"],
+                        note=head["note"])
+    return StoredForecast(forecast=forecast, generated_at=head["generated_at"], smape=head["smape"],
+                          fit_seconds=head["fit_seconds"], model=head["model"],
+                          params_hash=head["params_hash"])
+
+
+def prune_forecasts(engine: Engine, scaler_key: str, keep: int = 3) -> int:
+    """Delete all but the `keep` newest forecasts of a scaler (points cascade); returns how many went."""
+    if keep < 0:
+        raise InputError(f"keep must not be negative, got {keep}")
+    newest = (
+        sa.select(forecasts.c.id).where(forecasts.c.scaler_key == scaler_key)
+        .order_by(forecasts.c.generated_at.desc(), forecasts.c.id.desc()).limit(keep)
+    )
+    stmt = forecasts.delete().where(forecasts.c.scaler_key == scaler_key, forecasts.c.id.not_in(newest))
+    with unavailable_on_error("pruning forecasts"), engine.begin() as conn:
+        return int(conn.execute(stmt).rowcount)
+
+
+# --- decisions ---------------------------------------------------------------------------------------------
+
+def record_decision(engine: Engine, *, namespace: str, name: str, target_kind: str, target_name: str,
+                    decision: Decision, decided_at: datetime, applied: bool) -> None:
+    """Append one planner decision (with its reason) to scaling_decisions."""
+    row = {
+        "decided_at": decided_at, "namespace": namespace, "name": name, "target_kind": target_kind,
+        "target_name": target_name, "current_replicas": decision.current,
+        "desired_replicas": decision.desired, "recommended_replicas": decision.recommended,
+        "direction": decision.direction, "stale": decision.stale,
+        "forecast_load": _opt_float(decision.forecast_load),
+        "observed_load": _opt_float(decision.observed_load), "peak_at": decision.peak_at,
+        "peak_load": _opt_float(decision.peak_load), "reason": decision.reason, "applied": applied,
+    }
+    with unavailable_on_error("recording a scaling decision"), engine.begin() as conn:
+        conn.execute(scaling_decisions.insert(), row)

@@ -1,0 +1,194 @@
+"""History reads: request counts bucketed to a step in SQL, with missing buckets kept as NaN.
+
+Table and column names come only from the administrator's configuration (`TrafficSource`), are validated
+as plain identifiers and quoted; every value (service, time range, step) is a bound parameter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+import yaml
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Engine
+
+from prescaler.db import traffic_events, unavailable_on_error
+from prescaler.errors import DataUnavailable, InputError
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _check_identifier(field_name: str, value: object, *, qualified: bool = False) -> str:
+    if not isinstance(value, str):
+        raise InputError(f"{field_name}: identifier must be a string, got {value!r}")
+    parts = value.split(".") if qualified else [value]
+    if len(parts) > 2 or not all(_IDENT.match(p) and len(p) <= 63 for p in parts):
+        what = "a table name (optionally schema.table)" if qualified else "a column name"
+        raise InputError(f"{field_name}: {value!r} is not {what} of letters, digits and _")
+    return value
+
+
+@dataclass(frozen=True)
+class TrafficSource:
+    """Where a series lives: one table with a time, a count, a service and an endpoint column."""
+
+    table: str = "traffic_log"
+    time_column: str = "ts"
+    value_column: str = "requests"
+    service_column: str = "service"
+    endpoint_column: str = "endpoint"
+
+    def __post_init__(self) -> None:
+        _check_identifier("table", self.table, qualified=True)
+        for f in fields(self):
+            if f.name != "table":
+                _check_identifier(f.name, getattr(self, f.name))
+
+    def quoted(self, preparer: Any) -> dict[str, str]:
+        """Identifiers quoted for the dialect, for use in SQL text."""
+        table = ".".join(preparer.quote_identifier(p) for p in self.table.split("."))
+        return {
+            "table": table, "ts": preparer.quote_identifier(self.time_column),
+            "value": preparer.quote_identifier(self.value_column),
+            "service": preparer.quote_identifier(self.service_column),
+            "endpoint": preparer.quote_identifier(self.endpoint_column),
+        }
+
+
+@contextlib.contextmanager
+def _source_errors(source: TrafficSource) -> Iterator[None]:
+    """A source naming a missing table or column (or a non-numeric value column) leaves the series unreadable.
+
+    Reported as DataUnavailable with the server's reason, so the operator shows it as a condition and the
+    administrator can fix the configuration; the tenant's CR cannot cause it.
+    """
+    try:
+        yield
+    except sa_exc.ProgrammingError as exc:
+        detail = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+        raise DataUnavailable(f"data source table {source.table!r} cannot be read as configured: {detail}") from exc
+
+
+def default_source() -> TrafficSource:
+    return TrafficSource()
+
+
+def load_sources(path: Path | None) -> dict[str, TrafficSource]:
+    """Data sources from the administrator's YAML (`sources: {NAME: {table: ..., ...}}`).
+
+    "default" (the `traffic_log` table) is always present unless the file redefines it.
+    """
+    sources = {"default": default_source()}
+    if path is None:
+        return sources
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise InputError(f"cannot read data source config {path}: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise InputError(f"data source config {path} is not valid YAML: {exc}") from exc
+    if doc is None:
+        return sources
+    if not isinstance(doc, dict) or not isinstance(doc.get("sources", {}), dict):
+        raise InputError(f"data source config {path}: expected a mapping 'sources: {{NAME: {{table: ...}}}}'")
+    allowed = {f.name for f in fields(TrafficSource)}
+    for name, spec in (doc.get("sources") or {}).items():
+        if not isinstance(name, str) or not re.match(r"^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$", name):
+            raise InputError(f"data source config {path}: invalid source name {name!r}")
+        spec = spec or {}
+        if not isinstance(spec, dict):
+            raise InputError(f"data source {name!r}: expected a mapping of table and column names")
+        unknown = sorted(set(spec) - allowed)
+        if unknown:
+            raise InputError(f"data source {name!r}: unknown keys {unknown}; allowed: {sorted(allowed)}")
+        try:
+            sources[name] = TrafficSource(**spec)
+        except InputError as exc:
+            raise InputError(f"data source {name!r}: {exc}") from exc
+    return sources
+
+
+def _utc(value: datetime, what: str) -> pd.Timestamp:
+    ts = pd.Timestamp(value)
+    if ts.tzinfo is None:
+        raise InputError(f"{what} must be timezone-aware, got {value!r}")
+    return ts.tz_convert(UTC)
+
+
+def grid(start: datetime, end: datetime, step: timedelta) -> pd.DatetimeIndex:
+    """Epoch-anchored bucket starts from the bucket holding `start` to the last before `end`."""
+    if step <= timedelta(0):
+        raise InputError(f"step must be positive, got {step}")
+    s, e = _utc(start, "start"), _utc(end, "end")
+    step_td = pd.Timedelta(step)
+    first = pd.Timestamp(_EPOCH) + ((s - pd.Timestamp(_EPOCH)) // step_td) * step_td
+    if e <= first:
+        return pd.DatetimeIndex([], tz=UTC, name="ds")
+    return pd.date_range(first, e - pd.Timedelta(1, "ns"), freq=step_td, name="ds", inclusive="both")
+
+
+def read_history(engine: Engine, source: TrafficSource, service: str, start: datetime, end: datetime,
+                 step: timedelta) -> pd.Series:
+    """Requests per `step` bucket (all endpoints summed) for [start, end), NaN where no rows exist.
+
+    `start` is rounded down to the grid so the first bucket is whole; a bucket cut by `end` holds only
+    the rows before `end`.
+    """
+    index = grid(start, end, step)
+    if len(index) == 0:
+        return pd.Series([], index=index, dtype=float, name=service)
+    q = source.quoted(engine.dialect.identifier_preparer)
+    stmt = sa.text(
+        f"SELECT date_bin(:step, {q['ts']}, :origin) AS bucket, sum({q['value']})::double precision AS v "
+        f"FROM {q['table']} WHERE {q['service']} = :service AND {q['ts']} >= :start AND {q['ts']} < :end "
+        "GROUP BY 1 ORDER BY 1"
+    )
+    params = {"step": step, "origin": _EPOCH, "service": service, "start": index[0].to_pydatetime(),
+              "end": _utc(end, "end").to_pydatetime()}
+    with (unavailable_on_error(f"reading history of {service!r}"), _source_errors(source),
+          engine.connect() as conn):
+        rows = conn.execute(stmt, params).all()
+    buckets = pd.to_datetime([r[0] for r in rows], utc=True)
+    values = pd.Series([r[1] for r in rows], index=buckets, dtype=float)
+    return values.reindex(index).rename(service)
+
+
+def last_timestamp(engine: Engine, source: TrafficSource, service: str) -> datetime | None:
+    """Timestamp of the newest row of a service, or None when it has none."""
+    q = source.quoted(engine.dialect.identifier_preparer)
+    stmt = sa.text(f"SELECT max({q['ts']}) FROM {q['table']} WHERE {q['service']} = :service")
+    with (unavailable_on_error(f"reading the newest timestamp of {service!r}"), _source_errors(source),
+          engine.connect() as conn):
+        value = conn.execute(stmt, {"service": service}).scalar()
+    return None if value is None else value.astimezone(UTC)
+
+
+def read_events(engine: Engine, service: str | None, start: datetime, end: datetime) -> pd.DataFrame:
+    """Events overlapping [start, end): a service's own plus those for every service (service NULL)."""
+    t = traffic_events
+    lo, hi = _utc(start, "start").to_pydatetime(), _utc(end, "end").to_pydatetime()
+    stmt = (
+        sa.select(t.c.name, t.c.kind, t.c.starts_at, t.c.ends_at, t.c.lift_percent)
+        .where(t.c.starts_at < hi, t.c.ends_at > lo)
+        .order_by(t.c.starts_at, t.c.name)
+    )
+    if service is not None:
+        stmt = stmt.where(sa.or_(t.c.service.is_(None), t.c.service == service))
+    with unavailable_on_error("reading traffic events"), engine.connect() as conn:
+        rows = conn.execute(stmt).all()
+    return pd.DataFrame({
+        "name": pd.Series([r[0] for r in rows], dtype=object),
+        "kind": pd.Series([r[1] for r in rows], dtype=object),
+        "start": pd.to_datetime([r[2] for r in rows], utc=True),
+        "end": pd.to_datetime([r[3] for r in rows], utc=True),
+        "lift_percent": pd.Series([r[4] for r in rows], dtype=float),
+    })

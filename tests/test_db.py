@@ -1,0 +1,195 @@
+"""Schema, migrations and persistence against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from prescaler import db, pgserver
+from prescaler.errors import DataUnavailable, InputError
+from prescaler.forecasting import Forecast
+from prescaler.planning import Decision
+
+T0 = datetime(2024, 3, 4, tzinfo=UTC)  # a Monday
+
+
+def _columns(engine: Engine, table: str) -> dict[str, tuple[str, bool]]:
+    cols = sa.inspect(engine).get_columns(table)
+    return {c["name"]: (c["type"].compile(dialect=engine.dialect), c["nullable"]) for c in cols}
+
+
+def _metadata_columns(table: sa.Table, engine: Engine) -> dict[str, tuple[str, bool]]:
+    return {c.name: (c.type.compile(dialect=engine.dialect), bool(c.nullable)) for c in table.columns}
+
+
+def _forecast(start: datetime, n: int, step: timedelta = timedelta(minutes=5),
+              base: float = 100.0) -> Forecast:
+    ds = pd.date_range(start, periods=n, freq=step, tz=UTC)
+    yhat = base + np.arange(n, dtype=float)
+    return Forecast(ds=ds, yhat=yhat, lower=yhat - 10, upper=yhat + 10, model="seasonal-naive", note="test")
+
+
+def test_fresh_database_migrates_to_head(make_database) -> None:
+    engine = db.make_engine(make_database(revision=None))
+    assert db.current_revision(engine) == ""
+    db.migrate(engine)
+    assert db.current_revision(engine) == db.head_revision() == "0002"
+    db.migrate(engine)  # idempotent
+    assert db.current_revision(engine) == "0002"
+    names = set(sa.inspect(engine).get_table_names())
+    assert {t.name for t in db.metadata.sorted_tables} <= names
+    assert set(db.VIEWS) <= set(sa.inspect(engine).get_view_names())
+    engine.dispose()
+
+
+def test_older_database_reaches_current_schema_keeping_its_data(make_database) -> None:
+    engine = db.make_engine(make_database(revision="0001"))
+    assert db.current_revision(engine) == "0001"
+    assert "traffic_hourly" not in sa.inspect(engine).get_view_names()
+    with engine.begin() as conn:
+        conn.execute(db.traffic_log.insert(), [{"ts": T0, "service": "a", "endpoint": "*", "requests": 7}])
+    db.migrate(engine)
+    assert db.current_revision(engine) == "0002"
+    indexes = {ix["name"] for ix in sa.inspect(engine).get_indexes("traffic_log")}
+    assert {"traffic_log_service_ts_idx", "traffic_log_ts_brin"} <= indexes
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT requests FROM traffic_hourly")).scalar_one() == 7
+    engine.dispose()
+
+
+def test_migrated_schema_matches_metadata(engine: Engine) -> None:
+    for table in db.metadata.sorted_tables:
+        assert _columns(engine, table.name) == _metadata_columns(table, engine), table.name
+        pk = sa.inspect(engine).get_pk_constraint(table.name)["constrained_columns"]
+        assert pk == [c.name for c in table.primary_key.columns], table.name
+        reflected_ix = {ix["name"] for ix in sa.inspect(engine).get_indexes(table.name)}
+        assert {ix.name for ix in table.indexes} <= reflected_ix, table.name
+
+
+def test_constraints_reject_bad_rows(engine: Engine) -> None:
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+        conn.execute(db.traffic_log.insert(), {"ts": T0, "service": "x", "requests": -1})
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+        conn.execute(db.traffic_events.insert(), {"name": "e", "kind": "k", "starts_at": T0, "ends_at": T0})
+    with engine.begin() as conn:
+        conn.execute(db.traffic_log.insert(), {"ts": T0, "service": "x", "requests": 3})
+        assert conn.execute(sa.select(db.traffic_log.c.endpoint)).scalar_one() == "*"
+        conn.execute(db.traffic_log.delete())
+
+
+def test_forecast_round_trip_latest_and_prune(engine: Engine) -> None:
+    gen = [T0 + timedelta(hours=h) for h in range(5)]
+    ids = [
+        db.save_forecast(engine, scaler_key="ns/a", series="svc", forecast=_forecast(g, 12, base=10 * i),
+                         generated_at=g, smape=12.5 if i else None, fit_seconds=0.3, params_hash=f"h{i % 2}")
+        for i, g in enumerate(gen)
+    ]
+    db.save_forecast(engine, scaler_key="ns/b", series="svc", forecast=_forecast(T0, 3), generated_at=T0,
+                     smape=None, fit_seconds=None, params_hash="h0")
+    latest = db.load_latest_forecast(engine, "ns/a")
+    assert latest is not None
+    assert latest.generated_at == gen[4]
+    assert latest.model == "seasonal-naive" and latest.params_hash == "h0" and latest.smape == 12.5
+    fc = latest.forecast
+    expected = _forecast(gen[4], 12, base=40)
+    assert fc.ds.equals(expected.ds) and str(fc.ds.tz) == "UTC" and fc.ds.freq == pd.Timedelta(minutes=5)
+    np.testing.assert_allclose(fc.yhat, expected.yhat)
+    np.testing.assert_allclose(fc.lower, expected.lower)
+    np.testing.assert_allclose(fc.upper, expected.upper)
+    by_hash = db.load_latest_forecast(engine, "ns/a", params_hash="h1")
+    assert by_hash is not None and by_hash.generated_at == gen[3]
+    assert db.load_latest_forecast(engine, "ns/a", params_hash="nope") is None
+    assert db.load_latest_forecast(engine, "ns/missing") is None
+
+    assert db.prune_forecasts(engine, "ns/a", keep=2) == 3
+    with engine.connect() as conn:
+        left = conn.execute(sa.select(db.forecasts.c.id).where(db.forecasts.c.scaler_key == "ns/a")).scalars()
+        assert sorted(left) == ids[3:]
+        orphans = conn.execute(sa.text(
+            "SELECT count(*) FROM forecast_points p LEFT JOIN forecasts f ON f.id = p.forecast_id "
+            "WHERE f.id IS NULL")).scalar_one()
+        assert orphans == 0
+        assert conn.execute(sa.text("SELECT count(*) FROM forecast_points")).scalar_one() == 2 * 12 + 3
+    assert db.load_latest_forecast(engine, "ns/b") is not None  # other scalers untouched
+    with pytest.raises(InputError):
+        db.prune_forecasts(engine, "ns/a", keep=-1)
+
+
+def test_record_decision(engine: Engine) -> None:
+    d = Decision(desired=6, current=4, recommended=6, direction="up", reason="forecast peak 7,000 rpm",
+                 stale=False, forecast_load=7000.0, observed_load=float("nan"), peak_at=T0, peak_load=7100.0)
+    db.record_decision(engine, namespace="fitness", name="workout-api", target_kind="Deployment",
+                       target_name="workout-api", decision=d, decided_at=T0, applied=True)
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(db.scaling_decisions)).mappings().one()
+    assert row["desired_replicas"] == 6 and row["current_replicas"] == 4 and row["direction"] == "up"
+    assert row["observed_load"] is None  # NaN is stored as missing
+    assert row["peak_at"] == T0 and row["applied"] is True and row["reason"] == "forecast peak 7,000 rpm"
+
+
+def test_views_aggregate_in_utc(engine: Engine) -> None:
+    rows = []
+    # Monday 2024-03-04: two endpoints at 07:00-07:59, one at 08:00; a week later the same hour again.
+    for minute in range(60):
+        at = T0 + timedelta(hours=7, minutes=minute)
+        rows.append({"ts": at, "service": "v", "endpoint": "/a", "requests": 3})
+        rows.append({"ts": at, "service": "v", "endpoint": "/b", "requests": 1})
+    rows.append({"ts": T0 + timedelta(hours=8), "service": "v", "endpoint": "/a", "requests": 40})
+    rows.append({"ts": T0 + timedelta(days=7, hours=7), "service": "v", "endpoint": "/a", "requests": 60})
+    with engine.begin() as conn:
+        conn.execute(db.traffic_log.insert(), rows)
+        conn.exec_driver_sql("SET LOCAL timezone = 'America/New_York'")  # views must not depend on it
+        def view(sql: str) -> list[sa.Row]:  # type: ignore[type-arg]
+            return list(conn.execute(sa.text(sql)).all())
+
+        hourly = view("SELECT bucket, requests FROM traffic_hourly WHERE service = 'v' ORDER BY 1")
+        daily = view("SELECT day, requests FROM traffic_daily WHERE service = 'v' ORDER BY 1")
+        profile = view("SELECT weekday, hour, avg_requests FROM traffic_profile WHERE service = 'v' ORDER BY 1, 2")
+        top = view("SELECT endpoint, requests, share FROM traffic_top_endpoints WHERE service = 'v' ORDER BY 1")
+        conn.execute(db.traffic_log.delete().where(db.traffic_log.c.service == "v"))
+    assert [(b.astimezone(UTC), r) for b, r in hourly] == [
+        (T0 + timedelta(hours=7), 240), (T0 + timedelta(hours=8), 40), (T0 + timedelta(days=7, hours=7), 60)]
+    assert [(d.astimezone(UTC), r) for d, r in daily] == [(T0, 280), (T0 + timedelta(days=7), 60)]
+    assert profile == [(0, 7, 150.0), (0, 8, 40.0)]
+    # Last 7 days of data end at the second Monday 07:00: only that row and nothing from a week earlier.
+    assert top == [("/a", 60, 1.0)]
+
+
+def test_unreachable_database_is_data_unavailable() -> None:
+    engine = db.make_engine("postgresql+psycopg2://prescaler:prescaler@127.0.0.1:9/prescaler")
+    with pytest.raises(DataUnavailable, match="migrating the schema"):
+        db.migrate(engine)
+    with pytest.raises(DataUnavailable):
+        db.load_latest_forecast(engine, "x")
+
+
+def test_bad_url_is_input_error() -> None:
+    with pytest.raises(InputError):
+        db.make_engine("not a url")
+    with pytest.raises(InputError):
+        db.make_engine("nosuchdb://x/y")
+
+
+@pytest.mark.skipif(bool(os.environ.get("PRESCALER_TEST_DATABASE_URL")),
+                    reason="the local server is not used when an external test database is given")
+def test_local_server_creates_and_drops_databases(pg_server_url: str) -> None:
+    assert pgserver.is_running()
+    assert pg_server_url == pgserver.ensure_running()  # idempotent while running
+    name = "t_pgserver_roundtrip"
+    pgserver.drop_database(name)
+    url = pgserver.create_database(name)
+    engine = db.make_engine(url)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT current_database(), current_user").one() == (name, "prescaler")
+    pgserver.drop_database(name)  # closes the engine's pooled connection too
+    with pytest.raises(DataUnavailable):
+        db.current_revision(engine)
+    engine.dispose()
+    with pytest.raises(InputError, match="invalid database name"):
+        pgserver.create_database("x; DROP DATABASE prescaler")

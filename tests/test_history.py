@@ -1,0 +1,164 @@
+"""History reads against a real PostgreSQL: SQL bucketing, gaps kept as NaN, identifiers validated."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from sqlalchemy.engine import Engine
+
+from prescaler import db
+from prescaler.errors import DataUnavailable, InputError
+from prescaler.history import (
+    TrafficSource,
+    default_source,
+    grid,
+    last_timestamp,
+    load_sources,
+    read_events,
+    read_history,
+)
+
+T0 = datetime(2024, 5, 6, tzinfo=UTC)
+M = timedelta(minutes=1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _traffic(engine: Engine) -> None:
+    rows = []
+    # 00:00-00:09 two endpoints every minute; 00:10-00:19 nothing; 00:20-00:29 one endpoint.
+    for i in range(10):
+        rows.append({"ts": T0 + i * M, "service": "api", "endpoint": "/a", "requests": 10})
+        rows.append({"ts": T0 + i * M, "service": "api", "endpoint": "/b", "requests": i})
+    for i in range(20, 30):
+        rows.append({"ts": T0 + i * M, "service": "api", "endpoint": "/a", "requests": 5})
+    rows.append({"ts": T0 + 3 * M, "service": "other", "endpoint": "*", "requests": 1000})
+    rows.append({"ts": T0 + 40 * M, "service": "api", "endpoint": "/a", "requests": 0})
+    with engine.begin() as conn:
+        conn.execute(db.traffic_log.insert(), rows)
+        conn.execute(db.traffic_events.insert(), [
+            {"name": "launch", "kind": "challenge", "service": "api", "starts_at": T0 + 5 * M,
+             "ends_at": T0 + 65 * M, "lift_percent": 40.0},
+            {"name": "push", "kind": "notification", "service": None, "starts_at": T0 + 2 * M,
+             "ends_at": T0 + 3 * M, "lift_percent": None},
+            {"name": "elsewhere", "kind": "challenge", "service": "other", "starts_at": T0,
+             "ends_at": T0 + 60 * M, "lift_percent": 10.0},
+            {"name": "later", "kind": "challenge", "service": "api", "starts_at": T0 + 2 * 60 * M,
+             "ends_at": T0 + 3 * 60 * M, "lift_percent": 10.0},
+        ])
+
+
+def test_buckets_sum_endpoints_and_keep_gaps_as_nan(engine: Engine) -> None:
+    s = read_history(engine, default_source(), "api", T0, T0 + 50 * M, timedelta(minutes=5))
+    assert str(s.index.tz) == "UTC"
+    assert list(s.index) == list(pd.date_range(T0, periods=10, freq="5min", tz=UTC))
+    assert s.dtype == float
+    # 5 minutes × 10 on /a plus 0..4 and 5..9 on /b.
+    assert s.iloc[0] == 50 + 10 and s.iloc[1] == 50 + 35
+    assert math.isnan(s.iloc[2]) and math.isnan(s.iloc[3])  # no rows: missing, not zero
+    assert s.iloc[4] == 25 and s.iloc[5] == 25
+    assert math.isnan(s.iloc[6]) and math.isnan(s.iloc[7])
+    assert s.iloc[8] == 0.0  # a real zero stays zero
+    assert math.isnan(s.iloc[9])
+
+
+def test_grid_is_anchored_to_epoch_and_end_is_exclusive(engine: Engine) -> None:
+    s = read_history(engine, default_source(), "api", T0 + 7 * M, T0 + 20 * M, timedelta(minutes=5))
+    # The first bucket is rounded down to 00:05 and holds whole 5 minutes; 00:20 is excluded (end).
+    assert list(s.index) == [T0 + 5 * M, T0 + 10 * M, T0 + 15 * M]
+    assert s.iloc[0] == 50 + 35
+    hourly = read_history(engine, default_source(), "api", T0 - 2 * 60 * M, T0 + 60 * M, timedelta(hours=1))
+    assert list(hourly.index) == [T0 - 2 * 60 * M, T0 - 60 * M, T0]
+    assert math.isnan(hourly.iloc[0]) and hourly.iloc[2] == 10 * 10 + 45 + 10 * 5
+    assert len(grid(T0, T0, timedelta(minutes=5))) == 0
+
+
+def test_other_services_are_not_mixed_in(engine: Engine) -> None:
+    other = read_history(engine, default_source(), "other", T0, T0 + 10 * M, timedelta(minutes=5))
+    assert other.iloc[0] == 1000 and math.isnan(other.iloc[1])
+    unknown = read_history(engine, default_source(), "nope", T0, T0 + 10 * M, timedelta(minutes=5))
+    assert unknown.isna().all() and len(unknown) == 2
+
+
+def test_last_timestamp(engine: Engine) -> None:
+    assert last_timestamp(engine, default_source(), "api") == T0 + 40 * M
+    assert last_timestamp(engine, default_source(), "nope") is None
+
+
+def test_custom_source_reads_administrator_table(engine: Engine) -> None:
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE SCHEMA IF NOT EXISTS metrics")
+        conn.exec_driver_sql('CREATE TABLE metrics.hits (at timestamptz, app text, path text, "Count" bigint)')
+        conn.exec_driver_sql("INSERT INTO metrics.hits VALUES "
+                             "('2024-05-06 00:00+00', 'x', '/', 4), ('2024-05-06 00:01+00', 'x', '/', 6)")
+    src = TrafficSource(table="metrics.hits", time_column="at", value_column="Count", service_column="app",
+                        endpoint_column="path")
+    s = read_history(engine, src, "x", T0, T0 + 10 * M, timedelta(minutes=5))
+    assert s.iloc[0] == 10 and math.isnan(s.iloc[1])
+    assert last_timestamp(engine, src, "x") == T0 + M
+
+
+def test_source_naming_missing_table_or_column_is_unavailable(engine: Engine) -> None:
+    with pytest.raises(DataUnavailable, match="no_such_table"):
+        read_history(engine, TrafficSource(table="no_such_table"), "api", T0, T0 + 10 * M, timedelta(minutes=5))
+    with pytest.raises(DataUnavailable, match="hits"):
+        last_timestamp(engine, TrafficSource(table="traffic_log", time_column="hits"), "api")
+
+
+@pytest.mark.parametrize(("field", "bad"), [
+    ("table", "traffic_log; DROP TABLE traffic_log"),
+    ("table", "a.b.c"),
+    ("time_column", "ts--"),
+    ("value_column", "1requests"),
+    ("service_column", 'service"'),
+    ("endpoint_column", ""),
+])
+def test_identifiers_are_validated(field: str, bad: str) -> None:
+    with pytest.raises(InputError, match=field):
+        TrafficSource(**{field: bad})
+
+
+def test_events_for_a_service_include_global_ones(engine: Engine) -> None:
+    ev = read_events(engine, "api", T0, T0 + 60 * M)
+    assert list(ev.columns) == ["name", "kind", "start", "end", "lift_percent"]
+    assert list(ev["name"]) == ["push", "launch"]
+    assert ev["start"].iloc[1] == T0 + 5 * M and str(ev["start"].dt.tz) == "UTC"
+    assert math.isnan(ev["lift_percent"].iloc[0]) and ev["lift_percent"].iloc[1] == 40.0
+    everything = read_events(engine, None, T0, T0 + 4 * 60 * M)
+    assert set(everything["name"]) == {"push", "launch", "elsewhere", "later"}
+    assert read_events(engine, "api", T0 + 10 * 60 * M, T0 + 11 * 60 * M).empty
+
+
+def test_load_sources(tmp_path: Path) -> None:
+    assert load_sources(None) == {"default": default_source()}
+    cfg = tmp_path / "sources.yaml"
+    cfg.write_text("sources:\n  edge:\n    table: edge.requests\n    time_column: minute\n")
+    sources = load_sources(cfg)
+    assert sources["default"] == default_source()
+    assert sources["edge"] == TrafficSource(table="edge.requests", time_column="minute")
+    cfg.write_text("sources:\n  edge:\n    table: 'x; drop'\n")
+    with pytest.raises(InputError, match=r"edge.*table"):
+        load_sources(cfg)
+    cfg.write_text("sources:\n  edge:\n    tabel: x\n")
+    with pytest.raises(InputError, match="unknown keys"):
+        load_sources(cfg)
+    with pytest.raises(InputError, match="cannot read"):
+        load_sources(tmp_path / "missing.yaml")
+
+
+def test_naive_times_and_bad_step_are_input_errors(engine: Engine) -> None:
+    with pytest.raises(InputError, match="timezone-aware"):
+        read_history(engine, default_source(), "api", datetime(2024, 5, 6), T0, timedelta(minutes=5))
+    with pytest.raises(InputError, match="step"):
+        read_history(engine, default_source(), "api", T0, T0 + M, timedelta(0))
+
+
+def test_unreachable_database_is_data_unavailable() -> None:
+    dead = db.make_engine("postgresql+psycopg2://prescaler:prescaler@127.0.0.1:9/prescaler")
+    with pytest.raises(DataUnavailable, match="api"):
+        read_history(dead, default_source(), "api", T0, T0 + 10 * M, timedelta(minutes=5))
+    with pytest.raises(DataUnavailable):
+        read_events(dead, None, T0, T0 + M)
