@@ -5,7 +5,7 @@ VENV_STAMP := .venv/.installed
 export PRESCALER_CACHE ?= $(HOME)/.cache/prescaler
 
 .PHONY: demo test unit e2e lint bench setup venv system-deps components postgres manifests \
-        kind-up kind-down image clean
+        kind-up kind-down clean
 
 ## demo: PostgreSQL + local control plane, simulated traffic, operator on scaled time, report
 demo: setup components
@@ -56,3 +56,37 @@ manifests:
 clean:
 	-$(PY) -m prescaler.pgserver stop
 	rm -rf .venv build dist bench/results
+
+# ---- kind path (needs Docker; not runnable on machines without a container engine) ----
+KIND ?= kind
+KIND_CLUSTER ?= prescaler
+IMAGE_REPO ?= ghcr.io/prescaler/prescaler
+IMAGE_TAG ?= 0.1.0
+KIND_MONITORING ?= 0
+KCTX := kind-$(KIND_CLUSTER)
+
+## kind-up: kind cluster, image, demo PostgreSQL + data, chart; KIND_MONITORING=1 adds kube-prometheus-stack
+kind-up:
+	$(KIND) create cluster --name $(KIND_CLUSTER) --config kind-config.yaml
+	docker build -t $(IMAGE_REPO):$(IMAGE_TAG) .
+	$(KIND) load docker-image $(IMAGE_REPO):$(IMAGE_TAG) --name $(KIND_CLUSTER)
+	kubectl --context $(KCTX) apply -f manifests/demo/postgres.yaml
+	kubectl --context $(KCTX) -n prescaler-system rollout status deployment/prescaler-postgres --timeout=300s
+	@if [ "$(KIND_MONITORING)" = 1 ]; then \
+	  helm repo add prometheus-community https://prometheus-community.github.io/helm-charts && \
+	  helm repo update prometheus-community && \
+	  helm --kube-context $(KCTX) upgrade --install kube-prometheus-stack prometheus-community/kube-prometheus-stack \
+	    -n monitoring --create-namespace --wait --timeout 10m \
+	    --set grafana.service.type=NodePort --set grafana.service.nodePort=30300 \
+	    --set grafana.sidecar.dashboards.enabled=true --set grafana.sidecar.dashboards.searchNamespace=ALL; fi
+	helm --kube-context $(KCTX) upgrade --install prescaler charts/prescaler -n prescaler-system --create-namespace \
+	  --wait --set image.repository=$(IMAGE_REPO) --set image.tag=$(IMAGE_TAG) \
+	  $(if $(filter 1,$(KIND_MONITORING)),--set serviceMonitor.enabled=true --set serviceMonitor.labels.release=kube-prometheus-stack)
+	kubectl --context $(KCTX) apply -f manifests/demo/simulate-job.yaml
+	kubectl --context $(KCTX) -n prescaler-system wait --for=condition=complete job/prescaler-simulate --timeout=600s
+	kubectl --context $(KCTX) apply -f manifests/examples/00-namespace.yaml -f manifests/examples/workout-api.yaml
+	@echo "Grafana (KIND_MONITORING=1): http://localhost:3000"
+
+## kind-down: delete the kind cluster
+kind-down:
+	$(KIND) delete cluster --name $(KIND_CLUSTER)

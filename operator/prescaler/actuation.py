@@ -86,7 +86,7 @@ class Actuator:
             if tr.kind == ref.kind and tr.name == ref.name:
                 found.append(
                     HpaState(
-                        name=hpa.metadata.name,
+                        name=str(hpa.metadata.name if hpa.metadata else ""),
                         min_replicas=int(hpa.spec.min_replicas or 1),
                         max_replicas=int(hpa.spec.max_replicas),
                         current_replicas=int((hpa.status.current_replicas if hpa.status else 0) or 0),

