@@ -16,9 +16,19 @@ export GOFLAGS="${GOFLAGS:-} -trimpath"
 export CGO_ENABLED=0
 
 want=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm)
-missing=0
-for b in "${want[@]}"; do [ -x "$BIN/$b" ] || missing=1; done
-if [ "$missing" = 0 ]; then echo "$BIN"; exit 0; fi
+all_built() {
+  local b
+  for b in "${want[@]}"; do [ -x "$BIN/$b" ] || return 1; done
+}
+if all_built; then echo "$BIN"; exit 0; fi
+# Several callers (tests, chart rendering, the demo) may ask at once; they share one go.mod and one
+# output dir, so builds are serialised and whoever waited re-checks what is still missing.
+exec 9>"$CACHE/build.lock"
+if ! flock -n 9; then
+  echo "waiting for another build of the components to finish" >&2
+  flock 9
+fi
+if all_built; then echo "$BIN"; exit 0; fi
 start=$(date +%s)
 
 # k8s.io/kubernetes requires its staging modules at v0.0.0 with replace lines that only
@@ -62,7 +72,7 @@ GO
   for c in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
     [ -x "$BIN/$c" ] && continue
     echo "building $c $K8S_VERSION" >&2
-    (cd "$dir" && go build -ldflags "-s -w $ver" -o "$BIN/$c.tmp" "k8s.io/kubernetes/cmd/$c" && mv "$BIN/$c.tmp" "$BIN/$c")
+    (cd "$dir" && go build -ldflags "-s -w $ver" -o "$BIN/$c.tmp.$$" "k8s.io/kubernetes/cmd/$c" && mv "$BIN/$c.tmp.$$" "$BIN/$c")
   done
 }
 
@@ -77,7 +87,7 @@ build_etcd() {
       "go.etcd.io/etcd/client/pkg/v3@$ETCD_VERSION" "go.etcd.io/etcd/client/v3@$ETCD_VERSION" \
       "go.etcd.io/etcd/client/v2@${ETCD_VERSION}" "go.etcd.io/etcd/pkg/v3@$ETCD_VERSION" \
       "go.etcd.io/etcd/raft/v3@$ETCD_VERSION" >/dev/null 2>&1 || true
-   go mod tidy && go build -ldflags "-s -w" -o "$BIN/etcd.tmp" go.etcd.io/etcd/server/v3 && mv "$BIN/etcd.tmp" "$BIN/etcd")
+   go mod tidy && go build -ldflags "-s -w" -o "$BIN/etcd.tmp.$$" go.etcd.io/etcd/server/v3 && mv "$BIN/etcd.tmp.$$" "$BIN/etcd")
 }
 
 build_gotool() { # name module@version pkg

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import random
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,11 @@ log = logging.getLogger("prescaler")
 
 _reconciler: Reconciler | None = None
 _settings: dict[str, Any] = {}
+_started_at = 0.0
+
+
+def _peering_settle() -> float:
+    return float(os.environ.get("PRESCALER_PEERING_SETTLE", "5"))
 
 
 def _timer_interval() -> float:
@@ -33,7 +39,8 @@ def _timer_interval() -> float:
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-    global _reconciler
+    global _reconciler, _started_at
+    _started_at = time.monotonic()
     settings.posting.level = logging.WARNING  # explicit events only, not every log line
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="prescaler.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="prescaler.dev")
@@ -103,6 +110,9 @@ async def reconcile_timer(
     **_: Any,
 ) -> None:
     assert _reconciler is not None
+    if _settings.get("peering") and time.monotonic() - _started_at < _peering_settle():
+        # Let peering see every peer first, so a lower-priority replica never acts even once.
+        return
     if "scaler_state" not in memo:
         memo["scaler_state"] = ScalerState()
     ref = spec.get("scaleTargetRef") or {}

@@ -1,0 +1,1186 @@
+"""A real Kubernetes control plane on loopback, run as plain processes.
+
+etcd, kube-apiserver, kube-controller-manager and kube-scheduler are the upstream binaries (built by
+``hack/build-components.sh``); kwok plays the kubelets of fake nodes so Deployments get pods that are
+scheduled and become Ready after a configurable delay. Tests and the demo use it; nothing here talks
+to the Kubernetes API except through ``kubectl`` and plain HTTPS health probes.
+
+Every ``start()`` gives a fresh cluster: state from an earlier (possibly crashed) run is discarded and its
+processes are killed first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import base64
+import collections
+import contextlib
+import dataclasses
+import datetime as dt
+import fcntl
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import IO, Any
+
+import yaml
+
+from prescaler.errors import InputError, PrescalerError
+
+COMPONENTS = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubectl",
+    "kwok",
+    "helm",
+)
+# Start order; stop() walks it backwards so nothing loses its API server mid-flight.
+PROCESS_ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+PORT_ROLES = {
+    0: "kube-apiserver",
+    1: "etcd client",
+    2: "etcd peer",
+    3: "kube-controller-manager",
+    4: "kube-scheduler",
+    5: "kwok",
+}
+SERVICE_CIDR = "10.96.0.0/16"
+POD_CIDR = "10.244.0.1/16"  # kwok's default /24 would cap the whole cluster at 254 pods
+KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+# Pods carrying this label (value "true") run to completion (phase Succeeded) instead of staying Ready,
+# so one-shot pods such as `helm test` hooks finish on fake nodes.
+KWOK_COMPLETE_LABEL = "prescaler.dev/kwok-complete"
+SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
+CONTEXT = "prescaler-local"
+# Controllers that only make sense with a cloud provider.
+KCM_CONTROLLERS = "*,-cloud-node-lifecycle-controller,-node-route-controller,-service-lb-controller"
+STOP_GRACE_SECONDS = 10.0
+AUTO_PORT_RANGE = range(20000, 40000, 10)
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BUILD_SCRIPT = REPO_ROOT / "hack" / "build-components.sh"
+
+
+class ClusterError(PrescalerError):
+    """The local control plane could not be built, started or used."""
+
+
+@dataclass
+class ClusterConfig:
+    state_dir: Path
+    bin_dir: Path | None = None
+    base_port: int | None = 16443  # None: the first free block from AUTO_PORT_RANGE
+    pod_ready_delay: float = 2.0
+    nodes: int = 2
+    node_cpu: str = "32"
+    node_memory: str = "256Gi"
+    node_pods: str = "500"
+    start_timeout: float = 180.0
+
+    def __post_init__(self) -> None:
+        self.state_dir = Path(self.state_dir).resolve()
+        if self.bin_dir is not None:
+            self.bin_dir = Path(self.bin_dir).resolve()
+        if self.base_port is not None and not 1024 <= self.base_port <= 65535 - len(PORT_ROLES):
+            raise InputError(f"base_port {self.base_port} must leave room for 6 ports in 1024..65535")
+        if self.pod_ready_delay < 0:
+            raise InputError(f"pod_ready_delay must be >= 0 seconds, got {self.pod_ready_delay}")
+        if self.nodes < 1:
+            raise InputError(f"nodes must be >= 1, got {self.nodes}")
+
+    def port(self, offset: int) -> int:
+        if self.base_port is None:
+            raise ClusterError("the port block is chosen by start()")
+        return self.base_port + offset
+
+
+# --------------------------------------------------------------------------- binaries
+
+
+def ensure_binaries(bin_dir: Path | None = None, echo: bool = True) -> Path:
+    """Return a directory holding every component, building them with the repo's script if needed.
+
+    The build output goes to stderr as it happens (a cold build takes many minutes) and its tail is
+    part of the error when the build fails.
+    """
+    if bin_dir is not None:
+        missing = [c for c in COMPONENTS if not os.access(bin_dir / c, os.X_OK)]
+        if missing:
+            raise ClusterError(f"bin_dir {bin_dir} lacks executables: {', '.join(missing)}")
+        return bin_dir
+    if not BUILD_SCRIPT.is_file():
+        raise ClusterError(f"no bin_dir given and the build script {BUILD_SCRIPT} is not there")
+    tail: collections.deque[str] = collections.deque(maxlen=80)
+    proc = subprocess.Popen(
+        ["bash", str(BUILD_SCRIPT)],
+        cwd=REPO_ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    out: list[str] = []
+
+    def pump_stdout() -> None:
+        assert proc.stdout is not None
+        out.extend(proc.stdout)
+
+    reader = threading.Thread(target=pump_stdout, daemon=True)
+    reader.start()
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        tail.append(line)
+        if echo:
+            sys.stderr.write(line)
+    rc = proc.wait()
+    reader.join()
+    if rc != 0:
+        raise ClusterError(f"{BUILD_SCRIPT.name} failed (exit {rc}):\n{''.join(tail)}")
+    lines = [line.strip() for line in out if line.strip()]
+    if not lines:
+        raise ClusterError(f"{BUILD_SCRIPT.name} printed no bin dir:\n{''.join(tail)}")
+    return ensure_binaries(Path(lines[-1]))
+
+
+# --------------------------------------------------------------------------- PKI
+
+
+@dataclass
+class _Pki:
+    dir: Path
+    ca_pem: bytes
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+
+def _make_pki(pki_dir: Path) -> _Pki:
+    # Imported lazily so importing this module costs nothing for callers that never start a cluster.
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    pki_dir.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC)
+
+    def write_key(name: str, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> None:
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+        path = pki_dir / name
+        path.write_bytes(pem)
+        path.chmod(0o600)
+
+    def name(cn: str, org: str | None = None) -> x509.Name:
+        attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+        if org:
+            attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
+        return x509.Name(attrs)
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = name("prescaler-local-ca")
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM)
+    (pki_dir / "ca.crt").write_bytes(ca_pem)
+    write_key("ca.key", ca_key)
+
+    def leaf(file: str, cn: str, org: str | None, *, server: bool) -> None:
+        key = ec.generate_private_key(ec.SECP256R1())
+        usage = [ExtendedKeyUsageOID.SERVER_AUTH] if server else [ExtendedKeyUsageOID.CLIENT_AUTH]
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name(cn, org))
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=365))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.ExtendedKeyUsage(usage), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        )
+        if server:
+            service_ip = ipaddress.IPv4Network(SERVICE_CIDR)[1]
+            sans: list[x509.GeneralName] = [
+                x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                x509.IPAddress(service_ip),
+                x509.DNSName("localhost"),
+                x509.DNSName("kubernetes"),
+                x509.DNSName("kubernetes.default"),
+                x509.DNSName("kubernetes.default.svc"),
+                x509.DNSName("kubernetes.default.svc.cluster.local"),
+            ]
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        cert = builder.sign(ca_key, hashes.SHA256())
+        (pki_dir / f"{file}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        write_key(f"{file}.key", key)
+
+    leaf("apiserver", "kube-apiserver", None, server=True)
+    leaf("admin", "prescaler-admin", "system:masters", server=False)
+    leaf("controller-manager", "system:kube-controller-manager", None, server=False)
+    leaf("scheduler", "system:kube-scheduler", None, server=False)
+
+    # Service-account tokens are signed with RSA: every token consumer understands RS256.
+    sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    write_key("sa.key", sa_key)
+    (pki_dir / "sa.pub").write_bytes(
+        sa_key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return _Pki(pki_dir, ca_pem)
+
+
+def _write_kubeconfig(path: Path, server: str, pki: _Pki, user: str, cert: str) -> None:
+    def b64(p: Path) -> str:
+        return base64.b64encode(p.read_bytes()).decode()
+
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": CONTEXT,
+                "cluster": {"server": server, "certificate-authority-data": b64(pki.path("ca.crt"))},
+            }
+        ],
+        "users": [
+            {
+                "name": user,
+                "user": {
+                    "client-certificate-data": b64(pki.path(f"{cert}.crt")),
+                    "client-key-data": b64(pki.path(f"{cert}.key")),
+                },
+            }
+        ],
+        "contexts": [{"name": CONTEXT, "context": {"cluster": CONTEXT, "user": user}}],
+        "current-context": CONTEXT,
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    path.chmod(0o600)
+
+
+# --------------------------------------------------------------------------- kwok stages
+
+_NODE_CONDITIONS = """\
+{{ $now := Now }}
+{{ $lastTransitionTime := or .metadata.creationTimestamp $now }}
+conditions:
+{{ range NodeConditions }}
+- lastHeartbeatTime: {{ $now | Quote }}
+  lastTransitionTime: {{ $lastTransitionTime | Quote }}
+  message: {{ .message | Quote }}
+  reason: {{ .reason | Quote }}
+  status: {{ .status | Quote }}
+  type: {{ .type | Quote }}
+{{ end }}
+"""
+
+_NODE_INFO = """\
+addresses:
+{{ with .status.addresses }}{{ YAML . 1 }}{{ else }}
+- address: {{ NodeIP | Quote }}
+  type: InternalIP
+- address: {{ .metadata.name | Quote }}
+  type: Hostname
+{{ end }}
+nodeInfo:
+  architecture: amd64
+  operatingSystem: linux
+  kubeletVersion: {{ printf "kwok-%s" Version | Quote }}
+  kubeProxyVersion: {{ printf "kwok-%s" Version | Quote }}
+  containerRuntimeVersion: {{ printf "kwok-%s" Version | Quote }}
+  kernelVersion: {{ printf "kwok-%s" Version | Quote }}
+  osImage: ""
+  machineID: ""
+  bootID: ""
+  systemUUID: ""
+phase: Running
+"""
+
+_POD_START = """\
+{{ $now := Now }}
+phase: Running
+startTime: {{ $now | Quote }}
+hostIP: {{ NodeIPWith .spec.nodeName | Quote }}
+podIP: {{ PodIPWith .spec.nodeName ( or .spec.hostNetwork false ) ( or .metadata.uid "" ) \
+( or .metadata.name "" ) ( or .metadata.namespace "" ) | Quote }}
+conditions:
+- type: Initialized
+  status: "True"
+  lastTransitionTime: {{ $now | Quote }}
+- type: ContainersReady
+  status: "False"
+  reason: ContainersNotReady
+  lastTransitionTime: {{ $now | Quote }}
+- type: Ready
+  status: "False"
+  reason: ContainersNotReady
+  lastTransitionTime: {{ $now | Quote }}
+initContainerStatuses:
+{{ range .spec.initContainers }}
+- name: {{ .name | Quote }}
+  image: {{ .image | Quote }}
+  ready: true
+  restartCount: 0
+  state:
+    terminated:
+      exitCode: 0
+      reason: Completed
+      startedAt: {{ $now | Quote }}
+      finishedAt: {{ $now | Quote }}
+{{ end }}
+containerStatuses:
+{{ range .spec.containers }}
+- name: {{ .name | Quote }}
+  image: {{ .image | Quote }}
+  ready: false
+  started: true
+  restartCount: 0
+  state:
+    running:
+      startedAt: {{ $now | Quote }}
+{{ end }}
+"""
+
+_POD_READY = """\
+{{ $now := Now }}
+conditions:
+- type: ContainersReady
+  status: "True"
+  lastTransitionTime: {{ $now | Quote }}
+- type: Ready
+  status: "True"
+  lastTransitionTime: {{ $now | Quote }}
+containerStatuses:
+{{ range .spec.containers }}
+- name: {{ .name | Quote }}
+  image: {{ .image | Quote }}
+  ready: true
+  started: true
+  restartCount: 0
+  state:
+    running:
+      startedAt: {{ or $.status.startTime $now | Quote }}
+{{ end }}
+"""
+
+_POD_COMPLETE = """\
+{{ $now := Now }}
+phase: Succeeded
+conditions:
+- type: ContainersReady
+  status: "False"
+  reason: PodCompleted
+  lastTransitionTime: {{ $now | Quote }}
+- type: Ready
+  status: "False"
+  reason: PodCompleted
+  lastTransitionTime: {{ $now | Quote }}
+containerStatuses:
+{{ range .spec.containers }}
+- name: {{ .name | Quote }}
+  image: {{ .image | Quote }}
+  ready: false
+  started: false
+  restartCount: 0
+  state:
+    terminated:
+      exitCode: 0
+      reason: Completed
+      startedAt: {{ or $.status.startTime $now | Quote }}
+      finishedAt: {{ $now | Quote }}
+{{ end }}
+"""
+
+_READY_KEY = '.status.conditions.[] | select( .type == "Ready" ) | .status'
+
+
+def kwok_stages(pod_ready_delay: float) -> list[dict[str, Any]]:
+    """The lifecycle kwok plays for nodes and pods.
+
+    A pod runs (IP, Running, Ready=False) as soon as it is bound, and turns Ready only
+    ``pod_ready_delay`` seconds later: the stand-in for a real application's start-up time.
+    A pod labelled ``KWOK_COMPLETE_LABEL=true`` instead exits with code 0 after that delay.
+    """
+
+    def stage(name: str, kind: str, exprs: list[dict[str, Any]], next_: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        spec: dict[str, Any] = {
+            "resourceRef": {"apiGroup": "v1", "kind": kind},
+            "selector": {"matchExpressions": exprs},
+            "next": next_,
+        }
+        spec.update(extra)
+        return {
+            "apiVersion": "kwok.x-k8s.io/v1alpha1",
+            "kind": "Stage",
+            "metadata": {"name": name},
+            "spec": spec,
+        }
+
+    not_deleted = {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"}
+    complete_key = f'.metadata.labels["{KWOK_COMPLETE_LABEL}"]'
+    delay_ms = round(pod_ready_delay * 1000)
+    return [
+        stage(
+            "prescaler-node-initialize",
+            "Node",
+            [{"key": _READY_KEY, "operator": "NotIn", "values": ["True"]}],
+            {"statusTemplate": _NODE_CONDITIONS + _NODE_INFO},
+        ),
+        stage(
+            "prescaler-node-heartbeat",
+            "Node",
+            [
+                {"key": ".status.phase", "operator": "In", "values": ["Running"]},
+                {"key": _READY_KEY, "operator": "In", "values": ["True"]},
+            ],
+            {"statusTemplate": _NODE_CONDITIONS},
+            delay={"durationMilliseconds": 15000, "jitterDurationMilliseconds": 20000},
+            immediateNextStage=True,
+        ),
+        stage(
+            "prescaler-pod-start",
+            "Pod",
+            [not_deleted, {"key": ".status.podIP", "operator": "DoesNotExist"}],
+            {"statusTemplate": _POD_START},
+        ),
+        stage(
+            "prescaler-pod-ready",
+            "Pod",
+            [
+                not_deleted,
+                {"key": ".status.podIP", "operator": "Exists"},
+                {"key": _READY_KEY, "operator": "NotIn", "values": ["True"]},
+                {"key": complete_key, "operator": "NotIn", "values": ["true"]},
+            ],
+            {"statusTemplate": _POD_READY},
+            delay={"durationMilliseconds": delay_ms},
+        ),
+        stage(
+            "prescaler-pod-complete",
+            "Pod",
+            [
+                not_deleted,
+                {"key": ".status.podIP", "operator": "Exists"},
+                {"key": ".status.phase", "operator": "In", "values": ["Running"]},
+                {"key": complete_key, "operator": "In", "values": ["true"]},
+            ],
+            {"statusTemplate": _POD_COMPLETE},
+            delay={"durationMilliseconds": delay_ms},
+        ),
+        # No kubelet confirms a deletion, so kwok has to finish it or pods stay Terminating forever.
+        stage(
+            "prescaler-pod-delete",
+            "Pod",
+            [{"key": ".metadata.deletionTimestamp", "operator": "Exists"}],
+            {"finalizers": {"empty": True}, "delete": True},
+        ),
+    ]
+
+
+def node_manifest(name: str, index: int, cpu: str, memory: str, pods: str) -> dict[str, Any]:
+    resources = {"cpu": cpu, "memory": memory, "pods": pods}
+    address = str(ipaddress.IPv4Address("10.240.0.1") + index)
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {KWOK_NODE_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            "labels": {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "type": "kwok",
+            },
+        },
+        # Nodes accept status on create, which is how a kubelet registers its capacity.
+        "status": {
+            "allocatable": dict(resources),
+            "capacity": dict(resources),
+            "addresses": [{"type": "InternalIP", "address": address}, {"type": "Hostname", "address": name}],
+        },
+    }
+
+
+# --------------------------------------------------------------------------- process helpers
+
+
+def _proc_start_time(pid: int) -> int | None:
+    """Kernel start time of a pid (guards against killing a recycled pid), None if gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def _alive(pid: int, start_time: int | None = None) -> bool:
+    current = _proc_start_time(pid)
+    return current is not None and (start_time is None or current == start_time)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _listening_pids(port: int) -> list[int]:
+    """Pids with a listening TCP socket on ``port`` (any address), read from /proc."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                parts = line.split()
+                if parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(parts[9])
+    if not inodes:
+        return []
+    targets = {f"socket:[{i}]" for i in inodes}
+    pids: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in (entry / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) in targets:
+                        pids.append(int(entry.name))
+                        break
+    return pids
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def _terminate(pids: dict[str, tuple[int, int | None]], grace: float = STOP_GRACE_SECONDS) -> list[str]:
+    """SIGTERM each process group, SIGKILL what is left after ``grace``; returns names still alive."""
+    for pid, start in pids.values():
+        if _alive(pid, start):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(p, s) for p, s in pids.values()):
+        time.sleep(0.1)
+    for pid, start in pids.values():
+        if _alive(pid, start):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(_alive(p, s) for p, s in pids.values()):
+        time.sleep(0.05)
+    return [name for name, (pid, start) in pids.items() if _alive(pid, start)]
+
+
+def _pid_file(state_dir: Path) -> Path:
+    return state_dir / "pids.json"
+
+
+def kill_recorded(state_dir: Path) -> list[str]:
+    """Stop the processes a previous run recorded in ``state_dir``; returns the names it had to stop."""
+    path = _pid_file(state_dir)
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    pids = {name: (int(v["pid"]), v.get("start_time")) for name, v in recorded.items()}
+    running = [name for name, (pid, start) in pids.items() if _alive(pid, start)]
+    left = _terminate(pids)
+    if left:
+        raise ClusterError(f"could not stop earlier cluster processes: {', '.join(left)}")
+    path.unlink(missing_ok=True)
+    return running
+
+
+def _http_ok(url: str, context: ssl.SSLContext | None, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(os.environ.get("PRESCALER_CACHE") or os.path.join(base, "prescaler"))
+
+
+def _lock_port_block(base_port: int) -> IO[str] | None:
+    """Hold an advisory lock on a port block for the life of a cluster, so concurrent test sessions
+    and the demo never pick the same ports. None when another live cluster holds it."""
+    lock_dir = _cache_dir() / "port-locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    handle = (lock_dir / f"{base_port}.lock").open("w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
+# --------------------------------------------------------------------------- the cluster
+
+
+class LocalCluster:
+    """etcd + kube-apiserver + kube-controller-manager + kube-scheduler + kwok on 127.0.0.1."""
+
+    def __init__(self, config: ClusterConfig) -> None:
+        # A copy: start() fills in the port block when it is chosen automatically.
+        self.config = dataclasses.replace(config)
+        self._auto_port = config.base_port is None
+        self._port_lock: IO[str] | None = None
+        self._bin_dir = config.bin_dir
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._logs: list[Any] = []
+        self._atexit_registered = False
+        self._previous_sigterm: Any = None
+        self.startup_seconds: float | None = None
+        self.build_seconds: float | None = None
+
+    # ---- paths and handles
+
+    @property
+    def state_dir(self) -> Path:
+        return self.config.state_dir
+
+    @property
+    def bin_dir(self) -> Path:
+        if self._bin_dir is None:
+            raise ClusterError("binaries not resolved yet: call start() first")
+        return self._bin_dir
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state_dir / "admin.kubeconfig"
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.config.port(0)}"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    def env(self) -> dict[str, str]:
+        """Environment for subprocesses: KUBECONFIG of the admin and the built kubectl/helm first on PATH."""
+        env = dict(os.environ)
+        env["KUBECONFIG"] = str(self.kubeconfig)
+        env["PATH"] = f"{self.bin_dir}{os.pathsep}{env.get('PATH', '')}"
+        helm_home = self.state_dir / "helm"
+        env["HELM_CACHE_HOME"] = str(helm_home / "cache")
+        env["HELM_CONFIG_HOME"] = str(helm_home / "config")
+        env["HELM_DATA_HOME"] = str(helm_home / "data")
+        return env
+
+    def kubectl(
+        self, *args: str, check: bool = True, input: str | None = None, timeout: float = 120.0
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the built kubectl as cluster admin; raises ClusterError with its stderr when check fails."""
+        cmd = [str(self.bin_dir / "kubectl"), "--kubeconfig", str(self.kubeconfig), *args]
+        result = subprocess.run(
+            cmd, input=input, capture_output=True, text=True, timeout=timeout, env=self.env(), check=False
+        )
+        if check and result.returncode != 0:
+            raise ClusterError(f"kubectl {' '.join(args)} failed (exit {result.returncode}): {result.stderr.strip()}")
+        return result
+
+    def pids(self) -> dict[str, int]:
+        return {name: p.pid for name, p in self._procs.items()}
+
+    # ---- lifecycle
+
+    def __enter__(self) -> LocalCluster:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        if self._procs:
+            raise ClusterError("cluster already started")
+        t0 = time.monotonic()
+        self._bin_dir = ensure_binaries(self.config.bin_dir)
+        self.build_seconds = time.monotonic() - t0
+        t1 = time.monotonic()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        kill_recorded(self.state_dir)
+        self._reserve_ports()
+        for sub in ("etcd", "pki", "logs", "kcm-certs", "scheduler-certs", "helm"):
+            shutil.rmtree(self.state_dir / sub, ignore_errors=True)
+        self.log_dir.mkdir()
+        self._install_cleanup()
+        try:
+            self._start_all()
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = time.monotonic() - t1
+        info = {"server": self.server, "base_port": self.config.base_port, "kubeconfig": str(self.kubeconfig)}
+        (self.state_dir / "cluster.json").write_text(json.dumps(info, indent=2))
+
+    def stop(self) -> None:
+        """Stop every process (SIGTERM, SIGKILL after a grace period) and check none is left."""
+        procs = {name: self._procs[name] for name in reversed(PROCESS_ORDER) if name in self._procs}
+        left: list[str] = []
+        for name, proc in procs.items():
+            left += _terminate({name: (proc.pid, _proc_start_time(proc.pid))})
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=1)
+        self._procs.clear()
+        for log in self._logs:
+            log.close()
+        self._logs.clear()
+        if not left:
+            _pid_file(self.state_dir).unlink(missing_ok=True)
+            (self.state_dir / "cluster.json").unlink(missing_ok=True)
+        self._remove_cleanup()
+        if self._port_lock is not None:
+            self._port_lock.close()
+            self._port_lock = None
+        if self._auto_port:
+            self.config.base_port = None
+        if left:
+            raise ClusterError(f"processes survived SIGKILL: {', '.join(left)}")
+
+    # ---- internals
+
+    def _install_cleanup(self) -> None:
+        if not self._atexit_registered:
+            atexit.register(self._stop_quietly)
+            self._atexit_registered = True
+        # A plain SIGTERM would end Python without running atexit or fixture teardown; make it an
+        # interrupt, which pytest and ordinary programs unwind like Ctrl-C.
+        if threading.current_thread() is threading.main_thread():
+            current = signal.getsignal(signal.SIGTERM)
+            if current in (signal.SIG_DFL, None):
+                self._previous_sigterm = current
+                signal.signal(signal.SIGTERM, _interrupt)
+
+    def _remove_cleanup(self) -> None:
+        if self._atexit_registered:
+            atexit.unregister(self._stop_quietly)
+            self._atexit_registered = False
+        if self._previous_sigterm is not None and threading.current_thread() is threading.main_thread():
+            if signal.getsignal(signal.SIGTERM) is _interrupt:
+                signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
+
+    def _stop_quietly(self) -> None:
+        with contextlib.suppress(Exception):
+            self.stop()
+
+    def _reserve_ports(self) -> None:
+        if not self._auto_port:
+            assert self.config.base_port is not None
+            self._port_lock = _lock_port_block(self.config.base_port)
+            if self._port_lock is None:
+                raise ClusterError(
+                    f"ports {self.config.base_port}..{self.config.port(len(PORT_ROLES) - 1)} belong to "
+                    "another running local cluster; choose another base_port"
+                )
+            self._free_ports()
+            return
+        for base in AUTO_PORT_RANGE:
+            lock = _lock_port_block(base)
+            if lock is None:
+                continue
+            if not any(_port_in_use(base + off) for off in PORT_ROLES):
+                self.config.base_port = base
+                self._port_lock = lock
+                return
+            lock.close()
+        raise ClusterError(f"no free block of {len(PORT_ROLES)} ports in {AUTO_PORT_RANGE}")
+
+    def _free_ports(self, patience: float = 15.0) -> None:
+        state = str(self.state_dir)
+        for offset, role in PORT_ROLES.items():
+            port = self.config.port(offset)
+            # Processes killed a moment ago may still hold their listener while the kernel tears them down.
+            deadline = time.monotonic() + patience
+            while _port_in_use(port):
+                holders = {p: _cmdline(p) for p in _listening_pids(port)}
+                ours = [p for p, cmd in holders.items() if state in cmd]
+                # An exiting process has an empty cmdline: give it time rather than blame it.
+                foreign = [p for p, cmd in holders.items() if cmd and state not in cmd]
+                if ours:
+                    # A leftover of this state dir whose pid file was lost: safe to reclaim.
+                    _terminate({f"pid {p}": (p, _proc_start_time(p)) for p in ours})
+                elif foreign or time.monotonic() > deadline:
+                    who = ", ".join(f"pid {p} ({holders[p][:80]})" for p in foreign) or "an exiting process"
+                    raise ClusterError(f"port {port} ({role}) is in use by {who}; stop it or choose another base_port")
+                time.sleep(0.2)
+
+    def _spawn(self, name: str, args: Sequence[str]) -> None:
+        log = (self.log_dir / f"{name}.log").open("ab")
+        self._logs.append(log)
+        cmd = [str(self.bin_dir / name), *args]
+        setpriv = shutil.which("setpriv")
+        if setpriv and threading.current_thread() is threading.main_thread():
+            # Parent-death signal: even a SIGKILLed test runner takes the control plane with it.
+            cmd = [setpriv, "--pdeathsig", "KILL", "--", *cmd]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBECONFIG", "ETCD"))}
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.state_dir,
+            env=env,
+            start_new_session=True,
+        )
+        self._procs[name] = proc
+        self._record_pids()
+
+    def _record_pids(self) -> None:
+        data = {
+            name: {"pid": p.pid, "start_time": _proc_start_time(p.pid), "cmd": p.args}
+            for name, p in self._procs.items()
+        }
+        tmp = _pid_file(self.state_dir).with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2, default=str))
+        tmp.replace(_pid_file(self.state_dir))
+
+    def _log_tail(self, name: str, lines: int = 30) -> str:
+        try:
+            text = (self.log_dir / f"{name}.log").read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def _wait(self, what: str, check: Callable[[], bool], deadline: float, watch: Sequence[str]) -> None:
+        while True:
+            for name in watch:
+                proc = self._procs[name]
+                if proc.poll() is not None:
+                    raise ClusterError(
+                        f"{name} exited with {proc.returncode} while waiting for {what}; "
+                        f"log {self.log_dir / (name + '.log')}:\n{self._log_tail(name)}"
+                    )
+            if check():
+                return
+            if time.monotonic() > deadline:
+                tails = "\n".join(f"--- {n}:\n{self._log_tail(n, 10)}" for n in watch)
+                raise ClusterError(f"timed out waiting for {what}\n{tails}")
+            time.sleep(0.2)
+
+    def _start_all(self) -> None:
+        cfg = self.config
+        deadline = time.monotonic() + cfg.start_timeout
+        pki = _make_pki(self.state_dir / "pki")
+        p = pki.path
+        _write_kubeconfig(self.kubeconfig, self.server, pki, "prescaler-admin", "admin")
+        kcm_kc = self.state_dir / "controller-manager.kubeconfig"
+        sched_kc = self.state_dir / "scheduler.kubeconfig"
+        _write_kubeconfig(kcm_kc, self.server, pki, "system:kube-controller-manager", "controller-manager")
+        _write_kubeconfig(sched_kc, self.server, pki, "system:kube-scheduler", "scheduler")
+
+        etcd_url = f"http://127.0.0.1:{cfg.port(1)}"
+        peer_url = f"http://127.0.0.1:{cfg.port(2)}"
+        # etcd speaks plain HTTP, reachable on loopback only; no fsync because the data is throwaway.
+        self._spawn(
+            "etcd",
+            [
+                "--name=prescaler",
+                f"--data-dir={self.state_dir / 'etcd'}",
+                f"--listen-client-urls={etcd_url}",
+                f"--advertise-client-urls={etcd_url}",
+                f"--listen-peer-urls={peer_url}",
+                f"--initial-advertise-peer-urls={peer_url}",
+                f"--initial-cluster=prescaler={peer_url}",
+                "--initial-cluster-state=new",
+                "--unsafe-no-fsync=true",
+                "--log-level=warn",
+            ],
+        )
+        self._wait("etcd health", lambda: _http_ok(f"{etcd_url}/health", None), deadline, ["etcd"])
+
+        self._spawn(
+            "kube-apiserver",
+            [
+                "--advertise-address=127.0.0.1",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={cfg.port(0)}",
+                f"--etcd-servers={etcd_url}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--authorization-mode=Node,RBAC",
+                f"--client-ca-file={p('ca.crt')}",
+                f"--tls-cert-file={p('apiserver.crt')}",
+                f"--tls-private-key-file={p('apiserver.key')}",
+                f"--service-account-issuer={SA_ISSUER}",
+                f"--service-account-key-file={p('sa.pub')}",
+                f"--service-account-signing-key-file={p('sa.key')}",
+                f"--cert-dir={self.state_dir / 'pki'}",
+                "--allow-privileged=true",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
+        admin_ctx = ssl.create_default_context(cafile=str(p("ca.crt")))
+        admin_ctx.load_cert_chain(str(p("admin.crt")), str(p("admin.key")))
+        self._wait(
+            "kube-apiserver /readyz",
+            lambda: _http_ok(f"{self.server}/readyz", admin_ctx),
+            deadline,
+            ["etcd", "kube-apiserver"],
+        )
+
+        self._spawn(
+            "kube-controller-manager",
+            [
+                f"--kubeconfig={kcm_kc}",
+                f"--authentication-kubeconfig={kcm_kc}",
+                f"--authorization-kubeconfig={kcm_kc}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={cfg.port(3)}",
+                f"--cert-dir={self.state_dir / 'kcm-certs'}",
+                "--leader-elect=false",
+                "--use-service-account-credentials=true",
+                f"--service-account-private-key-file={p('sa.key')}",
+                f"--root-ca-file={p('ca.crt')}",
+                f"--cluster-signing-cert-file={p('ca.crt')}",
+                f"--cluster-signing-key-file={p('ca.key')}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--controllers={KCM_CONTROLLERS}",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
+        self._spawn(
+            "kube-scheduler",
+            [
+                f"--kubeconfig={sched_kc}",
+                f"--authentication-kubeconfig={sched_kc}",
+                f"--authorization-kubeconfig={sched_kc}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={cfg.port(4)}",
+                f"--cert-dir={self.state_dir / 'scheduler-certs'}",
+                "--leader-elect=false",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
+        # Their serving certificates are self-signed: the probe only asks whether they are up.
+        insecure = ssl.create_default_context()
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE
+        all_cp = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"]
+
+        def healthz(port: int) -> Callable[[], bool]:
+            return lambda: _http_ok(f"https://127.0.0.1:{port}/healthz", insecure)
+
+        self._wait("kube-controller-manager /healthz", healthz(cfg.port(3)), deadline, all_cp)
+        self._wait("kube-scheduler /healthz", healthz(cfg.port(4)), deadline, all_cp)
+
+        kwok_cfg = self.state_dir / "kwok.yaml"
+        kwok_cfg.write_text(yaml.safe_dump_all(kwok_stages(cfg.pod_ready_delay), sort_keys=False))
+        self._spawn(
+            "kwok",
+            [
+                f"--kubeconfig={self.kubeconfig}",
+                f"--config={kwok_cfg}",
+                "--manage-all-nodes=false",
+                f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
+                f"--server-address=127.0.0.1:{cfg.port(5)}",
+                f"--cidr={POD_CIDR}",
+                "--node-ip=10.240.0.1",
+            ],
+        )
+        everything = [*all_cp, "kwok"]
+        self._wait(
+            "kwok /healthz",
+            lambda: _http_ok(f"http://127.0.0.1:{cfg.port(5)}/healthz", None),
+            deadline,
+            everything,
+        )
+
+        nodes = [
+            node_manifest(f"kwok-node-{i}", i, cfg.node_cpu, cfg.node_memory, cfg.node_pods) for i in range(cfg.nodes)
+        ]
+        self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(nodes))
+        self._wait("nodes Ready", self._nodes_ready, deadline, everything)
+        self._wait("the default ServiceAccount", self._default_sa_exists, deadline, everything)
+
+    def _nodes_ready(self) -> bool:
+        result = self.kubectl("get", "nodes", "-o", "json", check=False)
+        if result.returncode != 0:
+            return False
+        items = json.loads(result.stdout)["items"]
+        ready = [
+            n
+            for n in items
+            if any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"].get("conditions", []))
+            # The node controller removes its not-ready taint shortly after Ready; pods wait for that.
+            and not any(t["key"].startswith("node.kubernetes.io/") for t in n["spec"].get("taints", []))
+        ]
+        return len(ready) >= self.config.nodes
+
+    def _default_sa_exists(self) -> bool:
+        return self.kubectl("-n", "default", "get", "serviceaccount", "default", check=False).returncode == 0
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _default_state_dir() -> Path:
+    return _cache_dir() / "localcluster"
+
+
+def _int_arg(flag: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise InputError(f"{flag} must be a port number or 'auto', got {value!r}") from None
+
+
+def _owner_file(state_dir: Path) -> Path:
+    return state_dir / "owner.json"
+
+
+def down(state_dir: Path, timeout: float = 60.0) -> list[str]:
+    """Stop what 'up' runs in ``state_dir``: ask its process to shut down, then kill any leftover."""
+    state_dir = state_dir.resolve()
+    stopped: list[str] = []
+    try:
+        owner = json.loads(_owner_file(state_dir).read_text())
+    except (OSError, ValueError):
+        owner = None
+    if owner and _alive(int(owner["pid"]), owner.get("start_time")):
+        os.kill(int(owner["pid"]), signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _alive(int(owner["pid"]), owner.get("start_time")):
+            time.sleep(0.1)
+        stopped.append(f"up (pid {owner['pid']})")
+    _owner_file(state_dir).unlink(missing_ok=True)
+    return stopped + kill_recorded(state_dir)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m prescaler.localcluster", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start a local control plane and keep it running until Ctrl-C/SIGTERM")
+    up.add_argument("--state-dir", type=Path, default=_default_state_dir())
+    up.add_argument("--pod-ready-delay", type=float, default=2.0, help="seconds from pod start to Ready")
+    up.add_argument("--base-port", default="16443", help="first of 6 loopback ports, or 'auto'")
+    up.add_argument("--nodes", type=int, default=2)
+    up.add_argument("--bin-dir", type=Path, default=None)
+    down_cmd = sub.add_parser("down", help="stop a cluster started by 'up' (or left over by a crash)")
+    down_cmd.add_argument("--state-dir", type=Path, default=_default_state_dir())
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "down":
+            stopped = down(args.state_dir)
+            print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+            return 0
+        config = ClusterConfig(
+            state_dir=args.state_dir,
+            bin_dir=args.bin_dir,
+            base_port=None if args.base_port == "auto" else _int_arg("--base-port", args.base_port),
+            pod_ready_delay=args.pod_ready_delay,
+            nodes=args.nodes,
+        )
+        # SIGTERM takes the same clean path as Ctrl-C.
+        signal.signal(signal.SIGTERM, _interrupt)
+        cluster = LocalCluster(config)
+        try:
+            cluster.start()
+            owner = {"pid": os.getpid(), "start_time": _proc_start_time(os.getpid())}
+            _owner_file(config.state_dir).write_text(json.dumps(owner))
+            print(f"export KUBECONFIG={cluster.kubeconfig}")
+            print(f"export PATH={cluster.bin_dir}:$PATH")
+            print(f"# api server {cluster.server}")
+            print(f"# up in {cluster.startup_seconds:.1f}s; logs in {cluster.log_dir}; Ctrl-C stops", flush=True)
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            cluster.stop()
+            _owner_file(config.state_dir).unlink(missing_ok=True)
+        return 0
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ClusterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
