@@ -75,3 +75,19 @@ def test_conditions_keep_transition_time_until_status_changes() -> None:
     flipped, changed = merge_conditions(same, {"Ready": Cond("False", "TargetNotFound", "gone")}, 2,
                                         t0 + timedelta(hours=2))
     assert [c for c, _ in changed] == ["Ready"] and flipped[0]["lastTransitionTime"] == "2026-01-01T02:00:00Z"
+
+
+def test_reasons_speak_the_users_unit() -> None:
+    import numpy as np
+    import pandas as pd
+
+    from prescaler.forecasting import Forecast
+    from prescaler.planning import plan
+
+    s = parse_spec(MINIMAL)  # 5-minute step, capacity per 1m
+    now = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    ds = pd.date_range(now - timedelta(minutes=5), periods=12, freq="5min")
+    y = np.full(12, 60_000.0)  # per 5-minute step = 12,000 per minute
+    fc = Forecast(ds=ds, yhat=y, lower=y, upper=y, model="test")
+    d = plan(s.policy(), now=now, current_replicas=1, forecast=fc, forecast_generated_at=now, observed_load=None)
+    assert "12,000 req/1m" in d.reason and d.desired == 10

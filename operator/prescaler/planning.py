@@ -49,6 +49,9 @@ class ScalingPolicy:
     scale_down_max_step_percent: int = 50
     stale_after: timedelta = timedelta(hours=2)
     fallback: Fallback = "HoldCurrent"
+    # Reasons show loads in the user's unit (e.g. requests per minute) rather than per forecast step.
+    display_factor: float = 1.0
+    display_unit: str = ""
 
     def __post_init__(self) -> None:
         if self.min_replicas < 1:
@@ -136,8 +139,11 @@ def _step_of(ds: pd.DatetimeIndex) -> pd.Timedelta:
     return pd.Timedelta(0)
 
 
-def _fmt_load(x: float) -> str:
-    return f"{x:,.0f}" if x >= 100 else f"{x:,.2f}"
+def _fmt_load(x: float, policy: ScalingPolicy | None = None) -> str:
+    if policy is not None:
+        x *= policy.display_factor
+    text = f"{x:,.0f}" if x >= 100 else f"{x:,.2f}"
+    return f"{text} {policy.display_unit}" if policy is not None and policy.display_unit else text
 
 
 def plan(
@@ -173,11 +179,12 @@ def plan(
 
     lead = format_duration(policy.lead_time) if policy.lead_time > timedelta(0) else "0s"
     if driver_is_forecast and peak is not None:
-        why = f"forecast peak {_fmt_load(p_load)} at {peak.at:%Y-%m-%d %H:%M} within lead {lead}"
+        why = f"forecast peak {_fmt_load(p_load, policy)} at {peak.at:%Y-%m-%d %H:%M} within lead {lead}"
     elif observed is not None and policy.reactive_floor:
-        why = f"observed load {_fmt_load(r_load)} above forecast {_fmt_load(p_load)} (reactive floor)"
+        why = (f"observed load {_fmt_load(r_load, policy)} above forecast {_fmt_load(p_load, policy)} "
+               "(reactive floor)")
     else:
-        why = f"forecast {_fmt_load(p_load)} within lead {lead}"
+        why = f"forecast {_fmt_load(p_load, policy)} within lead {lead}"
     if raw != recommended:
         bound = "minReplicas" if raw < recommended else "maxReplicas"
         why += f"; {raw} replicas clamped to {bound} {recommended}"
@@ -252,7 +259,7 @@ def _fallback(
         need = policy.replicas_for(observed)
         if need > target:
             target = need
-            why += f", raised to observed load {_fmt_load(observed)}"
+            why += f", raised to observed load {_fmt_load(observed, policy)}"
     desired = policy.clamp(target)
     if current <= policy.max_replicas:
         desired = max(desired, min(current, policy.max_replicas))

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any, Literal, cast
 
-from prescaler.durations import parse_duration
+from prescaler.durations import format_duration, parse_duration
 from prescaler.errors import InputError
 from prescaler.forecasting import MODEL_NAMES
 from prescaler.planning import Fallback, Quantile, ScalingPolicy
@@ -81,6 +81,8 @@ class ScalerSpec:
             scale_down_max_step_percent=self.max_step_percent,
             stale_after=self.stale_after,
             fallback=self.fallback,
+            display_factor=self.per / self.step,
+            display_unit=f"req/{format_duration(self.per)}",
         )
 
     def forecast_key(self) -> str:
