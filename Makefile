@@ -23,9 +23,13 @@ e2e: setup components
 
 lint: setup components
 	.venv/bin/ruff check operator tests bench hack
-	.venv/bin/ruff format --check operator tests bench hack || true
 	.venv/bin/mypy
-	$(PY) -m pytest -q -p no:cacheprovider tests/test_crd.py tests/test_chart.py tests/test_dashboard.py
+	PATH="$$(bash hack/build-components.sh):$$PATH" helm lint --strict --kube-version 1.33.0 charts/prescaler
+	L=$$(bash hack/build-dashboard-linter.sh) && $$L lint --strict --config charts/prescaler/dashboards/.lint \
+	  charts/prescaler/dashboards/prescaler.json
+	bash hack/render-manifests.sh --check
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_crd.py tests/test_chart.py tests/test_dashboard.py \
+	  tests/test_readme.py
 
 ## bench: backtest KPIs on both traces, forecaster quality and speed, fleet benchmark
 bench: setup components
