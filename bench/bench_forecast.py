@@ -5,8 +5,9 @@
 Columns: sMAPE, MAPE, MASE (scaled by the daily seasonal-naive in-sample error), band % (share of actual
 values inside the forecast's lower-upper band; the band aims at 80%), seconds per fold (fit + predict).
 Each model is scored by a rolling-origin backtest (every fold's model sees only data before its window);
-`auto` selects inside each fold from that fold's own past. Prints one table per trace and the Prophet fit
-times behind the issue's targets. Reports, never asserts: the exit code is non-zero only on a crash.
+`auto` backtests, drops and combines inside each fold from that fold's own past only. Prints one table
+per trace and the Prophet fit times behind the issue's targets. Reports, never asserts: the exit code is
+non-zero only on a crash.
 """
 
 from __future__ import annotations

@@ -242,19 +242,96 @@ def test_auto_picks_the_lowest_backtest_error() -> None:
     assert result.model == "seasonal-naive"
     assert set(result.errors) == set(fc.CANDIDATES)
     assert result.smape == pytest.approx(0, abs=1e-9)
-    assert all(result.errors[m]["smape"] > 5 for m in ("prophet", "holt-winters"))
+    assert result.errors["prophet"]["smape"] > 5
+    # A weekly-season Holt-Winters nearly learns the repeated week, but only nearly.
+    assert result.errors["holt-winters"]["smape"] > 0
     assert result.reason.startswith("auto: seasonal-naive sMAPE 0.0% < ")
     np.testing.assert_allclose(result.forecast.yhat, week[:24])
 
 
-def test_auto_prefers_a_smooth_model_when_the_week_is_noisy() -> None:
-    # Heavy noise: copying last week copies its noise; a fitted seasonal shape averages it out.
+def test_auto_drops_what_another_model_beat_in_every_fold() -> None:
+    rng = np.random.default_rng(11)
+    week = rng.uniform(100, 1000, size=168)
+    index = pd.date_range("2024-01-01", periods=168 * 4, freq="h", tz="UTC")
+    result = fc.fit_predict("auto", pd.Series(np.tile(week, 4), index=index), DAY)
+    assert "(3 backtest folds of 1 day); using seasonal-naive" in result.reason
+    assert "dropped prophet (worse than seasonal-naive in every fold)" in result.reason
+    assert "holt-winters (worse than seasonal-naive in every fold)" in result.reason
+
+
+def test_auto_combines_models_that_no_other_beat_everywhere() -> None:
+    # Heavy noise: copying last week copies its noise; two smooth models win on different days.
     noisy = traffic(28, noise=0.25, seed=5)
     result = fc.fit_predict("auto", noisy, DAY)
-    best = min(result.errors, key=lambda m: result.errors[m]["smape"])
-    assert result.model == best
-    assert result.model != "seasonal-naive"
-    assert result.smape == pytest.approx(result.errors[best]["smape"])
+    assert result.model == "auto(holt-winters+prophet)"
+    assert "dropped seasonal-naive (worse than holt-winters in every fold)" in result.reason
+    hw, prophet = result.errors["holt-winters"]["smape"], result.errors["prophet"]["smape"]
+    w_hw = (1 / hw) / (1 / hw + 1 / prophet)
+    assert f"combined {w_hw:.2f} holt-winters + {1 - w_hw:.2f} prophet" in result.reason
+    # The forecast is that weighted mean of the members refitted on the whole history.
+    members = [fc.make_forecaster(m, step=HOUR).fit(noisy).predict(DAY) for m in ("holt-winters", "prophet")]
+    np.testing.assert_allclose(result.forecast.yhat, w_hw * members[0].yhat + (1 - w_hw) * members[1].yhat)
+    assert np.all(result.forecast.lower <= result.forecast.yhat)
+    assert np.all(result.forecast.yhat <= result.forecast.upper)
+    # The combination's own backtest error, with those weights, is below each member's.
+    assert result.smape is not None and result.smape < min(hw, prophet)
+    assert result.forecast.model == result.model
+
+
+def test_combination_weights_favour_the_lower_error() -> None:
+    weights = fc.combination_weights({"a": 2.0, "b": 4.0, "c": 8.0})
+    assert weights["a"] > weights["b"] > weights["c"]
+    assert weights["a"] == pytest.approx(4 / 7)
+    assert sum(weights.values()) == pytest.approx(1)
+    assert fc.combination_weights({"a": 0.0, "b": 3.0}) == {"a": 1.0, "b": 0.0}
+
+
+def test_combine_is_a_weighted_mean_whose_band_contains_it() -> None:
+    ds = pd.date_range("2024-01-01", periods=3, freq="h", tz="UTC")
+    one = fc.Forecast(ds, np.array([100.0, 200, 300]), np.array([90.0, 150, 290]),
+                      np.array([110.0, 260, 310]), "prophet")
+    two = fc.Forecast(ds, np.array([200.0, 100, 300]), np.array([150.0, 99, 200]),
+                      np.array([300.0, 101, 400]), "seasonal-naive")
+    both = fc.combine([one, two], [3, 1], "auto(prophet+seasonal-naive)")
+    np.testing.assert_allclose(both.yhat, [125, 175, 300])
+    np.testing.assert_allclose(both.lower, [105, 137.25, 267.5])
+    np.testing.assert_allclose(both.upper, [157.5, 220.25, 332.5])
+    assert np.all(both.lower <= both.yhat) and np.all(both.yhat <= both.upper)
+    assert both.model == "auto(prophet+seasonal-naive)"
+    assert both.note == "0.75 prophet + 0.25 seasonal-naive"
+    with pytest.raises(ValueError, match="share their timestamps"):
+        fc.combine([one, fc.Forecast(ds + HOUR, two.yhat, two.lower, two.upper, "x")], [1, 1], "auto")
+
+
+def test_auto_backtests_on_the_forecast_horizon_when_history_allows() -> None:
+    week = timedelta(days=7)
+    long = fc.fit_predict("auto", traffic(35), week)
+    assert "(3 backtest folds of 7 days)" in long.reason
+    assert all(e["folds"] == 3 for e in long.errors.values())
+    assert len(long.forecast.ds) == 168
+    # 23 days leave 2 days before three 7-day windows: too short for prophet, so 1-day windows.
+    short = fc.fit_predict("auto", traffic(23), week)
+    assert "(3 backtest folds of 1 day)" in short.reason
+    assert len(short.forecast.ds) == 168
+
+
+def test_holt_winters_takes_a_weekly_season_from_two_weeks_at_hourly_steps(series: pd.Series) -> None:
+    weekly = fc.HoltWintersForecaster(step=HOUR).fit(series).predict(DAY)
+    assert weekly.note == "weekly season"
+    short = fc.HoltWintersForecaster(step=HOUR).fit(series.iloc[: 24 * 10]).predict(DAY)
+    assert short.note == "daily season"
+    five = traffic(15, timedelta(minutes=5), seed=3)
+    fine = fc.HoltWintersForecaster(step=timedelta(minutes=5)).fit(five).predict(DAY)
+    assert fine.note == "daily season"
+
+
+def test_seasonal_naive_copies_a_week_from_eight_days(series: pd.Series) -> None:
+    eight = series.iloc[: 24 * 8]
+    forecast = fc.SeasonalNaiveForecaster(step=HOUR).fit(eight).predict(DAY)
+    assert forecast.note == "weekly"
+    np.testing.assert_allclose(forecast.yhat, eight.iloc[-168:-144].to_numpy())
+    seven = series.iloc[: 24 * 7]
+    assert fc.SeasonalNaiveForecaster(step=HOUR).fit(seven).predict(DAY).note == "daily"
 
 
 # --- events -----------------------------------------------------------------------------------------------
