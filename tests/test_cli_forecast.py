@@ -71,3 +71,16 @@ def test_bad_input_writes_nothing(
     assert message in capsys.readouterr().err
     assert _forecast_rows(engine) == before
 
+
+
+def test_backtest_of_a_stored_series(simulated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    out = tmp_path / "bt.json"
+    assert main(["--database-url", simulated, "backtest", "--series", "fc-api", "--step", "1h", "--last", "1d",
+                 "--capacity", "20000", "--startup-delay", "1h", "--model", "seasonal-naive", "--no-progress",
+                 "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["policies"]) == {"static", "reactive", "predictive", "oracle"}
+    assert result["policies"]["oracle"]["unserved_pct"] == 0
+    assert "predictive" in capsys.readouterr().out

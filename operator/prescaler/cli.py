@@ -192,7 +192,8 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         if end is None:
             raise InputError(f"series {args.series!r} has no data")
         step = args.step or timedelta(minutes=5)
-        span = args.last or timedelta(days=60)
+        # --last is the evaluated window; the forecaster also needs warm-up history before it.
+        span = args.last + backtest.DEFAULT_WARMUP if args.last else timedelta(days=60)
         series = history.read_history(engine, source, args.series, end - span, end + step, step)
     result = backtest.run_backtest(
         series, capacity=args.capacity, startup_delay=args.startup_delay, step=args.step, model=args.model,

@@ -109,13 +109,17 @@ class PeakWindow:
 
 
 def forecast_peak(forecast: Forecast, start: datetime, end: datetime, quantile: Quantile) -> PeakWindow | None:
-    """Highest forecast load over buckets that overlap [start, end]."""
+    """Highest forecast load over buckets that overlap [start, end).
+
+    Half-open: a bucket starting exactly at `end` is the next decision's business, so capacity is not
+    requested one tick earlier than the lead time needs.
+    """
     if len(forecast.ds) == 0:
         return None
     step = _step_of(forecast.ds)
     values = forecast.upper if quantile == "upper" else forecast.yhat
     lo = int(forecast.ds.searchsorted(pd.Timestamp(start) - step, side="right"))
-    hi = int(forecast.ds.searchsorted(pd.Timestamp(end), side="right"))
+    hi = int(forecast.ds.searchsorted(pd.Timestamp(end), side="left"))
     if hi <= lo:
         return None
     window = np.asarray(values[lo:hi], dtype=float)

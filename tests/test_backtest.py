@@ -1,0 +1,294 @@
+"""The what-if backtest: hand-computed KPIs per policy, the time model, bad input, JSON shape."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from prescaler import backtest, cli, forecasting
+from prescaler.backtest import compare_frontiers, format_table, ready_from_requests, run_backtest
+from prescaler.errors import InputError
+
+H = timedelta(hours=1)
+WARM_DAYS = 2
+
+
+def hourly(values: list[float] | np.ndarray, start: str = "2024-01-01") -> pd.Series:
+    idx = pd.date_range(start, periods=len(values), freq="1h", tz="UTC")
+    return pd.Series(np.asarray(values, dtype=float), index=idx, name="y")
+
+
+def with_warmup(evaluated: list[float], warm: float) -> tuple[pd.Series, timedelta]:
+    """A flat warm-up of WARM_DAYS days, then the evaluated values; returns the series and `last`."""
+    values = [warm] * (24 * WARM_DAYS) + list(evaluated)
+    return hourly(values), len(evaluated) * H
+
+
+def bt(series: pd.Series, **kw: object) -> backtest.BacktestResult:
+    kw.setdefault("capacity", 100.0)
+    kw.setdefault("startup_delay", H)
+    kw.setdefault("model", "seasonal-naive")
+    kw.setdefault("headroom_percent", 0.0)
+    kw.setdefault("progress", False)
+    kw.setdefault("frontier_headrooms", (0, 50))
+    return run_backtest(series, **kw)  # type: ignore[arg-type]
+
+
+STEP_LOAD = [100.0] * 4 + [300.0] * 4 + [100.0] * 4
+
+
+@pytest.fixture
+def step_result() -> backtest.BacktestResult:
+    series, last = with_warmup(STEP_LOAD, warm=100.0)
+    return bt(series, last=last)
+
+
+def test_ready_from_requests_delays_scale_up_and_drops_immediately() -> None:
+    requested = np.array([1, 3, 3, 3, 1, 2, 2, 5, 4, 4])
+    ready = ready_from_requests(requested, 2)
+    # +2 requested at 1 are ready at 3; scale-down at 4 is immediate; +1 at 5 ready at 7;
+    # at 7 +3 more start (ready at 9), at 8 one starting pod is removed first.
+    assert ready.tolist() == [1, 1, 1, 3, 1, 1, 1, 2, 2, 4]
+    assert ready_from_requests(requested, 0).tolist() == requested.tolist()
+
+
+def test_static_is_sized_for_the_peak_and_never_unserved(step_result: backtest.BacktestResult) -> None:
+    k = step_result.kpis["static"]
+    assert step_result.requested["static"].tolist() == [3] * 12
+    assert k.replica_hours == pytest.approx(36.0)
+    assert k.unserved_pct == 0.0 and k.underprovisioned_pct == 0.0
+    assert k.scale_actions == 0 and k.saving_vs_static_pct == 0.0
+
+
+def test_oracle_follows_the_load_without_delay(step_result: backtest.BacktestResult) -> None:
+    k = step_result.kpis["oracle"]
+    assert step_result.ready["oracle"].tolist() == [1] * 4 + [3] * 4 + [1] * 4
+    assert k.replica_hours == pytest.approx(20.0)
+    assert k.unserved_pct == 0.0
+    assert k.scale_actions == 2
+    assert k.ratio_to_oracle == pytest.approx(1.0)
+    assert k.saving_vs_static_pct == pytest.approx(100 * (36 - 20) / 36)
+
+
+def test_reactive_is_late_by_one_observation_and_the_startup_delay(
+    step_result: backtest.BacktestResult,
+) -> None:
+    # The rise at bucket 4 is first seen at 5 (y[4] arrives during bucket 4); pods requested then are
+    # ready at 6. The scale-down after the drop at 8 is immediate (hourly step > HPA's 5-minute window).
+    assert step_result.requested["reactive"].tolist() == [1] * 5 + [3] * 4 + [1] * 3
+    assert step_result.ready["reactive"].tolist() == [1] * 6 + [3] * 3 + [1] * 3
+    k = step_result.kpis["reactive"]
+    assert k.replica_hours == pytest.approx(20.0)
+    assert k.unserved_pct == pytest.approx(100 * 400 / 2000)
+    assert k.underprovisioned_pct == pytest.approx(100 * 2 / 12)
+    assert k.scale_actions == 2
+    assert k.ratio_to_oracle == pytest.approx(1.0)
+
+
+def test_reactive_scale_down_is_stabilised_over_five_minutes() -> None:
+    idx = pd.date_range("2024-01-01", periods=24 * 12 * WARM_DAYS + 5, freq="5min", tz="UTC")
+    values = np.full(len(idx), 300.0)
+    values[-3:] = 100.0
+    res = bt(pd.Series(values, index=idx), startup_delay=timedelta(minutes=10), last=timedelta(minutes=25))
+    # Recommendations from the last observed bucket: 3, 3, 3, 1, 1. At the first 1 the one made five
+    # minutes earlier (3) still holds the fleet; the next step drops it.
+    assert res.requested["reactive"].tolist() == [3, 3, 3, 3, 1]
+    assert res.settings["startup_delay_steps"] == 2
+
+
+def test_headroom_sizes_static_and_reactive() -> None:
+    series, last = with_warmup(STEP_LOAD, warm=100.0)
+    res = bt(series, last=last, headroom_percent=50.0)
+    assert res.requested["static"][0] == 5  # ceil(300 * 1.5 / 100)
+    assert res.requested["reactive"].max() == 5
+    assert res.requested["reactive"][0] == 2  # ceil(100 * 1.5 / 100)
+    # The oracle carries no headroom: it is the lower bound.
+    assert res.kpis["oracle"].replica_hours == pytest.approx(20.0)
+
+
+def daily_wave(days: int, peak: float = 2000.0) -> pd.Series:
+    hours = np.arange(24 * days)
+    hod = hours % 24
+    # A quiet night and a sharp morning ramp, the shape reactive scaling handles worst.
+    values = np.where((hod >= 8) & (hod < 20), peak, peak / 10) + 50 * np.sin(hod / 24 * 2 * np.pi)
+    return hourly(values)
+
+
+def test_predictive_beats_reactive_on_a_daily_periodic_series() -> None:
+    res = bt(daily_wave(9), last=timedelta(days=5), headroom_percent=10.0)
+    pred, react = res.kpis["predictive"], res.kpis["reactive"]
+    assert react.unserved_pct > 1.0
+    assert pred.unserved_pct < 0.25 * react.unserved_pct
+    assert pred.replica_hours <= 1.35 * react.replica_hours
+    assert res.kpis["oracle"].unserved_pct == 0.0
+    # Capacity arrives before the morning ramp: ready at 08:00 on every evaluated day.
+    at_ramp = res.ds.hour == 8
+    assert np.all(res.ready["predictive"][at_ramp] * 100 >= res.load[at_ramp])
+    assert res.forecast.smape is not None and res.forecast.smape < 5.0
+    assert res.settings["refits"] == 5
+
+
+def test_frontier_reuses_fits_and_compares_at_equal_cost() -> None:
+    calls = {"n": 0}
+    real = forecasting.fit_predict
+
+    def counting(*args: object, **kw: object) -> object:
+        calls["n"] += 1
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(forecasting, "fit_predict", counting)
+    try:
+        res = bt(daily_wave(8), last=timedelta(days=4), headroom_percent=10.0,
+                 frontier_headrooms=(0, 10, 20, 50, 100))
+    finally:
+        mp.undo()
+    assert calls["n"] == 4  # one per daily origin, not one per headroom
+    for name in ("reactive", "predictive"):
+        points = res.frontier[name]
+        assert [p.headroom_pct for p in points] == [0, 10, 20, 50, 100]
+        rh = [p.replica_hours for p in points]
+        assert rh == sorted(rh)
+    # The frontier point at the run's own headroom is the run itself.
+    assert res.frontier["predictive"][1].replica_hours == pytest.approx(res.kpis["predictive"].replica_hours)
+    comparable = [c for c in compare_frontiers(res) if c.reactive_unserved_pct is not None]
+    assert comparable
+    assert all(c.predictive_unserved_pct < c.reactive_unserved_pct for c in comparable)  # type: ignore[operator]
+
+
+def test_compare_frontiers_interpolates_and_refuses_to_extrapolate(
+    step_result: backtest.BacktestResult,
+) -> None:
+    from dataclasses import replace
+
+    fr = {
+        "reactive": [backtest.FrontierPoint(0, 100.0, 10.0), backtest.FrontierPoint(50, 200.0, 2.0)],
+        "predictive": [backtest.FrontierPoint(0, 150.0, 1.0), backtest.FrontierPoint(50, 250.0, 0.0)],
+    }
+    out = compare_frontiers(replace(step_result, frontier=fr))
+    assert out[0].reactive_unserved_pct == pytest.approx(6.0)
+    assert out[1].reactive_unserved_pct is None
+
+
+def test_json_shape_and_no_nan_with_gaps() -> None:
+    series = daily_wave(6)
+    series.iloc[100:104] = np.nan
+    series = series.drop(series.index[120:123])  # a hole in the index, not just NaN rows
+    res = bt(series, last=timedelta(days=3), headroom_percent=10.0)
+    doc = res.to_json()
+    text = json.dumps(doc, allow_nan=False)
+    assert set(doc) == {"policies", "forecast", "frontier", "settings"}
+    assert set(doc["policies"]) == {"static", "reactive", "predictive", "oracle"}
+    for kpis in doc["policies"].values():
+        assert set(kpis) == {"replica_hours", "unserved_pct", "underprovisioned_pct", "scale_actions",
+                             "saving_vs_static_pct", "ratio_to_oracle"}
+    assert set(doc["forecast"]) == {"model", "smape", "mape", "mase"}
+    assert set(doc["frontier"]) == {"reactive", "predictive"}
+    assert set(doc["frontier"]["reactive"][0]) == {"headroom_pct", "replica_hours", "unserved_pct"}
+    assert "NaN" not in text
+    assert doc["settings"]["step"] == "1h"
+    # The index hole became missing rows of the regular grid.
+    assert len(res.ds) == 72 and res.settings["missing_steps"] == 3 + 4
+    table = format_table(res)
+    for name in ("static", "reactive", "predictive", "oracle"):
+        assert name in table
+
+
+def test_missing_buckets_count_as_no_load_and_are_left_out_of_percentages() -> None:
+    evaluated = [100.0, math.nan, 100.0, 100.0]
+    series, last = with_warmup(evaluated, warm=100.0)
+    res = bt(series, last=last)
+    assert res.kpis["reactive"].underprovisioned_pct == 0.0
+    assert res.requested["reactive"].tolist() == [1, 1, 1, 1]  # held across the missing observation
+
+
+def test_dst_transitions_on_a_local_time_index_do_not_crash() -> None:
+    # Wall-clock hours of a CET trace around the spring-forward night; the nonexistent hour is absent.
+    local = pd.date_range("2020-03-25", "2020-04-02", freq="1h", tz="Europe/Berlin")
+    hod = local.hour.to_numpy()
+    series = pd.Series(np.where((hod >= 8) & (hod < 20), 1000.0, 200.0), index=local)
+    res = bt(series, last=timedelta(days=4), headroom_percent=10.0)
+    assert str(res.ds.tz) == "UTC"
+    assert np.all(np.diff(res.ds.asi8) == 3600 * 10**9)
+    json.dumps(res.to_json(), allow_nan=False)
+
+
+def test_resampling_to_a_coarser_step_sums_and_keeps_missing_buckets_missing() -> None:
+    idx = pd.date_range("2024-01-01", periods=24 * 12 * 3, freq="5min", tz="UTC")
+    values = np.full(len(idx), 10.0)
+    values[-12:] = np.nan  # the last hour entirely missing
+    res = bt(pd.Series(values, index=idx), step=H, last=timedelta(hours=12))
+    assert res.load[0] == pytest.approx(120.0)
+    assert math.isnan(res.load[-1])
+    with pytest.raises(InputError, match="finer than the data"):
+        bt(hourly([1.0] * 100), step=timedelta(minutes=5))
+
+
+@pytest.mark.parametrize("capacity", [0.0, -5.0])
+def test_capacity_must_be_positive(capacity: float) -> None:
+    with pytest.raises(InputError, match="capacity"):
+        bt(daily_wave(4), capacity=capacity)
+
+
+def test_empty_and_all_missing_series_are_rejected() -> None:
+    with pytest.raises(InputError, match="empty"):
+        bt(pd.Series([], index=pd.DatetimeIndex([], tz="UTC"), dtype=float))
+    with pytest.raises(InputError, match="missing"):
+        bt(hourly([math.nan] * 200))
+    with pytest.raises(InputError, match="negative"):
+        bt(hourly([1.0] * 99 + [-1.0]))
+
+
+def test_too_short_to_warm_up_says_how_much_is_needed() -> None:
+    with pytest.raises(InputError, match="at least 2d"):
+        bt(hourly([100.0] * 30))
+    with pytest.raises(InputError, match="at least 2d"):
+        bt(daily_wave(4), last=timedelta(days=3))
+
+
+def test_unknown_model_is_rejected() -> None:
+    with pytest.raises(InputError):
+        bt(daily_wave(4), model="crystal-ball")
+
+
+def _write_trace(path: Path, series: pd.Series) -> None:
+    lines = ["ds,y"] + [f"{t:%Y-%m-%dT%H:%M:%S},{'' if math.isnan(v) else f'{v:.0f}'}"
+                        for t, v in series.items()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_cli_backtest_writes_json_and_html(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    series = daily_wave(7)
+    series.iloc[50] = math.nan
+    csv = tmp_path / "trace.csv"
+    _write_trace(csv, series)
+    out_json, out_html = tmp_path / "out.json", tmp_path / "out.html"
+    rc = cli.main(["backtest", "--input", str(csv), "--capacity", "100", "--startup-delay", "1h",
+                   "--model", "seasonal-naive", "--last", "4d", "--json", str(out_json),
+                   "--report", str(out_html), "--no-progress"])
+    assert rc == 0
+    doc = json.loads(out_json.read_text())
+    assert doc["policies"]["predictive"]["unserved_pct"] < doc["policies"]["reactive"]["unserved_pct"]
+    assert doc["settings"]["evaluated_steps"] == 96
+    assert "<svg" in out_html.read_text()
+    printed = capsys.readouterr().out
+    assert "predictive" in printed and str(out_json) in printed
+
+
+def test_cli_backtest_bad_input_exits_2_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    csv = tmp_path / "short.csv"
+    _write_trace(csv, hourly([100.0] * 30))
+    out_json = tmp_path / "out.json"
+    rc = cli.main(["backtest", "--input", str(csv), "--capacity", "100", "--model", "seasonal-naive",
+                   "--json", str(out_json), "--no-progress"])
+    assert rc == 2
+    assert "at least 2d" in capsys.readouterr().err
+    assert not out_json.exists()

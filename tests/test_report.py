@@ -1,0 +1,91 @@
+"""The HTML report: self-contained, escaped, with the KPI table, the charts and the settings."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from datetime import timedelta
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from prescaler import backtest, report
+
+
+def periodic(days: int, freq: str = "1h") -> pd.Series:
+    idx = pd.date_range("2024-03-01", periods=int(pd.Timedelta(days=days) / pd.Timedelta(freq)), freq=freq,
+                        tz="UTC")
+    hod = idx.hour.to_numpy()
+    values = np.where((hod >= 8) & (hod < 20), 5000.0, 800.0) + 30 * (idx.dayofweek.to_numpy() % 3)
+    return pd.Series(values, index=idx)
+
+
+@pytest.fixture(scope="module")
+def result() -> backtest.BacktestResult:
+    series = periodic(10)
+    series.iloc[200:203] = np.nan
+    return backtest.run_backtest(series, capacity=250.0, startup_delay=timedelta(hours=1),
+                                 model="seasonal-naive", last=timedelta(days=6), progress=False,
+                                 frontier_headrooms=(0, 10, 30))
+
+
+class _Collector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        for name, value in attrs:
+            if name in ("src", "href", "xlink:href", "action", "data") and value:
+                self.links.append(value)
+
+
+def test_report_is_self_contained_with_table_and_charts(result: backtest.BacktestResult, tmp_path: Path) -> None:
+    out = tmp_path / "report.html"
+    report.write_html(result, out)
+    html = out.read_text(encoding="utf-8")
+    parser = _Collector()
+    parser.feed(html)
+    assert parser.links == []
+    assert "http://" not in html and "https://" not in html
+    assert "<script" not in html and "<link" not in html and "@import" not in html
+    assert parser.tags.count("svg") == 3  # whole window, detail around the peak, frontier
+    # The KPI table has one row per policy with its replica-hours.
+    table = re.search(r'<table id="kpis">(.*?)</table>', html, re.S)
+    assert table is not None
+    for name, k in result.kpis.items():
+        assert f"<td>{name}</td><td>{k.replica_hours:,.1f}</td>" in table.group(1)
+    assert "startup delay" in html and "capacity" in html
+    assert "replica-hours" in html
+
+
+def test_report_escapes_text(result: backtest.BacktestResult) -> None:
+    hostile = replace(result, forecast=replace(result.forecast, model='<script>alert("x")</script>'),
+                      settings={**result.settings, "series": "a<b>&c"})
+    html = report.render_html(hostile)
+    assert "<script>" not in html
+    assert "&lt;script&gt;" in html
+    assert "a&lt;b&gt;&amp;c" in html
+
+
+def test_long_series_are_downsampled_without_losing_the_peak(tmp_path: Path) -> None:
+    series = periodic(30, freq="5min")
+    series.iloc[-500] = 20000.0  # a one-bucket spike must survive downsampling
+    res = backtest.run_backtest(series, capacity=500.0, startup_delay=timedelta(minutes=10),
+                                model="seasonal-naive", last=timedelta(days=20), progress=False,
+                                frontier_headrooms=(10,))
+    html = report.render_html(res)
+    first_chart = html.split("<svg", 2)[1]
+    paths = re.findall(r'<path d="([^"]*)" fill="none" stroke="#1f2937"', first_chart)
+    assert len(paths) == 1
+    points = paths[0].count("L") + paths[0].count("M")
+    assert points <= report.MAX_POINTS
+    # The spike is still the top of the load line, at its true height relative to the ordinary peaks.
+    ys = [float(p.split(",")[1]) for p in re.findall(r"[ML]([\d.]+,[\d.]+)", paths[0])]
+    heights = sorted({round(report.HEIGHT - report.MARGIN_B - y, 1) for y in ys}, reverse=True)
+    assert heights[0] / heights[1] == pytest.approx(20000.0 / 5060.0, rel=0.01)
