@@ -17,9 +17,10 @@ from kubernetes.client.exceptions import ApiException
 from prometheus_client import start_http_server
 
 from prescaler import db, forecasting, history, metrics
-from prescaler.actuation import Actuator, HpaState, load_client_config
+from prescaler.actuation import Actuator, HpaState, TargetState, load_client_config
 from prescaler.clock import Clock
 from prescaler.reconcile import Reconciler, ScalerState, Services
+from prescaler.spec import TargetRef
 
 GROUP, VERSION, PLURAL = "prescaler.dev", "v1alpha1", "predictivescalers"
 log = logging.getLogger("prescaler")
@@ -35,6 +36,14 @@ def _peering_settle() -> float:
 
 def _timer_interval() -> float:
     return float(os.environ.get("PRESCALER_TIMER_INTERVAL", "10"))
+
+
+class _QuietTimer(logging.Filter):
+    """Drops kopf's per-wake-up success line of the reconcile timer: most wake-ups only check the cadence,
+    and at a thousand scalers the line alone is a hundred log records a second."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.INFO and record.msg == "Timer 'reconcile_timer' succeeded.")
 
 
 @kopf.on.startup()
@@ -68,6 +77,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         clock=Clock.from_env(),
         sources=history.load_sources(_settings.get("config_path")),
         fit_timeout_s=float(os.environ.get("PRESCALER_FIT_TIMEOUT", "120")),
+        max_concurrent=int(os.environ.get("PRESCALER_MAX_CONCURRENT_RECONCILES", "8")),
     ))
 
 
@@ -90,6 +100,27 @@ def hpa_by_target(namespace: str, name: str, spec: Mapping[str, Any], status: Ma
     )}
 
 
+def _target_state(kind: str, name: str, spec: Mapping[str, Any], status: Mapping[str, Any],
+                  meta: Mapping[str, Any]) -> TargetState:
+    replicas = spec.get("replicas")
+    return TargetState(kind=kind, name=name, spec_replicas=int(replicas if replicas is not None else 1),
+                       ready_replicas=int(status.get("readyReplicas") or 0),
+                       generation=int(meta.get("generation") or 0))
+
+
+# Targets come from the watch (as an informer cache would), not from a GET per scaler and tick.
+@kopf.index("apps", "v1", "deployments")  # type: ignore[arg-type]
+def deployments(namespace: str, name: str, spec: Mapping[str, Any], status: Mapping[str, Any],
+                meta: Mapping[str, Any], **_: Any) -> dict[tuple[str, str, str], TargetState]:
+    return {(namespace, "Deployment", name): _target_state("Deployment", name, spec, status, meta)}
+
+
+@kopf.index("apps", "v1", "statefulsets")  # type: ignore[arg-type]
+def statefulsets(namespace: str, name: str, spec: Mapping[str, Any], status: Mapping[str, Any],
+                 meta: Mapping[str, Any], **_: Any) -> dict[tuple[str, str, str], TargetState]:
+    return {(namespace, "StatefulSet", name): _target_state("StatefulSet", name, spec, status, meta)}
+
+
 @kopf.index(GROUP, VERSION, PLURAL)  # type: ignore[arg-type]
 def scaler_by_target(namespace: str, name: str, spec: Mapping[str, Any], meta: Mapping[str, Any],
                      **_: Any) -> dict[tuple[str, str, str], tuple[str, str]]:
@@ -107,6 +138,8 @@ async def reconcile_timer(
     patch: kopf.Patch,
     hpa_by_target: kopf.Index[tuple[str, str, str], HpaState],
     scaler_by_target: kopf.Index[tuple[str, str, str], tuple[str, str]],
+    deployments: kopf.Index[tuple[str, str, str], TargetState],
+    statefulsets: kopf.Index[tuple[str, str, str], TargetState],
     **_: Any,
 ) -> None:
     assert _reconciler is not None
@@ -120,9 +153,15 @@ async def reconcile_timer(
     hpas = list(hpa_by_target.get(key, []))
     rivals = sorted(scaler_by_target.get(key, []))
     owner = rivals[0][1] if rivals else name
+
+    def target(ns: str, target_ref: TargetRef) -> TargetState | None:
+        index = deployments if target_ref.kind == "Deployment" else statefulsets
+        found = list(index.get(target_ref.key(ns), []))
+        return found[0] if found else None
+
     outcome = await _reconciler.tick(
         namespace=namespace, name=name, body=body, state=memo["scaler_state"], hpas=hpas,
-        rival_owner=owner if owner != name else None,
+        rival_owner=owner if owner != name else None, targets=target,
     )
     if outcome is None:
         return
@@ -173,6 +212,7 @@ def run(
 ) -> None:
     logging.basicConfig(level=os.environ.get("PRESCALER_LOG_LEVEL", "INFO").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kopf.objects").addFilter(_QuietTimer())
     load_client_config()
     history.load_sources(config_path)  # fail fast on a bad administrator config
     _settings.update(

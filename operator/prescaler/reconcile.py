@@ -7,10 +7,12 @@ API calls) runs in threads; fits run in a process pool and are polled, never awa
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -26,7 +28,7 @@ from prescaler.durations import format_duration
 from prescaler.errors import DataUnavailable, InputError
 from prescaler.forecasting import FitResult, Forecast
 from prescaler.planning import Decision, Recommendation, forecast_peak, plan
-from prescaler.spec import ScalerSpec, parse_spec
+from prescaler.spec import ScalerSpec, TargetRef, parse_spec
 
 log = logging.getLogger("prescaler.reconcile")
 
@@ -62,6 +64,8 @@ class ScalerState:
     store_checked_key: str | None = None
     pending: PendingFit | None = None
     started: bool = False
+    interval: timedelta | None = None  # of last_generation, so a skipped wake-up does not parse the spec
+    decided: bool = False
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,47 @@ class Services:
     clock: Clock
     sources: Mapping[str, history.TrafficSource]
     fit_timeout_s: float = 120.0
+    max_concurrent: int = 8
+
+
+# Reads a target from an informer-style cache; None means it does not exist. Without one, each tick GETs it.
+TargetLookup = Callable[[str, TargetRef], TargetState | None]
+# Fits shared by scalers with the same forecast inputs are kept this long (real seconds) after they finish.
+SHARED_FIT_TTL_S = 900.0
+
+
+class _Gate:
+    """At most `slots` reconciles run at once, each start to finish; scalers that never decided go first.
+
+    Without it every due scaler starts at once and their blocking steps interleave in the thread pool, so
+    after a restart no decision lands until the whole fleet has done every step.
+    """
+
+    def __init__(self, slots: int) -> None:
+        self.free = max(1, slots)
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    async def acquire(self, urgent: bool) -> None:
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (0 if urgent else 1, next(self._order), fut))
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # the slot was handed over just as we were cancelled: pass it on
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            fut = heapq.heappop(self._waiters)[2]
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self.free += 1
 
 
 def _now_iso(t: datetime) -> str:
@@ -123,6 +168,10 @@ def merge_conditions(
 class Reconciler:
     def __init__(self, services: Services) -> None:
         self.s = services
+        self._gate = _Gate(services.max_concurrent)
+        # Scalers whose forecasts have the same inputs (forecast key) and origin share one fit.
+        self._fits: dict[tuple[str, datetime], tuple[FitResult, float]] = {}
+        self._inflight: dict[tuple[str, datetime], Future[FitResult]] = {}
 
     async def tick(
         self,
@@ -133,23 +182,33 @@ class Reconciler:
         state: ScalerState,
         hpas: list[HpaState],
         rival_owner: str | None,
+        targets: TargetLookup | None = None,
     ) -> Outcome | None:
         """Run one reconcile if the spec's interval has passed (or the spec changed); None when skipped."""
         now = self.s.clock.now()
         meta = body.get("metadata", {})
         generation = int(meta.get("generation") or 0)
         spec_changed = generation != state.last_generation
-        interval = self._interval(body)
+        interval = state.interval if not spec_changed and state.interval is not None else self._interval(body)
         if not spec_changed and state.last_tick is not None and now - state.last_tick < interval:
             await self._poll_fit(namespace, name, state, None)
             return None
-        started = time.perf_counter()
+        # The cadence counts from when the tick was due, so waiting for a slot does not push the next one.
         state.last_tick = now
         state.last_generation = generation
+        state.interval = interval
+        await self._gate.acquire(urgent=not state.decided)
         try:
-            outcome = await self._tick(namespace, name, body, state, hpas, rival_owner, now, generation)
+            now = self.s.clock.now()
+            started = time.perf_counter()
+            try:
+                outcome = await self._tick(namespace, name, body, state, hpas, rival_owner, now, generation,
+                                           targets)
+            finally:
+                metrics.RECONCILE_DURATION.labels(namespace, name).observe(time.perf_counter() - started)
         finally:
-            metrics.RECONCILE_DURATION.labels(namespace, name).observe(time.perf_counter() - started)
+            self._gate.release()
+        state.decided = True
         old = (body.get("status") or {}).get("conditions")
         conds = outcome.status.pop("_conditions", {})
         merged, changed = merge_conditions(old, conds, generation, now)
@@ -179,6 +238,7 @@ class Reconciler:
         rival_owner: str | None,
         now: datetime,
         generation: int,
+        targets: TargetLookup | None,
     ) -> Outcome:
         out = Outcome()
         conds: dict[str, Cond] = {}
@@ -215,7 +275,12 @@ class Reconciler:
 
         target: TargetState | None = None
         try:
-            target = await asyncio.to_thread(self.s.actuator.read_target, namespace, spec.target)
+            if targets is not None:
+                target = targets(namespace, spec.target)
+                if target is None:
+                    raise TargetNotFound(f"{spec.target.kind} {namespace}/{spec.target.name} not found")
+            else:
+                target = await asyncio.to_thread(self.s.actuator.read_target, namespace, spec.target)
         except TargetNotFound as exc:
             conds["ScalingActive"] = Cond("False", "TargetNotFound", str(exc))
             metrics.ERRORS.labels(namespace, name, "TargetNotFound").inc()
@@ -370,29 +435,7 @@ class Reconciler:
         cached = state.forecast if state.forecast is not None and state.forecast.key == key else None
         due = cached is None or now - cached.generated_at >= spec.refresh_interval
         if due and data_ok and state.pending is None:
-            try:
-                hist = await asyncio.to_thread(history.read_history, self.s.engine, source, spec.service,
-                                               _floor(now, spec.step) - spec.history, _floor(now, spec.step),
-                                               spec.step)
-                events = await asyncio.to_thread(history.read_events, self.s.engine, spec.service,
-                                                 now - spec.history, now + spec.horizon)
-            except DataUnavailable as exc:
-                conds["ForecastReady"] = Cond("False", "DataUnavailable", str(exc))
-                return
-            if cached is None:
-                # First decision fast: a baseline now, the configured model when the pool delivers.
-                try:
-                    quick = await asyncio.to_thread(forecasting.fit_predict, "seasonal-naive", hist, spec.horizon)
-                    self._accept(namespace, name, state, quick, _floor(now, spec.step), key)
-                except forecasting.ForecastUnavailable as exc:
-                    conds["ForecastReady"] = Cond("False", "InsufficientData", str(exc))
-                    metrics.ERRORS.labels(namespace, name, "InsufficientData").inc()
-                    return
-            if spec.model != "seasonal-naive" or cached is not None:
-                fut = self.s.pool.submit(spec.model, hist, spec.horizon, events=events)
-                state.pending = PendingFit(fut, time.monotonic(), _floor(now, spec.step), key)
-            else:
-                await self._persist(state, scaler_key)
+            await self._refit(namespace, name, spec, state, source, now, key, cached, conds)
         cached = state.forecast if state.forecast is not None and state.forecast.key == key else None
         if cached is not None and "ForecastReady" not in conds:
             age = now - cached.generated_at
@@ -406,6 +449,69 @@ class Reconciler:
         elif cached is None and "ForecastReady" not in conds:
             conds["ForecastReady"] = Cond("False", "NoForecast", "no forecast yet")
 
+    async def _refit(
+        self,
+        namespace: str,
+        name: str,
+        spec: ScalerSpec,
+        state: ScalerState,
+        source: history.TrafficSource,
+        now: datetime,
+        key: str,
+        cached: CachedForecast | None,
+        conds: dict[str, Cond],
+    ) -> None:
+        """A new forecast: shared with scalers of the same inputs and origin, else fitted (baseline first)."""
+        scaler_key = f"{namespace}/{name}"
+        origin = _floor(now, spec.step)
+        shared = self._fits.get((key, origin))
+        if shared is not None:
+            # Same forecast key and origin means the same history, model and horizon: the same forecast.
+            self._accept(namespace, name, state, shared[0], origin, key, fitted_here=False)
+            await self._persist(state, scaler_key)
+            return
+        needs_model = spec.model != "seasonal-naive" or cached is not None
+        quick_key = ("baseline:" + key, origin)
+        quick_shared = self._fits.get(quick_key) if cached is None else None
+        running = self._inflight.get((key, origin)) if needs_model else None
+        if running is not None and running.cancelled():
+            running = None
+        if (cached is not None or quick_shared is not None) and running is not None:
+            if quick_shared is not None:
+                self._accept(namespace, name, state, quick_shared[0], origin, key, fitted_here=False)
+            state.pending = PendingFit(running, time.monotonic(), origin, key)
+            return
+        try:
+            hist = await asyncio.to_thread(history.read_history, self.s.engine, source, spec.service,
+                                           origin - spec.history, origin, spec.step)
+            events = await asyncio.to_thread(history.read_events, self.s.engine, spec.service,
+                                             now - spec.history, now + spec.horizon)
+        except DataUnavailable as exc:
+            conds["ForecastReady"] = Cond("False", "DataUnavailable", str(exc))
+            return
+        if cached is None:
+            # First decision fast: a baseline now, the configured model when the pool delivers.
+            try:
+                if quick_shared is not None:
+                    self._accept(namespace, name, state, quick_shared[0], origin, key, fitted_here=False)
+                else:
+                    quick = await asyncio.to_thread(forecasting.fit_predict, "seasonal-naive", hist, spec.horizon)
+                    self._accept(namespace, name, state, quick, origin, key)
+                    self._remember_fit(quick_key, quick)
+                    if not needs_model:
+                        self._remember_fit((key, origin), quick)
+            except forecasting.ForecastUnavailable as exc:
+                conds["ForecastReady"] = Cond("False", "InsufficientData", str(exc))
+                metrics.ERRORS.labels(namespace, name, "InsufficientData").inc()
+                return
+        if needs_model:
+            if running is None:
+                running = self.s.pool.submit(spec.model, hist, spec.horizon, events=events)
+                self._inflight[(key, origin)] = running
+            state.pending = PendingFit(running, time.monotonic(), origin, key)
+        else:
+            await self._persist(state, scaler_key)
+
     async def _poll_fit(
         self, namespace: str, name: str, state: ScalerState, conds: dict[str, Cond] | None
     ) -> None:
@@ -415,6 +521,7 @@ class Reconciler:
         if not p.future.done():
             if time.monotonic() - p.submitted_real > self.s.fit_timeout_s:
                 p.future.cancel()
+                self._forget_inflight(p)
                 state.pending = None
                 metrics.ERRORS.labels(namespace, name, "FitTimeout").inc()
                 if conds is not None:
@@ -423,15 +530,35 @@ class Reconciler:
                                                   "previous forecast")
             return
         state.pending = None
+        if p.future.cancelled():  # a scaler sharing this fit gave up on it: the next due tick fits again
+            self._forget_inflight(p)
+            return
         try:
             result = p.future.result()
         except Exception as exc:  # a failed fit must not kill the tick: report and keep the old forecast
+            self._forget_inflight(p)
             metrics.ERRORS.labels(namespace, name, "FitFailed").inc()
             if conds is not None:
                 conds["ForecastReady"] = Cond("False", "FitFailed", f"{type(exc).__name__}: {exc}")
             return
-        self._accept(namespace, name, state, result, p.origin, p.key)
+        fitted_here = self._forget_inflight(p)
+        if fitted_here:
+            self._remember_fit((p.key, p.origin), result)
+        self._accept(namespace, name, state, result, p.origin, p.key, fitted_here=fitted_here)
         await self._persist(state, f"{namespace}/{name}")
+
+    def _forget_inflight(self, p: PendingFit) -> bool:
+        """Drop a finished or abandoned shared fit; True for the first scaler that does so."""
+        if self._inflight.get((p.key, p.origin)) is p.future:
+            del self._inflight[(p.key, p.origin)]
+            return True
+        return False
+
+    def _remember_fit(self, fit_key: tuple[str, datetime], result: FitResult) -> None:
+        now = time.monotonic()
+        for k in [k for k, (_, at) in self._fits.items() if now - at > SHARED_FIT_TTL_S]:
+            del self._fits[k]
+        self._fits[fit_key] = (result, now)
 
     def _accept(
         self,
@@ -441,9 +568,12 @@ class Reconciler:
         result: FitResult,
         origin: datetime,
         key: str,
+        *,
+        fitted_here: bool = True,
     ) -> None:
         state.forecast = CachedForecast(result.forecast, origin, result.model, result.smape, key, result.reason)
-        metrics.FIT_DURATION.labels(namespace, name, result.model).observe(result.fit_seconds)
+        if fitted_here:  # a shared result was fitted (and timed) once, by the scaler that submitted it
+            metrics.FIT_DURATION.labels(namespace, name, result.model).observe(result.fit_seconds)
         metrics.LAST_REFRESH.labels(namespace, name).set(time.time())
         state.store_checked_key = key
 
