@@ -32,7 +32,8 @@ def test_defaults_and_units() -> None:
 
 
 def test_example_manifest_parses() -> None:
-    docs = list(yaml.safe_load_all((Path(__file__).resolve().parents[1] / "manifests/examples/workout-api.yaml").read_text()))
+    example = Path(__file__).resolve().parents[1] / "manifests" / "examples" / "workout-api.yaml"
+    docs = list(yaml.safe_load_all(example.read_text()))
     ps = next(d for d in docs if d and d["kind"] == "PredictiveScaler")
     s = parse_spec(ps["spec"])
     assert s.max_replicas == 40 and s.service == "workout-api"
