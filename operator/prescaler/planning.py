@@ -177,9 +177,7 @@ def plan(
     raw = policy.replicas_for(max(p_load, r_load))
     recommended = policy.clamp(raw)
 
-    window_start = now - policy.scale_down_window
-    kept = tuple(r for r in recent if r.at > window_start and r.at <= now)
-    recs = (*kept, Recommendation(now, recommended))
+    recs = (*_in_window(recent, now, policy), Recommendation(now, recommended))
 
     lead = format_duration(policy.lead_time) if policy.lead_time > timedelta(0) else "0s"
     if driver_is_forecast and peak is not None:
@@ -211,12 +209,11 @@ def plan(
         elif desired > recommended:
             why += f"; scale-down limited to {desired} ({policy.scale_down_max_step_percent}% step, window)"
 
-    direction: Direction = "up" if desired > current else "down" if desired < current else "none"
     return Decision(
         desired=desired,
         current=current,
         recommended=recommended,
-        direction=direction,
+        direction=_direction(desired, current),
         reason=f"{why} → {desired} replicas",
         stale=False,
         forecast_load=p_load if peak is not None else None,
@@ -267,16 +264,22 @@ def _fallback(
     desired = policy.clamp(target)
     if current <= policy.max_replicas:
         desired = max(desired, min(current, policy.max_replicas))
-    direction: Direction = "up" if desired > current else "down" if desired < current else "none"
-    window_start = now - policy.scale_down_window
-    kept = tuple(r for r in recent if window_start < r.at <= now)
     return Decision(
         desired=desired,
         current=current,
         recommended=desired,
-        direction=direction,
+        direction=_direction(desired, current),
         reason=f"{why} → {desired} replicas",
         stale=True,
         observed_load=observed,
-        recommendations=(*kept, Recommendation(now, desired)),
+        recommendations=(*_in_window(recent, now, policy), Recommendation(now, desired)),
     )
+
+
+def _in_window(recent: Sequence[Recommendation], now: datetime, policy: ScalingPolicy) -> tuple[Recommendation, ...]:
+    start = now - policy.scale_down_window
+    return tuple(r for r in recent if start < r.at <= now)
+
+
+def _direction(desired: int, current: int) -> Direction:
+    return "up" if desired > current else "down" if desired < current else "none"

@@ -44,3 +44,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         yield local
     finally:
         local.stop()
+
+
+@pytest.fixture(scope="module")
+def traffic_db(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A module's database holding the `peak-api` trace (daily 18:00-19:00 peak), imported with the CLI."""
+    from prescaler import cli
+
+    from .operator_support import write_trace_csv
+
+    csv = write_trace_csv(tmp_path_factory.mktemp("trace") / "peak.csv")
+    assert cli.main(["--database-url", pg_url, "import", str(csv), "--service", "peak-api"]) == 0
+    return pg_url

@@ -218,5 +218,10 @@ def namespace_yaml(name: str) -> str:
     return f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}}}\n"
 
 
+def install_crds(cluster: LocalCluster) -> None:
+    cluster.kubectl("apply", "-f", str(REPO / "crds"))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/predictivescalers.prescaler.dev", "--timeout=60s")
+
+
 def apply(cluster: LocalCluster, text: str) -> None:
     cluster.kubectl("apply", "-f", "-", input=text)

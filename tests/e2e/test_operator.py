@@ -17,23 +17,21 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from prescaler import cli
 from prescaler.clock import Clock
 from prescaler.localcluster import LocalCluster
 
 from .operator_support import (
     PEAK_REPLICAS,
-    REPO,
     OperatorProcess,
     apply,
     condition,
     deployment_yaml,
     get_json,
     hpa_yaml,
+    install_crds,
     namespace_yaml,
     peak_day_time,
     scaler_yaml,
-    write_trace_csv,
 )
 
 SPEED = 120.0  # one real second = two simulated minutes
@@ -68,21 +66,13 @@ def _index(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {i["metadata"]["namespace"]: i for i in items if i["metadata"]["name"] == "web"}
 
 
-def _install_crds(cluster: LocalCluster) -> None:
-    cluster.kubectl("apply", "-f", str(REPO / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/predictivescalers.prescaler.dev", "--timeout=60s")
 
 
-@pytest.fixture(scope="module")
-def traffic_db(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    csv = write_trace_csv(tmp_path_factory.mktemp("trace") / "peak.csv")
-    assert cli.main(["--database-url", pg_url, "import", str(csv), "--service", "peak-api"]) == 0
-    return pg_url
 
 
 @pytest.fixture(scope="module")
 def timeline(cluster: LocalCluster, traffic_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Timeline]:
-    _install_crds(cluster)
+    install_crds(cluster)
     for ns in ("e2e-peak", "e2e-observe", "e2e-late", "e2e-hpa", "e2e-floor"):
         apply(cluster, namespace_yaml(ns))
     apply(cluster, deployment_yaml("e2e-peak", "web"))
@@ -222,7 +212,7 @@ def test_metrics_describe_the_run(timeline: Timeline) -> None:
 def test_invalid_scalers_are_rejected_by_the_api_server(
     cluster: LocalCluster, patch: str, field: str
 ) -> None:
-    _install_crds(cluster)
+    install_crds(cluster)
     text = f"""
 apiVersion: prescaler.dev/v1alpha1
 kind: PredictiveScaler
@@ -239,7 +229,7 @@ spec:
 
 
 def test_missing_target_ref_is_rejected(cluster: LocalCluster) -> None:
-    _install_crds(cluster)
+    install_crds(cluster)
     text = """
 apiVersion: prescaler.dev/v1alpha1
 kind: PredictiveScaler

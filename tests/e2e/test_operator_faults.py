@@ -10,39 +10,32 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from prescaler import cli, pgserver
+from prescaler import pgserver
 from prescaler.clock import Clock
 from prescaler.localcluster import LocalCluster
 
 from .operator_support import (
     PEAK_REPLICAS,
-    REPO,
     OperatorProcess,
     apply,
     condition,
     deployment_yaml,
     get_json,
+    install_crds,
     namespace_yaml,
     peak_day_time,
     scaler_yaml,
     wait_for,
-    write_trace_csv,
 )
 
 SPEED = 120.0
 
 
-@pytest.fixture(scope="module")
-def traffic_db(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    csv = write_trace_csv(tmp_path_factory.mktemp("trace") / "peak.csv")
-    assert cli.main(["--database-url", pg_url, "import", str(csv), "--service", "peak-api"]) == 0
-    return pg_url
 
 
 @pytest.fixture(scope="module")
 def crds(cluster: LocalCluster) -> LocalCluster:
-    cluster.kubectl("apply", "-f", str(REPO / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/predictivescalers.prescaler.dev", "--timeout=60s")
+    install_crds(cluster)
     return cluster
 
 
