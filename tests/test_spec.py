@@ -93,3 +93,24 @@ def test_reasons_speak_the_users_unit() -> None:
     fc = Forecast(ds=ds, yhat=y, lower=y, upper=y, model="test")
     d = plan(s.policy(), now=now, current_replicas=1, forecast=fc, forecast_generated_at=now, observed_load=None)
     assert "12,000 req/1m" in d.reason and d.desired == 10
+
+
+def test_metrics_all_matches_metric_names() -> None:
+    from prescaler import metrics
+
+    exposed = [m._name + ("_total" if m._type == "counter" else "") for m in metrics.ALL]
+    assert exposed == list(metrics.METRIC_NAMES)
+
+
+def test_forget_removes_every_series_of_a_deleted_scaler() -> None:
+    from prescaler import handlers, metrics
+
+    metrics.DESIRED_REPLICAS.labels("ns-x", "gone").set(3)
+    metrics.FORECAST_LOAD.labels("ns-x", "gone", "upper").set(9)
+    metrics.ERRORS.labels("ns-x", "gone", "TargetNotFound").inc()
+    metrics.DESIRED_REPLICAS.labels("ns-x", "kept").set(4)
+    handlers.forget(namespace="ns-x", name="gone")
+    text = "\n".join(
+        f"{s.name}{s.labels}" for m in metrics.REGISTRY.collect() for s in m.samples
+    )
+    assert "'gone'" not in text and "'kept'" in text

@@ -173,11 +173,11 @@ async def reconcile_timer(
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)  # type: ignore[arg-type]
 def forget(namespace: str, name: str, **_: Any) -> None:
     # Stale series would otherwise linger in /metrics until the process restarts.
-    for metric in (metrics.DESIRED_REPLICAS, metrics.CURRENT_REPLICAS, metrics.READY_REPLICAS,
-                   metrics.OBSERVED_LOAD, metrics.FORECAST_PEAK_LOAD, metrics.FORECAST_ERROR,
-                   metrics.FORECAST_AGE, metrics.STATIC_PEAK_REPLICAS, metrics.LAST_REFRESH):
-        with contextlib.suppress(KeyError):
-            metric.remove(namespace, name)
+    for metric in metrics.ALL:
+        # prometheus_client has no "remove by label prefix": walk its children (namespace, name first).
+        for labels in [k for k in list(metric._metrics) if k[:2] == (namespace, name)]:
+            with contextlib.suppress(KeyError):
+                metric.remove(*labels)
 
 
 def _ensure_peering(peering: str, namespaces: list[str]) -> None:

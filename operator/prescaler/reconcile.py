@@ -7,6 +7,7 @@ API calls) runs in threads; fits run in a process pool and are polled, never awa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import logging
@@ -43,6 +44,7 @@ class CachedForecast:
     smape: float | None
     key: str
     reason: str = ""
+    fit_seconds: float | None = None
 
 
 @dataclass
@@ -66,6 +68,8 @@ class ScalerState:
     started: bool = False
     interval: timedelta | None = None  # of last_generation, so a skipped wake-up does not parse the spec
     decided: bool = False
+    series: str = ""  # spec.series.service, stored with each forecast for the dashboard's traffic panels
+    model_label: str | None = None  # the model series exported in prescaler_model_info
 
 
 @dataclass(frozen=True)
@@ -301,9 +305,10 @@ class Reconciler:
             metrics.OBSERVED_LOAD.labels(namespace, name).set(observed)
 
         key = spec.forecast_key()
+        state.series = spec.service
         await self._ensure_forecast(namespace, name, spec, state, source, now, key, data_error is None, conds)
         cached = state.forecast if state.forecast is not None and state.forecast.key == key else None
-        self._forecast_status(out, namespace, name, spec, cached, now)
+        self._forecast_status(out, namespace, name, spec, state, cached, now)
 
         if target is None:
             conds["Ready"] = Cond("False", "TargetNotFound", conds["ScalingActive"].message)
@@ -366,8 +371,9 @@ class Reconciler:
         metrics.CURRENT_REPLICAS.labels(namespace, name).set(desired if applied else current)
         metrics.READY_REPLICAS.labels(namespace, name).set(ready)
         metrics.REPLICA_SECONDS.labels(namespace, name).inc(desired * tick_s)
+        under = metrics.UNDERPROVISIONED_SECONDS.labels(namespace, name)  # exported at 0 from the first tick
         if observed is not None and observed > ready * spec.capacity_per_step:
-            metrics.UNDERPROVISIONED_SECONDS.labels(namespace, name).inc(tick_s)
+            under.inc(tick_s)
         static_peak = out.status.pop("_static_peak", None)
         if static_peak is not None:
             metrics.STATIC_PEAK_REPLICAS.labels(namespace, name).set(static_peak)
@@ -571,7 +577,8 @@ class Reconciler:
         *,
         fitted_here: bool = True,
     ) -> None:
-        state.forecast = CachedForecast(result.forecast, origin, result.model, result.smape, key, result.reason)
+        state.forecast = CachedForecast(result.forecast, origin, result.model, result.smape, key, result.reason,
+                                        result.fit_seconds)
         if fitted_here:  # a shared result was fitted (and timed) once, by the scaler that submitted it
             metrics.FIT_DURATION.labels(namespace, name, result.model).observe(result.fit_seconds)
         metrics.LAST_REFRESH.labels(namespace, name).set(time.time())
@@ -583,9 +590,9 @@ class Reconciler:
             return
         try:
             await asyncio.to_thread(
-                db.save_forecast, self.s.engine, scaler_key=scaler_key, series=scaler_key,
+                db.save_forecast, self.s.engine, scaler_key=scaler_key, series=state.series or scaler_key,
                 forecast=cached.forecast, generated_at=cached.generated_at, smape=cached.smape,
-                fit_seconds=None, params_hash=cached.key, note=cached.reason,
+                fit_seconds=cached.fit_seconds, params_hash=cached.key, note=cached.reason,
             )
             await asyncio.to_thread(db.prune_forecasts, self.s.engine, scaler_key, 3)
         except DataUnavailable as exc:
@@ -597,6 +604,7 @@ class Reconciler:
         namespace: str,
         name: str,
         spec: ScalerSpec,
+        state: ScalerState,
         cached: CachedForecast | None,
         now: datetime,
     ) -> None:
@@ -609,6 +617,11 @@ class Reconciler:
             out.status["forecastError"] = f"{cached.smape:.1f}%"
             metrics.FORECAST_ERROR.labels(namespace, name).set(cached.smape)
         metrics.FORECAST_AGE.labels(namespace, name).set(max(0.0, (now - cached.generated_at).total_seconds()))
+        if state.model_label != cached.model:
+            if state.model_label is not None:  # auto may switch models: only the one in use reads 1
+                with contextlib.suppress(KeyError):
+                    metrics.MODEL_INFO.remove(namespace, name, state.model_label)
+            state.model_label = cached.model
         metrics.MODEL_INFO.labels(namespace, name, cached.model).set(1)
         idx = int(fc.ds.searchsorted(pd.Timestamp(now), side="right")) - 1
         if 0 <= idx < len(fc.ds):
