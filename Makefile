@@ -9,19 +9,19 @@ export PRESCALER_CACHE ?= $(HOME)/.cache/prescaler
 
 ## demo: PostgreSQL + local control plane, simulated traffic, operator on scaled time, report
 demo: setup components
-	$(PY) -m prescaler.demo
+	$(PY) -m prescaler.demo  # starts and stops its own PostgreSQL when none is running
 
 ## test: everything the tests need, then unit + e2e tests
-test: setup components
+test: setup postgres components
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
-unit: setup
+unit: setup postgres
 	$(PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/e2e
 
-e2e: setup components
+e2e: setup postgres components
 	$(PY) -m pytest -q -p no:cacheprovider tests/e2e
 
-lint: setup components
+lint: setup postgres components
 	.venv/bin/ruff check operator tests bench hack
 	.venv/bin/mypy
 	PATH="$$(bash hack/build-components.sh):$$PATH" helm lint --strict --kube-version 1.33.0 charts/prescaler
@@ -32,10 +32,10 @@ lint: setup components
 	  tests/test_readme.py
 
 ## bench: backtest KPIs on both traces, forecaster quality and speed, fleet benchmark
-bench: setup components
+bench: setup postgres components
 	$(PY) bench/run.py
 
-setup: system-deps $(VENV_STAMP) postgres
+setup: system-deps $(VENV_STAMP)
 
 system-deps:
 	@bash hack/system-deps.sh
