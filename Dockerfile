@@ -5,6 +5,7 @@ FROM python:3.11.13-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml ./
+# The runtime package only: .dockerignore leaves out operator/prescaler_dev, and the wheel excludes it too.
 COPY operator/ operator/
 RUN pip wheel --no-deps --wheel-dir /wheels . \
  && python -m venv /opt/venv \

@@ -9,7 +9,7 @@ export PRESCALER_CACHE ?= $(HOME)/.cache/prescaler
 
 ## demo: PostgreSQL + local control plane, simulated traffic, operator on scaled time, report
 demo: setup components
-	$(PY) -m prescaler.demo  # starts and stops its own PostgreSQL when none is running
+	$(PY) -m prescaler_dev.demo  # starts and stops its own PostgreSQL when none is running
 
 ## test: everything the tests need, then unit + e2e tests
 test: setup postgres components
@@ -49,7 +49,7 @@ $(VENV_STAMP): pyproject.toml
 venv: $(VENV_STAMP)
 
 postgres: $(VENV_STAMP)
-	$(PY) -m prescaler.pgserver start
+	$(PY) -m prescaler_dev.pgserver start
 
 components:
 	@bash hack/build-components.sh >/dev/null
@@ -58,7 +58,7 @@ manifests:
 	bash hack/render-manifests.sh
 
 clean:
-	-$(PY) -m prescaler.pgserver stop
+	-$(PY) -m prescaler_dev.pgserver stop
 	rm -rf .venv build dist bench/results
 
 # ---- kind path (needs Docker; not runnable on machines without a container engine) ----

@@ -46,8 +46,9 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from prescaler import db, pgserver
-from prescaler.localcluster import ClusterConfig, LocalCluster
+from prescaler import db
+from prescaler_dev import pgserver
+from prescaler_dev.localcluster import ClusterConfig, LocalCluster
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"

@@ -1,7 +1,7 @@
 """Shared fixtures for tests that need PostgreSQL (a real server, never a mock).
 
 - `pg_server_url`: the server for the whole session: `$PRESCALER_TEST_DATABASE_URL` when set (its role needs
-  CREATEDB), else the local server of `prescaler.pgserver`, started if needed.
+  CREATEDB), else the local server of `prescaler_dev.pgserver`, started if needed.
 - `make_database`: a factory that creates a fresh, uniquely named database (migrated to head by default,
   or to a given revision) and drops it when the test ends.
 - `pg_url` / `engine`: one migrated database per test module, dropped after the module.
@@ -18,7 +18,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
-from prescaler import db, pgserver
+from prescaler import db
+from prescaler_dev import pgserver
 
 MakeDatabase = Callable[..., str]
 

@@ -11,10 +11,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from prescaler import db, pgserver
+from prescaler import db
 from prescaler.errors import DataUnavailable, InputError
 from prescaler.forecasting import Forecast
 from prescaler.planning import Decision
+from prescaler_dev import pgserver
 
 T0 = datetime(2024, 3, 4, tzinfo=UTC)  # a Monday
 

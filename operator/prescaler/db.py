@@ -114,7 +114,7 @@ def database_url() -> str:
     env = os.environ.get("PRESCALER_DATABASE_URL")
     if env:
         return env
-    from prescaler import pgserver
+    from prescaler_dev import pgserver
 
     return pgserver.url()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from prescaler.localcluster import ClusterConfig, LocalCluster
+from prescaler_dev.localcluster import ClusterConfig, LocalCluster
 
 POD_READY_DELAY = 2.0
 # By default each session takes the first free port block (locked while it runs), so several test

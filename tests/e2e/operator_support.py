@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from prescaler.clock import Clock
-from prescaler.localcluster import LocalCluster
+from prescaler_dev.localcluster import LocalCluster
 
 REPO = Path(__file__).resolve().parents[2]
 STEP = timedelta(minutes=5)

@@ -35,7 +35,7 @@ from sqlalchemy.engine import Engine
 
 from prescaler import ingest
 from prescaler.clock import Clock
-from prescaler.localcluster import LocalCluster
+from prescaler_dev.localcluster import LocalCluster
 from promserver import PrometheusServer, find_binary, free_port, has_finite_value
 from test_dashboard import Query, Window, dashboard_queries, load_dashboard, render_promql, render_sql
 

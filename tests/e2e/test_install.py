@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from prescaler.localcluster import LocalCluster, kwok_stages
+from prescaler_dev.localcluster import LocalCluster, kwok_stages
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "prescaler"

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from prescaler.localcluster import (
+from prescaler_dev.localcluster import (
     KWOK_COMPLETE_LABEL,
     KWOK_NODE_ANNOTATION,
     PORT_ROLES,
@@ -267,7 +267,7 @@ def _start_up_process(state_dir: Path, bin_dir: Path) -> tuple[subprocess.Popen[
         [
             sys.executable,
             "-m",
-            "prescaler.localcluster",
+            "prescaler_dev.localcluster",
             "up",
             "--state-dir",
             str(state_dir),
@@ -329,7 +329,7 @@ def test_down_stops_a_running_up(cluster: LocalCluster, tmp_path: Path) -> None:
     up, base_port = _start_up_process(state_dir, cluster.bin_dir)
     pids = _recorded_pids(state_dir)
     down = subprocess.run(
-        [sys.executable, "-m", "prescaler.localcluster", "down", "--state-dir", str(state_dir)],
+        [sys.executable, "-m", "prescaler_dev.localcluster", "down", "--state-dir", str(state_dir)],
         capture_output=True,
         text=True,
         check=False,

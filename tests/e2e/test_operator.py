@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from prescaler.clock import Clock
-from prescaler.localcluster import LocalCluster
+from prescaler_dev.localcluster import LocalCluster
 
 from .operator_support import (
     PEAK_REPLICAS,

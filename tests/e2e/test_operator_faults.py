@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from prescaler import pgserver
 from prescaler.clock import Clock
-from prescaler.localcluster import LocalCluster
+from prescaler_dev import pgserver
+from prescaler_dev.localcluster import LocalCluster
 
 from .operator_support import (
     PEAK_REPLICAS,

@@ -4,7 +4,7 @@ The cluster lives in one state directory (`$PRESCALER_STATE_DIR/pg`, default `~/
 listens on 127.0.0.1 only with trust authentication, and keeps its unix socket and log in that directory.
 Durability settings are relaxed (fsync off): this server holds test and demo data, never production data.
 
-    python -m prescaler.pgserver start|stop|status|url
+    python -m prescaler_dev.pgserver start|stop|status|url
 """
 
 from __future__ import annotations
@@ -221,7 +221,7 @@ def drop_database(name: str, port: int = DEFAULT_PORT) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m prescaler.pgserver", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m prescaler_dev.pgserver", description=__doc__.split("\n")[0])
     p.add_argument("action", choices=["start", "stop", "status", "url"])
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
     args = p.parse_args(argv)

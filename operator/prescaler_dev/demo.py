@@ -23,9 +23,10 @@ from typing import Any
 
 import pandas as pd
 
-from prescaler import backtest, db, history, ingest, pgserver, report
+from prescaler import backtest, db, history, ingest, report
 from prescaler.clock import Clock
-from prescaler.localcluster import ClusterConfig, LocalCluster
+from prescaler_dev import pgserver
+from prescaler_dev.localcluster import ClusterConfig, LocalCluster
 
 REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "fitness"

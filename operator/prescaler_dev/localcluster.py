@@ -1132,7 +1132,7 @@ def down(state_dir: Path, timeout: float = 60.0) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m prescaler.localcluster", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m prescaler_dev.localcluster", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start a local control plane and keep it running until Ctrl-C/SIGTERM")
     up.add_argument("--state-dir", type=Path, default=_default_state_dir())
