@@ -49,7 +49,8 @@ def _timestamp(text: str) -> datetime:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="prescaler", description=__doc__)
-    p.add_argument("--database-url", help="SQLAlchemy URL (default: $PRESCALER_DATABASE_URL)")
+    p.add_argument("--database-url", help="SQLAlchemy URL of the PostgreSQL database (default: "
+                   "$PRESCALER_DATABASE_URL; commands that use the database need one of them)")
     sub = p.add_subparsers(dest="command", required=True)
 
     m = sub.add_parser("migrate", help="bring the database schema to the current version")
@@ -115,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from prescaler import db
 
-    engine = db.make_engine(args.database_url or db.database_url())
+    engine = db.make_engine(db.database_url(args.database_url))
     db.migrate(engine)
     return engine
 
@@ -123,7 +124,7 @@ def _engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 def cmd_migrate(args: argparse.Namespace) -> int:
     from prescaler import db
 
-    engine = db.make_engine(args.database_url or db.database_url())
+    engine = db.make_engine(db.database_url(args.database_url))
     db.migrate(engine)
     print(f"schema at revision {db.current_revision(engine)}")
     return 0

@@ -109,14 +109,19 @@ VIEWS = ("traffic_hourly", "traffic_daily", "traffic_profile", "traffic_top_endp
 
 # --- engine and errors -------------------------------------------------------------------------------------
 
-def database_url() -> str:
-    """$PRESCALER_DATABASE_URL, else the local server's URL (see `prescaler.pgserver`)."""
-    env = os.environ.get("PRESCALER_DATABASE_URL")
-    if env:
-        return env
-    from prescaler_dev import pgserver
+DATABASE_URL_ENV = "PRESCALER_DATABASE_URL"
 
-    return pgserver.url()
+
+def database_url(explicit: str | None = None) -> str:
+    """`explicit` (the command line's --database-url) when given, else $PRESCALER_DATABASE_URL.
+
+    There is no default on purpose: a forgotten setting that quietly reached some local database would
+    forecast from the wrong history and record decisions where nobody looks.
+    """
+    url = explicit or os.environ.get(DATABASE_URL_ENV, "").strip()
+    if not url:
+        raise InputError(f"no database URL: set {DATABASE_URL_ENV} or pass --database-url")
+    return url
 
 
 def make_engine(url: str) -> Engine:

@@ -5,6 +5,9 @@ listens on 127.0.0.1 only with trust authentication, and keeps its unix socket a
 Durability settings are relaxed (fsync off): this server holds test and demo data, never production data.
 
     python -m prescaler_dev.pgserver start|stop|status|url
+
+`start` and `url` print the application's URL; `prescaler` itself has no default database, so point it here
+with `export PRESCALER_DATABASE_URL=$(python -m prescaler_dev.pgserver start)`.
 """
 
 from __future__ import annotations
