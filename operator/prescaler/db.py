@@ -20,7 +20,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine, make_url
 
 from prescaler.errors import DataUnavailable, InputError
-from prescaler.forecasting import Forecast
+from prescaler.forecasting.interface import Forecast
 from prescaler.planning import Decision
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")

@@ -19,7 +19,7 @@ import pandas as pd
 
 from prescaler.durations import format_duration
 from prescaler.errors import InputError
-from prescaler.forecasting import Forecast
+from prescaler.forecasting.interface import Forecast
 
 Quantile = Literal["yhat", "upper"]
 Fallback = Literal["HoldCurrent", "ScaleToMax"]

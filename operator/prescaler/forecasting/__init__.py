@@ -1,0 +1,86 @@
+"""Forecasters behind one interface, how to choose among them, and fits kept off the caller's process.
+
+- `interface`: `Forecast`, the `Forecaster` protocol, `FitResult` and the errors callers map;
+- `series`: history on a regular grid and the checks every model shares;
+- `models`: seasonal-naive, Holt-Winters, Prophet; `make_forecaster`, `check_model_name`;
+- `accuracy`: sMAPE, MAPE, MASE;
+- `selection`: rolling-origin backtest errors, `auto`'s plan and combination, in-process fits;
+- `isolation`: a fit in a child process with a hard time limit (`fit_predict`);
+- `pool`: `FitPool`, the operator's worker processes.
+
+The public names below load their module on first use (PEP 562): importing `prescaler.forecasting.interface`
+runs this file, and the planner must not pay for numpy-heavy model code, statsmodels or prophet.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from prescaler.forecasting.accuracy import mape, mase, smape
+    from prescaler.forecasting.interface import (
+        MODEL_NAMES,
+        FitResult,
+        FitTimeout,
+        Forecast,
+        Forecaster,
+        ForecastUnavailable,
+    )
+    from prescaler.forecasting.isolation import fit_predict
+    from prescaler.forecasting.models import (
+        HoltWintersForecaster,
+        ProphetForecaster,
+        SeasonalNaiveForecaster,
+        check_model_name,
+        make_forecaster,
+    )
+    from prescaler.forecasting.pool import FitPool
+    from prescaler.forecasting.selection import (
+        AUTO_FOLDS,
+        CANDIDATES,
+        SCORE_FOLDS,
+        AutoPlan,
+        combination_weights,
+        combine,
+        plan_auto,
+        rolling_origin_errors,
+    )
+    from prescaler.forecasting.series import DAY, MIN_HISTORY, WEEK
+
+# Where each public name lives; `__all__` lists the same names (a test keeps the two in step).
+_MODULE_OF = {
+    "MODEL_NAMES": "interface", "FitResult": "interface", "FitTimeout": "interface", "Forecast": "interface",
+    "Forecaster": "interface", "ForecastUnavailable": "interface",
+    "DAY": "series", "MIN_HISTORY": "series", "WEEK": "series",
+    "HoltWintersForecaster": "models", "ProphetForecaster": "models", "SeasonalNaiveForecaster": "models",
+    "check_model_name": "models", "make_forecaster": "models",
+    "mape": "accuracy", "mase": "accuracy", "smape": "accuracy",
+    "AUTO_FOLDS": "selection", "CANDIDATES": "selection", "SCORE_FOLDS": "selection", "AutoPlan": "selection",
+    "combination_weights": "selection", "combine": "selection", "plan_auto": "selection",
+    "rolling_origin_errors": "selection",
+    "fit_predict": "isolation",
+    "FitPool": "pool",
+}
+
+__all__ = [
+    "AUTO_FOLDS", "CANDIDATES", "DAY", "MIN_HISTORY", "MODEL_NAMES", "SCORE_FOLDS", "WEEK", "AutoPlan",
+    "FitPool", "FitResult", "FitTimeout", "Forecast", "ForecastUnavailable", "Forecaster",
+    "HoltWintersForecaster", "ProphetForecaster", "SeasonalNaiveForecaster", "check_model_name",
+    "combination_weights", "combine", "fit_predict", "make_forecaster", "mape", "mase", "plan_auto",
+    "rolling_origin_errors", "smape",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    # Cached, so later look-ups (and monkeypatch's restore) see a plain module attribute.
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
