@@ -1,0 +1,168 @@
+"""The four policies of the backtest. Each returns the replica count requested at the start of every bucket.
+
+- `static`: one fleet sized for the evaluated window's peak, the baseline of the original demo;
+- `reactive`: HPA-like, sized from the last observed bucket, with HPA's scale-down stabilisation;
+- `predictive`: the operator's own planner, fed with forecasts refit on a rolling origin;
+- `oracle`: sized from the true load of the bucket itself, with no delay: the lower bound on replica-hours.
+
+`ready_from_requests` turns requests into ready replicas (the startup delay); the KPIs live in `results`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+import numpy as np
+import pandas as pd
+
+from prescaler.forecasting.interface import Forecast
+from prescaler.planning import Quantile, Recommendation, ScalingPolicy, plan
+
+POLICIES = ("static", "reactive", "predictive", "oracle")
+# HPA's default scale-down stabilisation window.
+HPA_WINDOW = timedelta(minutes=5)
+# Large enough never to bind: the backtest measures the policy, not the bounds.
+_MAX_REPLICAS = 1_000_000
+_NEVER_STALE = timedelta(days=3650)
+
+
+def ready_from_requests(requested: np.ndarray, delay_steps: int) -> np.ndarray:
+    """Ready replicas per bucket, given requests at each bucket start and a startup delay in steps.
+
+    The fleet requested at the first bucket is taken as already running and ready (a warm start).
+    Scale-down removes the youngest starting pods first, then ready ones, immediately.
+    """
+    n = len(requested)
+    ready = np.zeros(n, dtype=np.int64)
+    if n == 0:
+        return ready
+    r = int(requested[0])
+    pending: deque[list[int]] = deque()  # [ready_at, count], oldest first
+    n_pending = 0
+    for t in range(n):
+        while pending and pending[0][0] <= t:
+            r += pending[0][1]
+            n_pending -= pending.popleft()[1]
+        target = int(requested[t])
+        total = r + n_pending
+        if target > total:
+            if delay_steps <= 0:
+                r += target - total
+            else:
+                pending.append([t + delay_steps, target - total])
+                n_pending += target - total
+        elif target < total:
+            excess = total - target
+            while excess and pending:
+                take = min(excess, pending[-1][1])
+                pending[-1][1] -= take
+                n_pending -= take
+                excess -= take
+                if pending[-1][1] == 0:
+                    pending.pop()
+            r -= excess
+        ready[t] = r
+    return ready
+
+
+def sizing(
+    capacity: float, lead: timedelta, step: timedelta, headroom: float, quantile: Quantile, window: timedelta
+) -> ScalingPolicy:
+    """The planner policy every sized policy shares: bounds that never bind, no step limit, never stale."""
+    return ScalingPolicy(
+        min_replicas=1,
+        max_replicas=_MAX_REPLICAS,
+        capacity=capacity,
+        lead_time=lead,
+        tick=step,
+        headroom_percent=headroom,
+        quantile=quantile,
+        reactive_floor=True,
+        scale_down_window=window,
+        scale_down_max_step_percent=100,
+        stale_after=_NEVER_STALE,
+    )
+
+
+def static_requests(load: np.ndarray, policy: ScalingPolicy) -> np.ndarray:
+    fleet = max(1, policy.replicas_for(float(np.nanmax(load))))
+    return np.full(len(load), fleet, dtype=np.int64)
+
+
+def oracle_requests(load: np.ndarray, capacity: float) -> np.ndarray:
+    exact = ScalingPolicy(min_replicas=1, max_replicas=_MAX_REPLICAS, capacity=capacity,
+                          lead_time=timedelta(0), tick=timedelta(minutes=1), headroom_percent=0.0)
+    out = np.zeros(len(load), dtype=np.int64)
+    cur = max(1, exact.replicas_for(_first_valid(load)))
+    for t, y in enumerate(load):
+        if not math.isnan(y):  # a missing bucket carries no information: hold
+            cur = max(1, exact.replicas_for(float(y)))
+        out[t] = cur
+    return out
+
+
+def reactive_requests(
+    prev_load: np.ndarray, initial_load: float, policy: ScalingPolicy, window_steps: int
+) -> np.ndarray:
+    """HPA-like: size from the last observed bucket; scale down to the highest recommendation in the window."""
+    out = np.zeros(len(prev_load), dtype=np.int64)
+    cur = max(1, policy.replicas_for(initial_load))
+    recs: deque[tuple[int, int]] = deque()
+    for t, y in enumerate(prev_load):
+        if not math.isnan(y):
+            rec = max(1, policy.replicas_for(float(y)))
+            recs.append((t, rec))
+            while recs and t - recs[0][0] > window_steps:
+                recs.popleft()
+            cur = rec if rec >= cur else min(cur, max(r for _, r in recs))
+        out[t] = cur
+    return out
+
+
+@dataclass(frozen=True)
+class Fit:
+    """One refit of the rolling origin: the forecast the predictive policy uses until the next one."""
+
+    origin: int  # evaluated-bucket index at which this forecast was made
+    forecast: Forecast | None
+    model: str | None
+    seconds: float
+    error: str | None
+
+
+def predictive_requests(
+    ds: pd.DatetimeIndex,
+    prev_load: np.ndarray,
+    fits: Sequence[Fit],
+    fit_of: np.ndarray,
+    policy: ScalingPolicy,
+) -> np.ndarray:
+    out = np.zeros(len(ds), dtype=np.int64)
+    cur = 0
+    recent: tuple[Recommendation, ...] = ()
+    for t in range(len(ds)):
+        fit = fits[fit_of[t]]
+        now = ds[t].to_pydatetime()
+        observed = None if math.isnan(prev_load[t]) else float(prev_load[t])
+        dec = plan(
+            policy,
+            now=now,
+            current_replicas=cur,
+            forecast=fit.forecast,
+            forecast_generated_at=ds[fit.origin].to_pydatetime() if fit.forecast is not None else None,
+            observed_load=observed,
+            recent=recent,
+        )
+        cur = dec.desired
+        recent = dec.recommendations
+        out[t] = cur
+    return out
+
+
+def _first_valid(a: np.ndarray) -> float:
+    valid = a[~np.isnan(a)]
+    return float(valid[0]) if len(valid) else 0.0

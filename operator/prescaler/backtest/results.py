@@ -1,0 +1,265 @@
+"""What a backtest measured: KPIs per policy, forecast error, the headroom frontier, and their JSON shape.
+
+The JSON shape (`policies.<name>.<kpi>`, `forecast`, `frontier.<policy>[]`, `settings`) is read by the bench,
+the demo and users' notebooks: keys are only ever added.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from prescaler import forecasting
+from prescaler.durations import format_duration
+
+
+@dataclass(frozen=True)
+class PolicyKpis:
+    replica_hours: float
+    unserved_pct: float
+    underprovisioned_pct: float
+    scale_actions: int
+    saving_vs_static_pct: float
+    ratio_to_oracle: float | None
+
+
+@dataclass(frozen=True)
+class FrontierPoint:
+    headroom_pct: float
+    replica_hours: float
+    unserved_pct: float
+
+
+@dataclass(frozen=True)
+class ForecastQuality:
+    model: str
+    smape: float | None
+    mape: float | None
+    mase: float | None
+
+
+@dataclass(frozen=True)
+class FrontierComparison:
+    """Predictive's frontier point against reactive's unserved interpolated at the same replica-hours."""
+
+    headroom_pct: float
+    replica_hours: float
+    predictive_unserved_pct: float
+    reactive_unserved_pct: float | None  # None when outside reactive's swept replica-hours range
+
+
+@dataclass
+class BacktestResult:
+    ds: pd.DatetimeIndex  # evaluated buckets (UTC starts)
+    load: np.ndarray  # requests per step, NaN = missing
+    yhat: np.ndarray  # the forecast the predictive policy used for each bucket
+    lower: np.ndarray
+    upper: np.ndarray
+    requested: dict[str, np.ndarray]  # replicas requested per policy per bucket
+    ready: dict[str, np.ndarray]  # ready replicas per policy per bucket
+    kpis: dict[str, PolicyKpis]
+    forecast: ForecastQuality
+    frontier: dict[str, list[FrontierPoint]]
+    settings: dict[str, Any]
+    refit_at: pd.DatetimeIndex = field(default_factory=lambda: pd.DatetimeIndex([], tz="UTC"))
+
+    @property
+    def capacity(self) -> float:
+        return float(self.settings["capacity"])
+
+    def ready_capacity(self, policy: str) -> np.ndarray:
+        """Requests per step the policy's ready replicas can serve, per bucket."""
+        return self.ready[policy] * self.capacity
+
+    def actions(self, policy: str) -> np.ndarray:
+        """Change of the requested replica count at each bucket (0 = no action)."""
+        req = self.requested[policy]
+        out = np.zeros(len(req), dtype=int)
+        out[1:] = np.diff(req)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "policies": {
+                name: {
+                    "replica_hours": _num(k.replica_hours),
+                    "unserved_pct": _num(k.unserved_pct),
+                    "underprovisioned_pct": _num(k.underprovisioned_pct),
+                    "scale_actions": int(k.scale_actions),
+                    "saving_vs_static_pct": _num(k.saving_vs_static_pct),
+                    "ratio_to_oracle": _num(k.ratio_to_oracle),
+                }
+                for name, k in self.kpis.items()
+            },
+            "forecast": {
+                "model": self.forecast.model,
+                "smape": _num(self.forecast.smape),
+                "mape": _num(self.forecast.mape),
+                "mase": _num(self.forecast.mase),
+            },
+            "frontier": {
+                name: [
+                    {
+                        "headroom_pct": _num(p.headroom_pct),
+                        "replica_hours": _num(p.replica_hours),
+                        "unserved_pct": _num(p.unserved_pct),
+                    }
+                    for p in points
+                ]
+                for name, points in self.frontier.items()
+            },
+            "settings": {k: _jsonable(v) for k, v in self.settings.items()},
+        }
+
+
+def _num(x: float | None, digits: int = 4) -> float | None:
+    if x is None:
+        return None
+    xf = float(x)
+    return None if not math.isfinite(xf) else round(xf, digits)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, timedelta):
+        return format_duration(v)
+    if isinstance(v, pd.Timestamp):
+        return v.isoformat()
+    if isinstance(v, float | np.floating):
+        return _num(float(v))
+    if isinstance(v, np.integer):
+        return int(v)
+    if isinstance(v, list | tuple):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    return v
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Measuring
+
+
+def kpis(
+    load: np.ndarray, requested: np.ndarray, ready: np.ndarray, capacity: float, step_hours: float
+) -> tuple[float, float, float, int]:
+    """Replica-hours, unserved %, under-provisioned buckets % and scale actions of one policy's run."""
+    valid = ~np.isnan(load)
+    y = np.where(valid, load, 0.0)
+    unserved = np.maximum(0.0, y - ready * capacity)
+    total = float(y.sum())
+    replica_hours = float(requested.sum()) * step_hours
+    unserved_pct = 100.0 * float(unserved.sum()) / total if total > 0 else 0.0
+    n_valid = int(valid.sum())
+    under_pct = 100.0 * float(((unserved > 0) & valid).sum()) / n_valid if n_valid else 0.0
+    actions = int(np.count_nonzero(np.diff(requested))) if len(requested) > 1 else 0
+    return replica_hours, unserved_pct, under_pct, actions
+
+
+def forecast_quality(
+    requested_model: str,
+    used: Counter[str],
+    failed: int,
+    load: np.ndarray,
+    yhat: np.ndarray,
+    train: np.ndarray,
+    step: pd.Timedelta,
+) -> ForecastQuality:
+    """Errors of the forecasts the predictive policy used, over the evaluated window.
+
+    `used` counts the model each refit reported; `failed` the refits that produced no forecast.
+    """
+    label = _model_label(requested_model, used, failed=failed)
+    ok = ~np.isnan(load) & ~np.isnan(yhat)
+    if not ok.any():
+        return ForecastQuality(label, None, None, None)
+    actual, predicted = load[ok], yhat[ok]
+    season = max(1, int(pd.Timedelta(days=1) / step))
+    history = train[~np.isnan(train)]
+    mase: float | None
+    try:
+        mase = float(forecasting.mase(actual, predicted, history, season))
+    except (ValueError, ZeroDivisionError):
+        mase = None
+    return ForecastQuality(
+        model=label,
+        smape=float(forecasting.smape(actual, predicted)),
+        mape=float(forecasting.mape(actual, predicted)),
+        mase=mase,
+    )
+
+
+def _model_label(requested: str, used: Counter[str], failed: int) -> str:
+    if not used:
+        label = f"{requested} (no forecast)"
+    elif list(used) == [requested]:
+        label = requested
+    else:
+        parts = [m if len(used) == 1 else f"{m}×{c}" for m, c in used.most_common()]
+        label = f"{requested}→{', '.join(parts)}"
+    return label + (f"; {failed} failed fits" if failed else "")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Presentation
+
+
+def compare_frontiers(result: BacktestResult) -> list[FrontierComparison]:
+    """Reactive's unserved % at each predictive point's replica-hours (linear interpolation, no extrapolation)."""
+    reactive = sorted(result.frontier.get("reactive", []), key=lambda p: (p.replica_hours, -p.unserved_pct))
+    xs = np.array([p.replica_hours for p in reactive])
+    ys = np.array([p.unserved_pct for p in reactive])
+    out = []
+    for p in result.frontier.get("predictive", []):
+        other: float | None = None
+        if len(xs) and xs[0] <= p.replica_hours <= xs[-1]:
+            other = float(np.interp(p.replica_hours, xs, ys))
+        out.append(FrontierComparison(p.headroom_pct, p.replica_hours, p.unserved_pct, other))
+    return out
+
+
+def frontier_summary(result: BacktestResult) -> str:
+    """One line per comparable predictive frontier point: "at equal replica-hours predictive leaves X% vs Y%"."""
+    lines = []
+    for c in compare_frontiers(result):
+        if c.reactive_unserved_pct is None:
+            lines.append(f"  headroom {c.headroom_pct:>5g}%: {c.replica_hours:>12,.0f} replica-h, predictive "
+                         f"{c.predictive_unserved_pct:.3f}% unserved (outside reactive's range)")
+        else:
+            lines.append(f"  headroom {c.headroom_pct:>5g}%: at {c.replica_hours:>12,.0f} replica-h predictive "
+                         f"leaves {c.predictive_unserved_pct:.3f}% vs reactive {c.reactive_unserved_pct:.3f}%")
+    return "\n".join(lines)
+
+
+def format_table(result: BacktestResult) -> str:
+    """Fixed-width KPI table for the terminal."""
+    head = f"{'policy':<11}{'replica-h':>12}{'vs static':>11}{'x oracle':>10}{'unserved':>11}" \
+           f"{'under-prov':>12}{'actions':>9}"
+    rows = [head, "-" * len(head)]
+    for name, k in result.kpis.items():
+        ratio = "-" if k.ratio_to_oracle is None else f"{k.ratio_to_oracle:.2f}"
+        rows.append(
+            f"{name:<11}{k.replica_hours:>12,.1f}{k.saving_vs_static_pct:>10.1f}%{ratio:>10}"
+            f"{k.unserved_pct:>10.3f}%{k.underprovisioned_pct:>11.2f}%{k.scale_actions:>9d}"
+        )
+    q = result.forecast
+    rows.append(
+        f"forecast {q.model}: sMAPE {_fmt_opt(q.smape)}%  MAPE {_fmt_opt(q.mape)}%  MASE {_fmt_opt(q.mase, 3)}"
+    )
+    st = result.settings
+    rows.append(
+        f"{st['evaluated_steps']} steps of {format_duration(st['step'])} from {st['evaluated_from']:%Y-%m-%d %H:%M}"
+        f" UTC; capacity {st['capacity']:,.0f}/step; startup delay {format_duration(st['startup_delay'])}; "
+        f"headroom {st['headroom_percent']:g}%; quantile {st['quantile']}; refit every "
+        f"{format_duration(st['refit_every'])}"
+    )
+    return "\n".join(rows)
+
+
+def _fmt_opt(x: float | None, digits: int = 2) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
