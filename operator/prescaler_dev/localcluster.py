@@ -13,18 +13,15 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import base64
 import collections
 import contextlib
 import dataclasses
-import datetime as dt
 import fcntl
 import ipaddress
 import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -41,6 +38,9 @@ from typing import IO, Any
 import yaml
 
 from prescaler.errors import InputError, PrescalerError
+from prescaler_dev.kwok import KWOK_NODE_ANNOTATION, NODE_IP, kwok_stages, node_manifest
+from prescaler_dev.pki import make_pki, write_kubeconfig
+from prescaler_dev.processes import alive, cmdline, listening_pids, port_in_use, proc_start_time, terminate
 
 COMPONENTS = (
     "etcd",
@@ -63,15 +63,9 @@ PORT_ROLES = {
 }
 SERVICE_CIDR = "10.96.0.0/16"
 POD_CIDR = "10.244.0.1/16"  # kwok's default /24 would cap the whole cluster at 254 pods
-KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
-# Pods carrying this label (value "true") run to completion (phase Succeeded) instead of staying Ready,
-# so one-shot pods such as `helm test` hooks finish on fake nodes.
-KWOK_COMPLETE_LABEL = "prescaler.dev/kwok-complete"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
-CONTEXT = "prescaler-local"
 # Controllers that only make sense with a cloud provider.
 KCM_CONTROLLERS = "*,-cloud-node-lifecycle-controller,-node-route-controller,-service-lb-controller"
-STOP_GRACE_SECONDS = 10.0
 AUTO_PORT_RANGE = range(20000, 40000, 10)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "hack" / "build-components.sh"
@@ -158,487 +152,7 @@ def ensure_binaries(bin_dir: Path | None = None, echo: bool = True) -> Path:
     return ensure_binaries(Path(lines[-1]))
 
 
-# --------------------------------------------------------------------------- PKI
-
-
-@dataclass
-class _Pki:
-    dir: Path
-    ca_pem: bytes
-
-    def path(self, name: str) -> Path:
-        return self.dir / name
-
-
-def _make_pki(pki_dir: Path) -> _Pki:
-    # Imported lazily so importing this module costs nothing for callers that never start a cluster.
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    pki_dir.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.UTC)
-
-    def write_key(name: str, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> None:
-        pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-        path = pki_dir / name
-        path.write_bytes(pem)
-        path.chmod(0o600)
-
-    def name(cn: str, org: str | None = None) -> x509.Name:
-        attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
-        if org:
-            attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
-        return x509.Name(attrs)
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = name("prescaler-local-ca")
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=365))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM)
-    (pki_dir / "ca.crt").write_bytes(ca_pem)
-    write_key("ca.key", ca_key)
-
-    def leaf(file: str, cn: str, org: str | None, *, server: bool) -> None:
-        key = ec.generate_private_key(ec.SECP256R1())
-        usage = [ExtendedKeyUsageOID.SERVER_AUTH] if server else [ExtendedKeyUsageOID.CLIENT_AUTH]
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(name(cn, org))
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1))
-            .not_valid_after(now + dt.timedelta(days=365))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.ExtendedKeyUsage(usage), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        )
-        if server:
-            service_ip = ipaddress.IPv4Network(SERVICE_CIDR)[1]
-            sans: list[x509.GeneralName] = [
-                x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                x509.IPAddress(service_ip),
-                x509.DNSName("localhost"),
-                x509.DNSName("kubernetes"),
-                x509.DNSName("kubernetes.default"),
-                x509.DNSName("kubernetes.default.svc"),
-                x509.DNSName("kubernetes.default.svc.cluster.local"),
-            ]
-            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        cert = builder.sign(ca_key, hashes.SHA256())
-        (pki_dir / f"{file}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        write_key(f"{file}.key", key)
-
-    leaf("apiserver", "kube-apiserver", None, server=True)
-    leaf("admin", "prescaler-admin", "system:masters", server=False)
-    leaf("controller-manager", "system:kube-controller-manager", None, server=False)
-    leaf("scheduler", "system:kube-scheduler", None, server=False)
-
-    # Service-account tokens are signed with RSA: every token consumer understands RS256.
-    sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    write_key("sa.key", sa_key)
-    (pki_dir / "sa.pub").write_bytes(
-        sa_key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
-    return _Pki(pki_dir, ca_pem)
-
-
-def _write_kubeconfig(path: Path, server: str, pki: _Pki, user: str, cert: str) -> None:
-    def b64(p: Path) -> str:
-        return base64.b64encode(p.read_bytes()).decode()
-
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": CONTEXT,
-                "cluster": {"server": server, "certificate-authority-data": b64(pki.path("ca.crt"))},
-            }
-        ],
-        "users": [
-            {
-                "name": user,
-                "user": {
-                    "client-certificate-data": b64(pki.path(f"{cert}.crt")),
-                    "client-key-data": b64(pki.path(f"{cert}.key")),
-                },
-            }
-        ],
-        "contexts": [{"name": CONTEXT, "context": {"cluster": CONTEXT, "user": user}}],
-        "current-context": CONTEXT,
-    }
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    path.chmod(0o600)
-
-
-# --------------------------------------------------------------------------- kwok stages
-
-_NODE_CONDITIONS = """\
-{{ $now := Now }}
-{{ $lastTransitionTime := or .metadata.creationTimestamp $now }}
-conditions:
-{{ range NodeConditions }}
-- lastHeartbeatTime: {{ $now | Quote }}
-  lastTransitionTime: {{ $lastTransitionTime | Quote }}
-  message: {{ .message | Quote }}
-  reason: {{ .reason | Quote }}
-  status: {{ .status | Quote }}
-  type: {{ .type | Quote }}
-{{ end }}
-"""
-
-_NODE_INFO = """\
-addresses:
-{{ with .status.addresses }}{{ YAML . 1 }}{{ else }}
-- address: {{ NodeIP | Quote }}
-  type: InternalIP
-- address: {{ .metadata.name | Quote }}
-  type: Hostname
-{{ end }}
-nodeInfo:
-  architecture: amd64
-  operatingSystem: linux
-  kubeletVersion: {{ printf "kwok-%s" Version | Quote }}
-  kubeProxyVersion: {{ printf "kwok-%s" Version | Quote }}
-  containerRuntimeVersion: {{ printf "kwok-%s" Version | Quote }}
-  kernelVersion: {{ printf "kwok-%s" Version | Quote }}
-  osImage: ""
-  machineID: ""
-  bootID: ""
-  systemUUID: ""
-phase: Running
-"""
-
-_POD_START = """\
-{{ $now := Now }}
-phase: Running
-startTime: {{ $now | Quote }}
-hostIP: {{ NodeIPWith .spec.nodeName | Quote }}
-podIP: {{ PodIPWith .spec.nodeName ( or .spec.hostNetwork false ) ( or .metadata.uid "" ) \
-( or .metadata.name "" ) ( or .metadata.namespace "" ) | Quote }}
-conditions:
-- type: Initialized
-  status: "True"
-  lastTransitionTime: {{ $now | Quote }}
-- type: ContainersReady
-  status: "False"
-  reason: ContainersNotReady
-  lastTransitionTime: {{ $now | Quote }}
-- type: Ready
-  status: "False"
-  reason: ContainersNotReady
-  lastTransitionTime: {{ $now | Quote }}
-initContainerStatuses:
-{{ range .spec.initContainers }}
-- name: {{ .name | Quote }}
-  image: {{ .image | Quote }}
-  ready: true
-  restartCount: 0
-  state:
-    terminated:
-      exitCode: 0
-      reason: Completed
-      startedAt: {{ $now | Quote }}
-      finishedAt: {{ $now | Quote }}
-{{ end }}
-containerStatuses:
-{{ range .spec.containers }}
-- name: {{ .name | Quote }}
-  image: {{ .image | Quote }}
-  ready: false
-  started: true
-  restartCount: 0
-  state:
-    running:
-      startedAt: {{ $now | Quote }}
-{{ end }}
-"""
-
-_POD_READY = """\
-{{ $now := Now }}
-conditions:
-- type: ContainersReady
-  status: "True"
-  lastTransitionTime: {{ $now | Quote }}
-- type: Ready
-  status: "True"
-  lastTransitionTime: {{ $now | Quote }}
-containerStatuses:
-{{ range .spec.containers }}
-- name: {{ .name | Quote }}
-  image: {{ .image | Quote }}
-  ready: true
-  started: true
-  restartCount: 0
-  state:
-    running:
-      startedAt: {{ or $.status.startTime $now | Quote }}
-{{ end }}
-"""
-
-_POD_COMPLETE = """\
-{{ $now := Now }}
-phase: Succeeded
-conditions:
-- type: ContainersReady
-  status: "False"
-  reason: PodCompleted
-  lastTransitionTime: {{ $now | Quote }}
-- type: Ready
-  status: "False"
-  reason: PodCompleted
-  lastTransitionTime: {{ $now | Quote }}
-containerStatuses:
-{{ range .spec.containers }}
-- name: {{ .name | Quote }}
-  image: {{ .image | Quote }}
-  ready: false
-  started: false
-  restartCount: 0
-  state:
-    terminated:
-      exitCode: 0
-      reason: Completed
-      startedAt: {{ or $.status.startTime $now | Quote }}
-      finishedAt: {{ $now | Quote }}
-{{ end }}
-"""
-
-_READY_KEY = '.status.conditions.[] | select( .type == "Ready" ) | .status'
-
-
-def kwok_stages(pod_ready_delay: float) -> list[dict[str, Any]]:
-    """The lifecycle kwok plays for nodes and pods.
-
-    A pod runs (IP, Running, Ready=False) as soon as it is bound, and turns Ready only
-    ``pod_ready_delay`` seconds later: the stand-in for a real application's start-up time.
-    A pod labelled ``KWOK_COMPLETE_LABEL=true`` instead exits with code 0 after that delay.
-    """
-
-    def stage(name: str, kind: str, exprs: list[dict[str, Any]], next_: dict[str, Any], **extra: Any) -> dict[str, Any]:
-        spec: dict[str, Any] = {
-            "resourceRef": {"apiGroup": "v1", "kind": kind},
-            "selector": {"matchExpressions": exprs},
-            "next": next_,
-        }
-        spec.update(extra)
-        return {
-            "apiVersion": "kwok.x-k8s.io/v1alpha1",
-            "kind": "Stage",
-            "metadata": {"name": name},
-            "spec": spec,
-        }
-
-    not_deleted = {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"}
-    complete_key = f'.metadata.labels["{KWOK_COMPLETE_LABEL}"]'
-    delay_ms = round(pod_ready_delay * 1000)
-    return [
-        stage(
-            "prescaler-node-initialize",
-            "Node",
-            [{"key": _READY_KEY, "operator": "NotIn", "values": ["True"]}],
-            {"statusTemplate": _NODE_CONDITIONS + _NODE_INFO},
-        ),
-        stage(
-            "prescaler-node-heartbeat",
-            "Node",
-            [
-                {"key": ".status.phase", "operator": "In", "values": ["Running"]},
-                {"key": _READY_KEY, "operator": "In", "values": ["True"]},
-            ],
-            {"statusTemplate": _NODE_CONDITIONS},
-            delay={"durationMilliseconds": 15000, "jitterDurationMilliseconds": 20000},
-            immediateNextStage=True,
-        ),
-        stage(
-            "prescaler-pod-start",
-            "Pod",
-            [not_deleted, {"key": ".status.podIP", "operator": "DoesNotExist"}],
-            {"statusTemplate": _POD_START},
-        ),
-        stage(
-            "prescaler-pod-ready",
-            "Pod",
-            [
-                not_deleted,
-                {"key": ".status.podIP", "operator": "Exists"},
-                {"key": _READY_KEY, "operator": "NotIn", "values": ["True"]},
-                {"key": complete_key, "operator": "NotIn", "values": ["true"]},
-            ],
-            {"statusTemplate": _POD_READY},
-            delay={"durationMilliseconds": delay_ms},
-        ),
-        stage(
-            "prescaler-pod-complete",
-            "Pod",
-            [
-                not_deleted,
-                {"key": ".status.podIP", "operator": "Exists"},
-                {"key": ".status.phase", "operator": "In", "values": ["Running"]},
-                {"key": complete_key, "operator": "In", "values": ["true"]},
-            ],
-            {"statusTemplate": _POD_COMPLETE},
-            delay={"durationMilliseconds": delay_ms},
-        ),
-        # No kubelet confirms a deletion, so kwok has to finish it or pods stay Terminating forever.
-        stage(
-            "prescaler-pod-delete",
-            "Pod",
-            [{"key": ".metadata.deletionTimestamp", "operator": "Exists"}],
-            {"finalizers": {"empty": True}, "delete": True},
-        ),
-    ]
-
-
-def node_manifest(name: str, index: int, cpu: str, memory: str, pods: str) -> dict[str, Any]:
-    resources = {"cpu": cpu, "memory": memory, "pods": pods}
-    address = str(ipaddress.IPv4Address("10.240.0.1") + index)
-    return {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {
-            "name": name,
-            "annotations": {KWOK_NODE_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
-            "labels": {
-                "kubernetes.io/hostname": name,
-                "kubernetes.io/os": "linux",
-                "kubernetes.io/arch": "amd64",
-                "type": "kwok",
-            },
-        },
-        # Nodes accept status on create, which is how a kubelet registers its capacity.
-        "status": {
-            "allocatable": dict(resources),
-            "capacity": dict(resources),
-            "addresses": [{"type": "InternalIP", "address": address}, {"type": "Hostname", "address": name}],
-        },
-    }
-
-
-# --------------------------------------------------------------------------- process helpers
-
-
-def _proc_start_time(pid: int) -> int | None:
-    """Kernel start time of a pid (guards against killing a recycled pid), None if gone or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])
-
-
-def _alive(pid: int, start_time: int | None = None) -> bool:
-    current = _proc_start_time(pid)
-    return current is not None and (start_time is None or current == start_time)
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _listening_pids(port: int) -> list[int]:
-    """Pids with a listening TCP socket on ``port`` (any address), read from /proc."""
-    inodes: set[str] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError):
-            for line in Path(table).read_text().splitlines()[1:]:
-                parts = line.split()
-                if parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:
-                    inodes.add(parts[9])
-    if not inodes:
-        return []
-    targets = {f"socket:[{i}]" for i in inodes}
-    pids: list[int] = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            for fd in (entry / "fd").iterdir():
-                with contextlib.suppress(OSError):
-                    if os.readlink(fd) in targets:
-                        pids.append(int(entry.name))
-                        break
-    return pids
-
-
-def _port_in_use(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return True
-    return False
-
-
-def _terminate(pids: dict[str, tuple[int, int | None]], grace: float = STOP_GRACE_SECONDS) -> list[str]:
-    """SIGTERM each process group, SIGKILL what is left after ``grace``; returns names still alive."""
-    for pid, start in pids.values():
-        if _alive(pid, start):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_alive(p, s) for p, s in pids.values()):
-        time.sleep(0.1)
-    for pid, start in pids.values():
-        if _alive(pid, start):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(_alive(p, s) for p, s in pids.values()):
-        time.sleep(0.05)
-    return [name for name, (pid, start) in pids.items() if _alive(pid, start)]
+# --------------------------------------------------------------------------- state, ports, probes
 
 
 def _pid_file(state_dir: Path) -> Path:
@@ -653,8 +167,8 @@ def kill_recorded(state_dir: Path) -> list[str]:
     except (OSError, ValueError):
         return []
     pids = {name: (int(v["pid"]), v.get("start_time")) for name, v in recorded.items()}
-    running = [name for name, (pid, start) in pids.items() if _alive(pid, start)]
-    left = _terminate(pids)
+    running = [name for name, (pid, start) in pids.items() if alive(pid, start)]
+    left = terminate(pids)
     if left:
         raise ClusterError(f"could not stop earlier cluster processes: {', '.join(left)}")
     path.unlink(missing_ok=True)
@@ -796,7 +310,7 @@ class LocalCluster:
         procs = {name: self._procs[name] for name in reversed(PROCESS_ORDER) if name in self._procs}
         left: list[str] = []
         for name, proc in procs.items():
-            left += _terminate({name: (proc.pid, _proc_start_time(proc.pid))})
+            left += terminate({name: (proc.pid, proc_start_time(proc.pid))})
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=1)
         self._procs.clear()
@@ -857,7 +371,7 @@ class LocalCluster:
             lock = _lock_port_block(base)
             if lock is None:
                 continue
-            if not any(_port_in_use(base + off) for off in PORT_ROLES):
+            if not any(port_in_use(base + off) for off in PORT_ROLES):
                 self.config.base_port = base
                 self._port_lock = lock
                 return
@@ -870,14 +384,14 @@ class LocalCluster:
             port = self.config.port(offset)
             # Processes killed a moment ago may still hold their listener while the kernel tears them down.
             deadline = time.monotonic() + patience
-            while _port_in_use(port):
-                holders = {p: _cmdline(p) for p in _listening_pids(port)}
+            while port_in_use(port):
+                holders = {p: cmdline(p) for p in listening_pids(port)}
                 ours = [p for p, cmd in holders.items() if state in cmd]
                 # An exiting process has an empty cmdline: give it time rather than blame it.
                 foreign = [p for p, cmd in holders.items() if cmd and state not in cmd]
                 if ours:
                     # A leftover of this state dir whose pid file was lost: safe to reclaim.
-                    _terminate({f"pid {p}": (p, _proc_start_time(p)) for p in ours})
+                    terminate({f"pid {p}": (p, proc_start_time(p)) for p in ours})
                 elif foreign or time.monotonic() > deadline:
                     who = ", ".join(f"pid {p} ({holders[p][:80]})" for p in foreign) or "an exiting process"
                     raise ClusterError(f"port {port} ({role}) is in use by {who}; stop it or choose another base_port")
@@ -906,7 +420,7 @@ class LocalCluster:
 
     def _record_pids(self) -> None:
         data = {
-            name: {"pid": p.pid, "start_time": _proc_start_time(p.pid), "cmd": p.args}
+            name: {"pid": p.pid, "start_time": proc_start_time(p.pid), "cmd": p.args}
             for name, p in self._procs.items()
         }
         tmp = _pid_file(self.state_dir).with_suffix(".tmp")
@@ -939,13 +453,13 @@ class LocalCluster:
     def _start_all(self) -> None:
         cfg = self.config
         deadline = time.monotonic() + cfg.start_timeout
-        pki = _make_pki(self.state_dir / "pki")
+        pki = make_pki(self.state_dir / "pki", ipaddress.IPv4Network(SERVICE_CIDR)[1])
         p = pki.path
-        _write_kubeconfig(self.kubeconfig, self.server, pki, "prescaler-admin", "admin")
+        write_kubeconfig(self.kubeconfig, self.server, pki, "prescaler-admin", "admin")
         kcm_kc = self.state_dir / "controller-manager.kubeconfig"
         sched_kc = self.state_dir / "scheduler.kubeconfig"
-        _write_kubeconfig(kcm_kc, self.server, pki, "system:kube-controller-manager", "controller-manager")
-        _write_kubeconfig(sched_kc, self.server, pki, "system:kube-scheduler", "scheduler")
+        write_kubeconfig(kcm_kc, self.server, pki, "system:kube-controller-manager", "controller-manager")
+        write_kubeconfig(sched_kc, self.server, pki, "system:kube-scheduler", "scheduler")
 
         etcd_url = f"http://127.0.0.1:{cfg.port(1)}"
         peer_url = f"http://127.0.0.1:{cfg.port(2)}"
@@ -1055,7 +569,7 @@ class LocalCluster:
                 f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
                 f"--server-address=127.0.0.1:{cfg.port(5)}",
                 f"--cidr={POD_CIDR}",
-                "--node-ip=10.240.0.1",
+                f"--node-ip={NODE_IP}",
             ],
         )
         everything = [*all_cp, "kwok"]
@@ -1121,10 +635,10 @@ def down(state_dir: Path, timeout: float = 60.0) -> list[str]:
         owner = json.loads(_owner_file(state_dir).read_text())
     except (OSError, ValueError):
         owner = None
-    if owner and _alive(int(owner["pid"]), owner.get("start_time")):
+    if owner and alive(int(owner["pid"]), owner.get("start_time")):
         os.kill(int(owner["pid"]), signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _alive(int(owner["pid"]), owner.get("start_time")):
+        while time.monotonic() < deadline and alive(int(owner["pid"]), owner.get("start_time")):
             time.sleep(0.1)
         stopped.append(f"up (pid {owner['pid']})")
     _owner_file(state_dir).unlink(missing_ok=True)
@@ -1160,7 +674,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cluster = LocalCluster(config)
         try:
             cluster.start()
-            owner = {"pid": os.getpid(), "start_time": _proc_start_time(os.getpid())}
+            owner = {"pid": os.getpid(), "start_time": proc_start_time(os.getpid())}
             _owner_file(config.state_dir).write_text(json.dumps(owner))
             print(f"export KUBECONFIG={cluster.kubeconfig}")
             print(f"export PATH={cluster.bin_dir}:$PATH")

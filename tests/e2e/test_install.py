@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from prescaler_dev.localcluster import LocalCluster, kwok_stages
+from prescaler_dev.kwok import kwok_stages
+from prescaler_dev.localcluster import LocalCluster
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "prescaler"
@@ -196,7 +197,7 @@ def test_helm_test_hook(cluster: LocalCluster, release: str) -> None:
     stages = json.dumps(kwok_stages(0.0))
     assert KWOK_COMPLETE_LABEL in stages, (
         f"the local cluster's kwok stages never complete a pod, so a helm test pod stays Running: "
-        f"localcluster.kwok_stages needs a stage moving pods labelled {KWOK_COMPLETE_LABEL}=true to Succeeded"
+        f"prescaler_dev.kwok.kwok_stages needs a stage moving pods labelled {KWOK_COMPLETE_LABEL}=true to Succeeded"
     )
     proc = helm(cluster, "test", release, "-n", RELEASE_NS, "--timeout", "2m")
     assert f"TEST SUITE:     {FULLNAME}-test-metrics" in proc.stdout

@@ -16,13 +16,8 @@ from typing import Any
 
 import pytest
 
-from prescaler_dev.localcluster import (
-    KWOK_COMPLETE_LABEL,
-    KWOK_NODE_ANNOTATION,
-    PORT_ROLES,
-    ClusterConfig,
-    LocalCluster,
-)
+from prescaler_dev.kwok import KWOK_COMPLETE_LABEL, KWOK_NODE_ANNOTATION
+from prescaler_dev.localcluster import PORT_ROLES, ClusterConfig, LocalCluster
 
 from .conftest import POD_READY_DELAY
 
