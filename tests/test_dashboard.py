@@ -311,7 +311,7 @@ def test_band_values_match_the_operator() -> None:
     text = DASHBOARD.read_text()
     bands = set(re.findall(r'band=\\"(\w+)\\"', text))
     assert bands == {"yhat", "lower", "upper"}
-    source = (REPO / "operator" / "prescaler" / "reconcile.py").read_text()
+    source = (REPO / "operator" / "prescaler" / "reconcile" / "tick.py").read_text()
     for band in bands:
         assert f'"{band}"' in source, f"the operator never sets band={band!r}"
 

@@ -6,109 +6,83 @@ Labels are only `namespace` and `name`, plus small enums (direction, kind, condi
 
 from __future__ import annotations
 
+import contextlib
+from typing import Any, TypeVar
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 _SCALER = ("namespace", "name")
+_LABELS: dict[Any, tuple[str, ...]] = {}  # each metric's label names, in declaration order (for remove())
+M = TypeVar("M", Gauge, Counter, Histogram)
 
-FORECAST_LOAD = Gauge(
-    "prescaler_forecast_load", "Forecast load (requests per step) for the current step, by band.",
-    [*_SCALER, "band"], registry=REGISTRY,
-)
-FORECAST_PEAK_LOAD = Gauge(
-    "prescaler_forecast_peak_load", "Forecast peak load within now + leadTime (requests per step).",
-    _SCALER, registry=REGISTRY,
-)
-OBSERVED_LOAD = Gauge(
-    "prescaler_observed_load", "Most recent observed load (requests per step).", _SCALER, registry=REGISTRY,
-)
-DESIRED_REPLICAS = Gauge(
-    "prescaler_desired_replicas", "Replicas the planner wants now.", _SCALER, registry=REGISTRY,
-)
-CURRENT_REPLICAS = Gauge(
-    "prescaler_current_replicas", "Replicas the target has (spec) at the last reconcile.", _SCALER,
-    registry=REGISTRY,
-)
-READY_REPLICAS = Gauge(
-    "prescaler_ready_replicas", "Ready replicas of the target at the last reconcile.", _SCALER, registry=REGISTRY,
-)
-STATIC_PEAK_REPLICAS = Gauge(
-    "prescaler_static_peak_replicas", "Replicas a static fleet sized for the history's peak would need.",
-    _SCALER, registry=REGISTRY,
-)
-FORECAST_ERROR = Gauge(
-    "prescaler_forecast_error_smape", "Backtest sMAPE (percent) of the model in use.", _SCALER, registry=REGISTRY,
-)
-REPLICA_SECONDS = Counter(
-    "prescaler_replica_seconds", "Replica-seconds provisioned by prescaler (desired replicas x tick).",
-    _SCALER, registry=REGISTRY,
-)
-STATIC_REPLICA_SECONDS = Counter(
-    "prescaler_static_replica_seconds", "Replica-seconds a static peak-sized fleet would have used.",
-    _SCALER, registry=REGISTRY,
-)
-UNDERPROVISIONED_SECONDS = Counter(
-    "prescaler_underprovisioned_seconds",
-    "Seconds during which observed load exceeded the capacity of ready replicas.",
-    _SCALER, registry=REGISTRY,
-)
-FIT_DURATION = Histogram(
-    "prescaler_fit_duration_seconds", "Duration of forecast fits.", [*_SCALER, "model"],
-    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60), registry=REGISTRY,
-)
-FORECAST_AGE = Gauge(
-    "prescaler_forecast_age_seconds", "Age of the forecast in use at the last reconcile.", _SCALER,
-    registry=REGISTRY,
-)
-LAST_REFRESH = Gauge(
-    "prescaler_last_refresh_timestamp_seconds", "Unix time of the last successful forecast refresh.", _SCALER,
-    registry=REGISTRY,
-)
-RECONCILE_DURATION = Histogram(
-    "prescaler_reconcile_duration_seconds", "Duration of one reconcile tick.", _SCALER,
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=REGISTRY,
-)
-SCALE_ACTIONS = Counter(
-    "prescaler_scale_actions", "Scale actions applied, by direction (up, down).", [*_SCALER, "direction"],
-    registry=REGISTRY,
-)
-ERRORS = Counter(
-    "prescaler_errors", "Errors by kind (DataUnavailable, FitFailed, TargetNotFound, InvalidSpec, ...).",
-    [*_SCALER, "kind"], registry=REGISTRY,
-)
-CONDITION = Gauge(
-    "prescaler_condition", "1 when the condition has the status, else 0.",
-    [*_SCALER, "condition", "status"], registry=REGISTRY,
-)
-MODEL_INFO = Gauge(
-    "prescaler_model_info", "1 for the forecast model in use.", [*_SCALER, "model"], registry=REGISTRY,
-)
 
-ALL = (
-    FORECAST_LOAD, FORECAST_PEAK_LOAD, OBSERVED_LOAD, DESIRED_REPLICAS, CURRENT_REPLICAS, READY_REPLICAS,
-    STATIC_PEAK_REPLICAS, FORECAST_ERROR, REPLICA_SECONDS, STATIC_REPLICA_SECONDS, UNDERPROVISIONED_SECONDS,
-    FIT_DURATION, FORECAST_AGE, LAST_REFRESH, RECONCILE_DURATION, SCALE_ACTIONS, ERRORS, CONDITION, MODEL_INFO,
-)
+def _scaler(kind: type[M], name: str, documentation: str, *, extra: tuple[str, ...] = (), **kwargs: Any) -> M:
+    """A metric labelled by scaler (namespace, name) plus small enums, registered in REGISTRY."""
+    labels = (*_SCALER, *extra)
+    metric = kind(name, documentation, labels, registry=REGISTRY, **kwargs)
+    _LABELS[metric] = labels
+    return metric
 
-# Counters are exposed with a _total suffix.
-METRIC_NAMES: tuple[str, ...] = (
-    "prescaler_forecast_load",
-    "prescaler_forecast_peak_load",
-    "prescaler_observed_load",
-    "prescaler_desired_replicas",
-    "prescaler_current_replicas",
-    "prescaler_ready_replicas",
-    "prescaler_static_peak_replicas",
-    "prescaler_forecast_error_smape",
-    "prescaler_replica_seconds_total",
-    "prescaler_static_replica_seconds_total",
-    "prescaler_underprovisioned_seconds_total",
-    "prescaler_fit_duration_seconds",
-    "prescaler_forecast_age_seconds",
-    "prescaler_last_refresh_timestamp_seconds",
-    "prescaler_reconcile_duration_seconds",
-    "prescaler_scale_actions_total",
-    "prescaler_errors_total",
-    "prescaler_condition",
-    "prescaler_model_info",
-)
+
+FORECAST_LOAD = _scaler(Gauge, "prescaler_forecast_load",
+                        "Forecast load (requests per step) for the current step, by band.", extra=("band",))
+FORECAST_PEAK_LOAD = _scaler(Gauge, "prescaler_forecast_peak_load",
+                             "Forecast peak load within now + leadTime (requests per step).")
+OBSERVED_LOAD = _scaler(Gauge, "prescaler_observed_load", "Most recent observed load (requests per step).")
+DESIRED_REPLICAS = _scaler(Gauge, "prescaler_desired_replicas", "Replicas the planner wants now.")
+CURRENT_REPLICAS = _scaler(Gauge, "prescaler_current_replicas",
+                           "Replicas the target has (spec) at the last reconcile.")
+READY_REPLICAS = _scaler(Gauge, "prescaler_ready_replicas", "Ready replicas of the target at the last reconcile.")
+STATIC_PEAK_REPLICAS = _scaler(Gauge, "prescaler_static_peak_replicas",
+                               "Replicas a static fleet sized for the history's peak would need.")
+FORECAST_ERROR = _scaler(Gauge, "prescaler_forecast_error_smape", "Backtest sMAPE (percent) of the model in use.")
+REPLICA_SECONDS = _scaler(Counter, "prescaler_replica_seconds",
+                          "Replica-seconds provisioned by prescaler (desired replicas x tick).")
+STATIC_REPLICA_SECONDS = _scaler(Counter, "prescaler_static_replica_seconds",
+                                 "Replica-seconds a static peak-sized fleet would have used.")
+UNDERPROVISIONED_SECONDS = _scaler(Counter, "prescaler_underprovisioned_seconds",
+                                   "Seconds during which observed load exceeded the capacity of ready replicas.")
+FIT_DURATION = _scaler(Histogram, "prescaler_fit_duration_seconds", "Duration of forecast fits.", extra=("model",),
+                       buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60))
+FORECAST_AGE = _scaler(Gauge, "prescaler_forecast_age_seconds", "Age of the forecast in use at the last reconcile.")
+LAST_REFRESH = _scaler(Gauge, "prescaler_last_refresh_timestamp_seconds",
+                       "Unix time of the last successful forecast refresh.")
+RECONCILE_DURATION = _scaler(Histogram, "prescaler_reconcile_duration_seconds", "Duration of one reconcile tick.",
+                             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+SCALE_ACTIONS = _scaler(Counter, "prescaler_scale_actions", "Scale actions applied, by direction (up, down).",
+                        extra=("direction",))
+ERRORS = _scaler(Counter, "prescaler_errors",
+                 "Errors by kind (DataUnavailable, FitFailed, FitTimeout, TargetNotFound, InvalidSpec, ...).",
+                 extra=("kind",))
+CONDITION = _scaler(Gauge, "prescaler_condition", "1 when the condition has the status, else 0.",
+                    extra=("condition", "status"))
+MODEL_INFO = _scaler(Gauge, "prescaler_model_info", "1 for the forecast model in use.", extra=("model",))
+
+ALL: tuple[Any, ...] = tuple(_LABELS)
+
+
+def exposed_names(registry: CollectorRegistry = REGISTRY) -> tuple[str, ...]:
+    """The metric family names as scraped (counters gain `_total`), read from the registry itself."""
+    names = []
+    for family in registry.collect():
+        names.append(family.name + "_total" if family.type == "counter" else family.name)
+    return tuple(names)
+
+
+# The single list the dashboard, chart and README tests check against: derived, never kept by hand.
+METRIC_NAMES: tuple[str, ...] = exposed_names()
+
+
+def forget_scaler(namespace: str, name: str) -> None:
+    """Remove every series of one scaler (after its deletion), through the public collect/remove API."""
+    for metric in ALL:
+        label_names = _LABELS[metric]
+        seen: set[tuple[str, ...]] = set()
+        for family in metric.collect():
+            for sample in family.samples:
+                if sample.labels.get("namespace") == namespace and sample.labels.get("name") == name:
+                    seen.add(tuple(sample.labels[n] for n in label_names))
+        for values in seen:
+            with contextlib.suppress(KeyError):
+                metric.remove(*values)

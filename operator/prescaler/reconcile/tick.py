@@ -1,0 +1,337 @@
+"""One reconcile tick of one PredictiveScaler: history → forecast (kept) → plan → actuate → status.
+
+Kopf-free so it can be driven by the handlers, the tests and the fleet benchmark alike. Blocking work (SQL,
+API calls) runs in threads; fits run in a process pool and are polled, never awaited on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+import pandas as pd
+from sqlalchemy.engine import Engine
+
+from prescaler import db, forecasting, history, metrics
+from prescaler.actuation import Actuator, HpaState, TargetNotFound, TargetState
+from prescaler.clock import Clock
+from prescaler.durations import format_duration
+from prescaler.errors import DataUnavailable, InputError
+from prescaler.planning import Decision, Recommendation, forecast_peak, plan
+from prescaler.reconcile.conditions import Cond, merge_conditions, now_iso
+from prescaler.reconcile.forecasts import CachedForecast, ForecastKeeper, ScalerRef, ScalerState, floor_time
+from prescaler.reconcile.gate import Gate
+from prescaler.spec import ScalerSpec, TargetRef, parse_spec
+
+log = logging.getLogger("prescaler.reconcile")
+
+
+@dataclass
+class Outcome:
+    status: dict[str, Any] = field(default_factory=dict)
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+    decision: Decision | None = None
+    conditions: dict[str, Cond] = field(default_factory=dict)  # merged into status.conditions by tick()
+    static_peak: int | None = None  # replicas a static fleet sized for the forecast's peak would need
+
+
+@dataclass
+class Services:
+    engine: Engine
+    actuator: Actuator
+    pool: forecasting.FitPool
+    clock: Clock
+    sources: Mapping[str, history.TrafficSource]
+    fit_timeout_s: float = 120.0
+    max_concurrent: int = 8
+
+
+# Reads a target from an informer-style cache; None means it does not exist. Without one, each tick GETs it.
+TargetLookup = Callable[[str, TargetRef], TargetState | None]
+
+
+class Reconciler:
+    def __init__(self, services: Services) -> None:
+        self.s = services
+        self._gate = Gate(services.max_concurrent)
+        self.forecasts = ForecastKeeper(services.engine, services.pool, services.fit_timeout_s)
+
+    async def tick(
+        self,
+        *,
+        namespace: str,
+        name: str,
+        body: Mapping[str, Any],
+        state: ScalerState,
+        hpas: list[HpaState],
+        rival_owner: str | None,
+        targets: TargetLookup | None = None,
+    ) -> Outcome | None:
+        """Run one reconcile if the spec's interval has passed (or the spec changed); None when skipped."""
+        ref = ScalerRef(namespace, name, state)
+        now = self.s.clock.now()
+        meta = body.get("metadata", {})
+        generation = int(meta.get("generation") or 0)
+        spec_changed = generation != state.last_generation
+        interval = state.interval if not spec_changed and state.interval is not None else _interval(body)
+        if not spec_changed and state.last_tick is not None and now - state.last_tick < interval:
+            await self.forecasts.poll(ref, None)
+            return None
+        # The cadence counts from when the tick was due, so waiting for a slot does not push the next one.
+        state.last_tick = now
+        state.last_generation = generation
+        state.interval = interval
+        await self._gate.acquire(urgent=not state.decided)
+        try:
+            now = self.s.clock.now()
+            started = time.perf_counter()
+            try:
+                outcome = await self._decide(ref, body, hpas, rival_owner, now, targets)
+            finally:
+                metrics.RECONCILE_DURATION.labels(namespace, name).observe(time.perf_counter() - started)
+        finally:
+            self._gate.release()
+        state.decided = True
+        old = (body.get("status") or {}).get("conditions")
+        merged, changed = merge_conditions(old, outcome.conditions, generation, now)
+        outcome.status["conditions"] = merged
+        outcome.status["observedGeneration"] = generation
+        for ctype, cond in changed:
+            kind = "Normal" if cond.status == "True" else "Warning"
+            outcome.events.append((kind, cond.reason, f"{ctype}={cond.status}: {cond.message}"))
+        for c in merged:
+            for status in ("True", "False", "Unknown"):
+                metrics.CONDITION.labels(namespace, name, c["type"], status).set(1 if c["status"] == status else 0)
+        return outcome
+
+    async def _decide(
+        self,
+        ref: ScalerRef,
+        body: Mapping[str, Any],
+        hpas: list[HpaState],
+        rival_owner: str | None,
+        now: datetime,
+        targets: TargetLookup | None,
+    ) -> Outcome:
+        namespace, name, state = ref.namespace, ref.name, ref.state
+        out = Outcome()
+        conds = out.conditions
+        out.status["lastDecisionTime"] = now_iso(now)
+
+        def fail(reason: str, message: str, kind: str, scaling: str = "False") -> Outcome:
+            conds["Ready"] = Cond("False", reason, message)
+            conds.setdefault("ScalingActive", Cond(scaling, reason, message))
+            ref.error(kind)
+            out.status["reason"] = message
+            return out
+
+        try:
+            spec = parse_spec(body.get("spec") or {})
+        except InputError as exc:
+            return fail("InvalidSpec", str(exc), "InvalidSpec")
+        if spec.source not in self.s.sources:
+            return fail("UnknownSource", f"spec.series.source {spec.source!r} is not configured by the "
+                        f"administrator (known: {', '.join(sorted(self.s.sources))})", "InvalidSpec")
+        if spec.mode == "Paused":
+            conds["Ready"] = Cond("True", "Paused", "mode is Paused: nothing is computed or changed")
+            conds["ScalingActive"] = Cond("False", "Paused", "mode is Paused")
+            return out
+        if rival_owner is not None:
+            return fail("ConflictingScaler", f"{spec.target.kind} {spec.target.name} is already managed by "
+                        f"PredictiveScaler {rival_owner}; this one stands down", "ConflictingScaler")
+        if spec.actuation == "Replicas" and hpas:
+            return fail("HPAConflict", f"HorizontalPodAutoscaler {hpas[0].name} also scales {spec.target.kind} "
+                        f"{spec.target.name}; use actuation: HPAMinReplicas to work with it", "HPAConflict")
+        if spec.actuation == "HPAMinReplicas" and not hpas:
+            return fail("HPANotFound", f"actuation HPAMinReplicas needs a HorizontalPodAutoscaler targeting "
+                        f"{spec.target.kind} {spec.target.name}; none found", "HPANotFound")
+
+        target: TargetState | None = None
+        try:
+            if targets is not None:
+                target = targets(namespace, spec.target)
+                if target is None:
+                    raise TargetNotFound(f"{spec.target.kind} {namespace}/{spec.target.name} not found")
+            else:
+                target = await asyncio.to_thread(self.s.actuator.read_target, namespace, spec.target)
+        except TargetNotFound as exc:
+            conds["ScalingActive"] = Cond("False", "TargetNotFound", str(exc))
+            ref.error("TargetNotFound")
+
+        source = self.s.sources[spec.source]
+        observed, data_error = await self._observe(source, spec, now)
+        if data_error is not None:
+            conds["DataAvailable"] = Cond("False", "DataUnavailable", data_error)
+            ref.error("DataUnavailable")
+        elif observed is None:
+            conds["DataAvailable"] = Cond("False", "NoRecentData",
+                                          f"no traffic for series {spec.service!r} in the last "
+                                          f"{format_duration(2 * spec.step)}")
+        else:
+            conds["DataAvailable"] = Cond("True", "DataFresh", f"observed {observed:,.0f} requests per "
+                                          f"{format_duration(spec.step)} for {spec.service!r}")
+        if observed is not None:
+            metrics.OBSERVED_LOAD.labels(namespace, name).set(observed)
+
+        state.series = spec.service
+        cached = await self.forecasts.ensure(ref, spec, source, now, data_error is None, conds)
+        if cached is not None:
+            out.static_peak = _forecast_status(out, ref, spec, cached, now)
+
+        if target is None:
+            conds["Ready"] = Cond("False", "TargetNotFound", conds["ScalingActive"].message)
+            return out
+
+        hpa = hpas[0] if spec.actuation == "HPAMinReplicas" else None
+        current = hpa.min_replicas if hpa is not None else target.spec_replicas
+        if not state.started:
+            # After a (re)start, scale-down waits one stabilisation window: no flap on a cold memory.
+            state.recommendations = (Recommendation(now, current),)
+            state.started = True
+        decision = plan(
+            spec.policy(),
+            now=now,
+            current_replicas=current,
+            forecast=cached.forecast if cached else None,
+            forecast_generated_at=cached.generated_at if cached else None,
+            observed_load=observed,
+            recent=state.recommendations,
+        )
+        if data_error is not None and decision.desired < current:
+            decision = _hold(decision, current, "scale-down held: traffic data unavailable")
+        state.recommendations = decision.recommendations
+        out.decision = decision
+
+        desired = decision.desired
+        if hpa is not None and desired > hpa.max_replicas:
+            desired = hpa.max_replicas
+        applied = False
+        if spec.mode == "Auto" and desired != current:
+            try:
+                if hpa is not None:
+                    await asyncio.to_thread(self.s.actuator.set_hpa_min, namespace, hpa.name, desired)
+                else:
+                    await asyncio.to_thread(self.s.actuator.scale, namespace, spec.target, desired)
+                applied = True
+            except TargetNotFound as exc:
+                return fail("TargetNotFound", str(exc), "TargetNotFound")
+        if applied:
+            direction = "up" if desired > current else "down"
+            metrics.SCALE_ACTIONS.labels(namespace, name, direction).inc()
+            what = f"HPA {hpa.name} minReplicas" if hpa is not None else f"{spec.target.kind} {spec.target.name}"
+            out.events.append(("Normal", "ScaledUp" if direction == "up" else "ScaledDown",
+                               f"{what} {current} → {desired}: {decision.reason}"))
+            out.status["lastScaleTime"] = now_iso(now)
+
+        if data_error is None:
+            try:
+                await asyncio.to_thread(
+                    db.record_decision, self.s.engine, namespace=namespace, name=name,
+                    target_kind=spec.target.kind, target_name=spec.target.name, decision=decision,
+                    decided_at=now, applied=applied,
+                )
+            except DataUnavailable as exc:
+                log.warning("could not record decision for %s/%s: %s", namespace, name, exc)
+
+        tick_s = spec.interval.total_seconds()
+        ready = target.ready_replicas if hpa is None else max(target.ready_replicas, 0)
+        metrics.DESIRED_REPLICAS.labels(namespace, name).set(desired)
+        metrics.CURRENT_REPLICAS.labels(namespace, name).set(desired if applied else current)
+        metrics.READY_REPLICAS.labels(namespace, name).set(ready)
+        metrics.REPLICA_SECONDS.labels(namespace, name).inc(desired * tick_s)
+        under = metrics.UNDERPROVISIONED_SECONDS.labels(namespace, name)  # exported at 0 from the first tick
+        if observed is not None and observed > ready * spec.capacity_per_step:
+            under.inc(tick_s)
+        if out.static_peak is not None:
+            metrics.STATIC_PEAK_REPLICAS.labels(namespace, name).set(out.static_peak)
+            metrics.STATIC_REPLICA_SECONDS.labels(namespace, name).inc(out.static_peak * tick_s)
+
+        out.status.update({
+            "currentReplicas": desired if applied else current,
+            "readyReplicas": ready,
+            "desiredReplicas": desired,
+            "reason": decision.reason,
+        })
+        if spec.mode == "ForecastOnly":
+            conds["ScalingActive"] = Cond("False", "ForecastOnly", "mode is ForecastOnly: replicas are "
+                                          "computed and reported, never changed")
+        elif decision.stale:
+            conds["ScalingActive"] = Cond("False", "FallbackActive", decision.reason)
+        else:
+            conds["ScalingActive"] = Cond("True", "Scaling", decision.reason)
+        if decision.stale:
+            conds["Ready"] = Cond("False", "FallbackActive", decision.reason)
+        else:
+            conds["Ready"] = Cond("True", "Ready", decision.reason)
+        return out
+
+    async def _observe(
+        self, source: history.TrafficSource, spec: ScalerSpec, now: datetime
+    ) -> tuple[float | None, str | None]:
+        """The last complete bucket's load (planner units), or the reason the data is unavailable."""
+        step = spec.step
+        end = floor_time(now, step)
+        try:
+            series = await asyncio.to_thread(history.read_history, self.s.engine, source, spec.service,
+                                             end - 2 * step, end, step)
+        except DataUnavailable as exc:
+            return None, str(exc)
+        values = series.dropna()
+        if values.empty:
+            return None, None
+        return float(values.iloc[-1]), None
+
+
+def _interval(body: Mapping[str, Any]) -> timedelta:
+    try:
+        return parse_spec(body.get("spec") or {}).interval
+    except InputError:
+        return timedelta(minutes=1)
+
+
+def _forecast_status(out: Outcome, ref: ScalerRef, spec: ScalerSpec, cached: CachedForecast,
+                     now: datetime) -> int:
+    """Forecast fields of the status and their metrics; returns the static-peak replica count."""
+    namespace, name, state = ref.namespace, ref.name, ref.state
+    fc = cached.forecast
+    out.status["model"] = cached.model
+    out.status["forecastGeneratedAt"] = now_iso(cached.generated_at)
+    if cached.smape is not None and math.isfinite(cached.smape):
+        out.status["forecastError"] = f"{cached.smape:.1f}%"
+        metrics.FORECAST_ERROR.labels(namespace, name).set(cached.smape)
+    metrics.FORECAST_AGE.labels(namespace, name).set(max(0.0, (now - cached.generated_at).total_seconds()))
+    if state.model_label != cached.model:
+        if state.model_label is not None:  # auto may switch models: only the one in use reads 1
+            with contextlib.suppress(KeyError):
+                metrics.MODEL_INFO.remove(namespace, name, state.model_label)
+        state.model_label = cached.model
+    metrics.MODEL_INFO.labels(namespace, name, cached.model).set(1)
+    idx = int(fc.ds.searchsorted(pd.Timestamp(now), side="right")) - 1
+    if 0 <= idx < len(fc.ds):
+        for band, arr in (("yhat", fc.yhat), ("lower", fc.lower), ("upper", fc.upper)):
+            metrics.FORECAST_LOAD.labels(namespace, name, band).set(float(arr[idx]))
+    policy = spec.policy()
+    lead_peak = forecast_peak(fc, now, now + spec.lead_time + spec.interval, spec.quantile)
+    if lead_peak is not None:
+        metrics.FORECAST_PEAK_LOAD.labels(namespace, name).set(lead_peak.load)
+    peak = forecast_peak(fc, now, now + timedelta(days=1), spec.quantile)
+    if peak is not None:
+        per_unit = peak.load * (spec.per / spec.step)
+        out.status["nextPeak"] = {
+            "at": now_iso(peak.at),
+            "requests": round(per_unit),
+            "replicas": policy.clamp(policy.replicas_for(peak.load)),
+        }
+    whole = float(max(fc.upper.max() if spec.quantile == "upper" else fc.yhat.max(), 0.0))
+    return policy.clamp(policy.replicas_for(whole))
+
+
+def _hold(decision: Decision, current: int, why: str) -> Decision:
+    return replace(decision, desired=current, direction="none", reason=f"{decision.reason}; {why}")

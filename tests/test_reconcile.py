@@ -1,0 +1,152 @@
+"""One reconcile tick driven directly: a fake actuator and a fixed clock, real PostgreSQL for the history."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from prescaler import db, forecasting, history
+from prescaler.actuation import HpaState, TargetState
+from prescaler.clock import Clock
+from prescaler.reconcile import Reconciler, ScalerState, Services
+from prescaler.spec import TargetRef
+
+NOW = datetime(2024, 3, 4, 12, 2, tzinfo=UTC)
+LOAD_PER_STEP = 2000  # requests per 5 minutes, every step of the history
+
+
+class FixedClock(Clock):
+    def __init__(self, t: datetime) -> None:
+        super().__init__()
+        self.t = t
+
+    def now(self) -> datetime:
+        return self.t
+
+
+@dataclass
+class FakeActuator:
+    """Records what the tick asks of the cluster; the target has `replicas` until scaled."""
+
+    replicas: int = 1
+    scaled: list[tuple[str, str, int]] | None = None
+
+    def read_target(self, namespace: str, ref: TargetRef) -> TargetState:
+        return TargetState(ref.kind, ref.name, self.replicas, self.replicas, 1)
+
+    def scale(self, namespace: str, ref: TargetRef, replicas: int) -> None:
+        if self.scaled is None:
+            self.scaled = []
+        self.scaled.append((namespace, ref.name, replicas))
+        self.replicas = replicas
+
+    def set_hpa_min(self, namespace: str, name: str, replicas: int) -> None:
+        raise AssertionError("this scaler does not use HPAMinReplicas")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _traffic(engine: Engine) -> None:
+    start = NOW - timedelta(days=3)
+    rows = [{"ts": start + timedelta(minutes=5 * i), "service": "web", "endpoint": "*", "requests": LOAD_PER_STEP}
+            for i in range(int(timedelta(days=3) / timedelta(minutes=5)))]
+    with engine.begin() as conn:
+        conn.execute(db.traffic_log.insert(), rows)
+
+
+@pytest.fixture
+def pool() -> Iterator[forecasting.FitPool]:
+    p = forecasting.FitPool(max_workers=1)
+    yield p
+    p.shutdown()
+
+
+def _body(**spec_overrides: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+        "minReplicas": 1, "maxReplicas": 20,
+        "series": {"service": "web"},
+        "capacity": {"requestsPerReplica": 100, "per": "1m"},
+        "forecast": {"model": "seasonal-naive", "history": "3d", "horizon": "1d", "step": "5m"},
+        "scaling": {"headroomPercent": 10},
+        **spec_overrides,
+    }
+    return {"metadata": {"name": "web", "namespace": "shop", "generation": 1}, "spec": spec, "status": {}}
+
+
+def _reconciler(engine: Engine, actuator: FakeActuator, pool: forecasting.FitPool) -> Reconciler:
+    return Reconciler(Services(engine=engine, actuator=actuator, pool=pool,  # type: ignore[arg-type]
+                               clock=FixedClock(NOW), sources={"default": history.default_source()}))
+
+
+def _tick(rec: Reconciler, body: dict[str, Any], state: ScalerState, hpas: list[HpaState] | None = None) -> Any:
+    return asyncio.run(rec.tick(namespace="shop", name="web", body=body, state=state, hpas=hpas or [],
+                                rival_owner=None))
+
+
+def test_tick_scales_the_target_and_records_the_decision(engine: Engine, pool: forecasting.FitPool) -> None:
+    actuator = FakeActuator()
+    rec = _reconciler(engine, actuator, pool)
+    state = ScalerState()
+    outcome = _tick(rec, _body(), state)
+
+    # 2,000 requests per 5 minutes with 10% headroom on 500 per replica per 5 minutes.
+    want = math.ceil(LOAD_PER_STEP * 1.1 / 500)
+    assert actuator.scaled == [("shop", "web", want)]
+    assert outcome.decision.desired == want
+    assert outcome.status["desiredReplicas"] == want
+    assert outcome.status["currentReplicas"] == want
+    conds = {c["type"]: c for c in outcome.status["conditions"]}
+    assert conds["Ready"]["status"] == "True"
+    assert conds["DataAvailable"]["reason"] == "DataFresh"
+    assert conds["ForecastReady"]["status"] == "True"
+    assert conds["ScalingActive"]["reason"] == "Scaling"
+    assert all(c["observedGeneration"] == 1 for c in conds.values())
+    assert outcome.static_peak == want  # a flat history: the static fleet is the same size
+    assert any(reason == "ScaledUp" for _, reason, _ in outcome.events)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(db.scaling_decisions.c.desired_replicas, db.scaling_decisions.c.applied)
+                            .where(db.scaling_decisions.c.name == "web")).all()
+    assert [tuple(r) for r in rows] == [(want, True)]
+
+    # Within the interval the tick is skipped: nothing planned, nothing patched.
+    assert _tick(rec, _body(), state) is None
+    assert actuator.scaled == [("shop", "web", want)]
+
+
+def test_forecast_only_computes_but_never_patches(engine: Engine, pool: forecasting.FitPool) -> None:
+    actuator = FakeActuator()
+    outcome = _tick(_reconciler(engine, actuator, pool), _body(mode="ForecastOnly"), ScalerState())
+    assert actuator.scaled is None
+    assert outcome.status["desiredReplicas"] > 1
+    assert outcome.status["currentReplicas"] == 1
+    conds = {c["type"]: c for c in outcome.status["conditions"]}
+    assert conds["ScalingActive"]["reason"] == "ForecastOnly"
+
+
+def test_a_conflicting_hpa_stops_the_tick_with_a_condition(engine: Engine, pool: forecasting.FitPool) -> None:
+    actuator = FakeActuator()
+    hpa = HpaState(name="web-hpa", min_replicas=1, max_replicas=10, current_replicas=1)
+    outcome = _tick(_reconciler(engine, actuator, pool), _body(), ScalerState(), [hpa])
+    assert actuator.scaled is None
+    assert outcome.decision is None
+    conds = {c["type"]: c for c in outcome.status["conditions"]}
+    assert conds["Ready"]["reason"] == "HPAConflict"
+    assert "web-hpa" in conds["Ready"]["message"]
+
+
+def test_an_unknown_source_is_reported_not_raised(engine: Engine, pool: forecasting.FitPool) -> None:
+    actuator = FakeActuator()
+    outcome = _tick(_reconciler(engine, actuator, pool), _body(series={"service": "web", "source": "nope"}),
+                    ScalerState())
+    conds = {c["type"]: c for c in outcome.status["conditions"]}
+    assert conds["Ready"]["reason"] == "UnknownSource"
+    assert "'nope'" in conds["Ready"]["message"]
+    assert actuator.scaled is None
