@@ -211,12 +211,24 @@ def cmd_backtest(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from prescaler import handlers
+    import os
 
-    namespaces = args.namespace or []
-    handlers.run(namespaces=namespaces, config_path=args.config, metrics_port=args.metrics_port,
-                 liveness_port=args.liveness_port, peering=args.peering or None, priority=args.priority,
-                 workers=args.workers, database_url=args.database_url)
+    from prescaler import handlers
+    from prescaler.actuation import load_client_config
+    from prescaler.config import ConfigError, OperatorConfig
+
+    try:
+        config = OperatorConfig.build(
+            os.environ, database_url=args.database_url, sources_path=args.config,
+            namespaces=tuple(args.namespace or ()), metrics_port=args.metrics_port,
+            liveness_port=args.liveness_port, peering=args.peering or None, priority=args.priority,
+            workers=args.workers, check_cluster=load_client_config,
+        )
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(f"prescaler run: {line}", file=sys.stderr)
+        return EXIT_INPUT
+    handlers.run(config)
     return 0
 
 

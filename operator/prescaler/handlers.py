@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import random
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import kopf
@@ -16,9 +12,9 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import start_http_server
 
-from prescaler import db, forecasting, history, metrics
+from prescaler import db, forecasting, metrics
 from prescaler.actuation import Actuator, HpaState, TargetState, load_client_config
-from prescaler.clock import Clock
+from prescaler.config import OperatorConfig
 from prescaler.reconcile import Reconciler, ScalerState, Services
 from prescaler.spec import TargetRef
 
@@ -26,16 +22,8 @@ GROUP, VERSION, PLURAL = "prescaler.dev", "v1alpha1", "predictivescalers"
 log = logging.getLogger("prescaler")
 
 _reconciler: Reconciler | None = None
-_settings: dict[str, Any] = {}
+_config: OperatorConfig | None = None
 _started_at = 0.0
-
-
-def _peering_settle() -> float:
-    return float(os.environ.get("PRESCALER_PEERING_SETTLE", "5"))
-
-
-def _timer_interval() -> float:
-    return float(os.environ.get("PRESCALER_TIMER_INTERVAL", "10"))
 
 
 class _QuietTimer(logging.Filter):
@@ -49,23 +37,25 @@ class _QuietTimer(logging.Filter):
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     global _reconciler, _started_at
+    assert _config is not None, "run() builds the configuration before kopf starts"
+    cfg = _config
     _started_at = time.monotonic()
     settings.posting.level = logging.WARNING  # explicit events only, not every log line
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="prescaler.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="prescaler.dev")
     settings.watching.server_timeout = 300
     settings.networking.error_backoffs = [1, 2, 5, 10]
-    if _settings.get("peering"):
-        settings.peering.name = _settings["peering"]
-        settings.peering.priority = _settings["priority"]
+    if cfg.peering:
+        settings.peering.name = cfg.peering
+        settings.peering.priority = cfg.priority
         settings.peering.mandatory = True
-        settings.peering.clusterwide = not _settings["namespaces"]
+        settings.peering.clusterwide = not cfg.namespaces
         # How long a silent peer still counts: a standby takes over this long after the active one dies.
-        settings.peering.lifetime = int(os.environ.get("PRESCALER_PEERING_LIFETIME", "60"))
-        _ensure_peering(_settings["peering"], _settings["namespaces"])
+        settings.peering.lifetime = cfg.peering_lifetime_s
+        _ensure_peering(cfg.peering, list(cfg.namespaces))
     else:
         settings.peering.standalone = True
-    engine = db.make_engine(_settings.get("database_url") or db.database_url())
+    engine = db.make_engine(cfg.database_url)
     try:
         db.migrate(engine)
     except Exception as exc:  # the store may be down at start: ticks report DataAvailable=False and retry
@@ -73,11 +63,11 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     _reconciler = Reconciler(Services(
         engine=engine,
         actuator=Actuator(),
-        pool=forecasting.FitPool(max_workers=_settings.get("workers", 2)),
-        clock=Clock.from_env(),
-        sources=history.load_sources(_settings.get("config_path")),
-        fit_timeout_s=float(os.environ.get("PRESCALER_FIT_TIMEOUT", "120")),
-        max_concurrent=int(os.environ.get("PRESCALER_MAX_CONCURRENT_RECONCILES", "8")),
+        pool=forecasting.FitPool(max_workers=cfg.workers, timeout_s=cfg.fit_timeout_s),
+        clock=cfg.clock,
+        sources=cfg.sources,
+        fit_timeout_s=cfg.fit_timeout_s,
+        max_concurrent=cfg.max_concurrent_reconciles,
     ))
 
 
@@ -128,7 +118,7 @@ def scaler_by_target(namespace: str, name: str, spec: Mapping[str, Any], meta: M
     return {(namespace, str(ref.get("kind")), str(ref.get("name"))): (str(meta.get("creationTimestamp")), name)}
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=_timer_interval(), sharp=False)  # type: ignore[arg-type]
+# Registered by run(): the wake-up interval is configuration, not known at import time.
 async def reconcile_timer(
     namespace: str,
     name: str,
@@ -142,8 +132,8 @@ async def reconcile_timer(
     statefulsets: kopf.Index[tuple[str, str, str], TargetState],
     **_: Any,
 ) -> None:
-    assert _reconciler is not None
-    if _settings.get("peering") and time.monotonic() - _started_at < _peering_settle():
+    assert _reconciler is not None and _config is not None
+    if _config.peering and time.monotonic() - _started_at < _config.peering_settle_s:
         # Let peering see every peer first, so a lower-priority replica never acts even once.
         return
     if "scaler_state" not in memo:
@@ -173,11 +163,7 @@ async def reconcile_timer(
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)  # type: ignore[arg-type]
 def forget(namespace: str, name: str, **_: Any) -> None:
     # Stale series would otherwise linger in /metrics until the process restarts.
-    for metric in metrics.ALL:
-        # prometheus_client has no "remove by label prefix": walk its children (namespace, name first).
-        for labels in [k for k in list(metric._metrics) if k[:2] == (namespace, name)]:
-            with contextlib.suppress(KeyError):
-                metric.remove(*labels)
+    metrics.forget_scaler(namespace, name)
 
 
 def _ensure_peering(peering: str, namespaces: list[str]) -> None:
@@ -199,33 +185,20 @@ def _ensure_peering(peering: str, namespaces: list[str]) -> None:
             raise
 
 
-def run(
-    *,
-    namespaces: list[str],
-    config_path: Path | None,
-    metrics_port: int,
-    liveness_port: int,
-    peering: str | None,
-    priority: int | None,
-    workers: int,
-    database_url: str | None,
-) -> None:
-    logging.basicConfig(level=os.environ.get("PRESCALER_LOG_LEVEL", "INFO").upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def run(config: OperatorConfig) -> None:
+    """Start the operator with a configuration already checked by `OperatorConfig.build`."""
+    global _config
+    _config = config
+    logging.basicConfig(level=config.logging_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kopf.objects").addFilter(_QuietTimer())
-    load_client_config()
-    history.load_sources(config_path)  # fail fast on a bad administrator config
-    _settings.update(
-        namespaces=namespaces, config_path=config_path, peering=peering,
-        priority=priority if priority is not None else random.randint(1, 1_000_000),
-        workers=workers, database_url=database_url,
-    )
-    start_http_server(metrics_port, registry=metrics.REGISTRY)
+    timer = kopf.timer(GROUP, VERSION, PLURAL, interval=config.timer_interval_s, sharp=False)
+    timer(reconcile_timer)  # type: ignore[arg-type]
+    start_http_server(config.metrics_port, registry=metrics.REGISTRY)
     kopf.run(
-        clusterwide=not namespaces,
-        namespaces=namespaces,
-        liveness_endpoint=f"http://0.0.0.0:{liveness_port}/healthz",
-        standalone=peering is None,
-        peering_name=peering,
-        priority=_settings["priority"],
+        clusterwide=not config.namespaces,
+        namespaces=list(config.namespaces),
+        liveness_endpoint=f"http://0.0.0.0:{config.liveness_port}/healthz",
+        standalone=config.peering is None,
+        peering_name=config.peering,
+        priority=config.priority,
     )
