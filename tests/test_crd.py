@@ -408,3 +408,13 @@ def test_field_reference_lists_every_spec_field() -> None:
     spec_paths = {p.lstrip(".") for p, _ in walk(scaler_schema()) if p.startswith(".spec")}
     assert spec_paths <= documented
     assert '| `spec.forecast.horizon` | duration | `"1d"` |' in out
+
+
+def test_date_columns_show_only_past_times() -> None:
+    """kubectl prints a future time in a `date` column as <invalid>: the next peak must be a string."""
+    (crd,) = load_all(SCALER_CRD)
+    columns = {c["name"]: c for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]}
+    dates = {c["jsonPath"] for c in columns.values() if c["type"] == "date"}
+    assert dates == {".metadata.creationTimestamp"}
+    assert columns["Next Peak"] == {**columns["Next Peak"], "type": "string",
+                                    "jsonPath": ".status.nextPeak.summary"}

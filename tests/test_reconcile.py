@@ -150,3 +150,22 @@ def test_an_unknown_source_is_reported_not_raised(engine: Engine, pool: forecast
     assert conds["Ready"]["reason"] == "UnknownSource"
     assert "'nope'" in conds["Ready"]["message"]
     assert actuator.scaled is None
+
+
+@pytest.mark.parametrize(("ahead", "replicas", "text"), [
+    (timedelta(seconds=20), 1, "12:02 UTC (now) 1 replica"),
+    (timedelta(minutes=25), 3, "12:27 UTC (in 25m) 3 replicas"),
+    (timedelta(hours=17, minutes=40), 12, "05:42 UTC (in 17h) 12 replicas"),
+])
+def test_next_peak_summary_is_a_time_people_read(ahead: timedelta, replicas: int, text: str) -> None:
+    from prescaler.reconcile.tick import peak_summary
+
+    at = NOW + ahead
+    assert peak_summary(at.replace(second=0), NOW, replicas) == text
+
+
+def test_status_carries_the_next_peak_summary(engine: Engine, pool: forecasting.FitPool) -> None:
+    outcome = _tick(_reconciler(engine, FakeActuator(), pool), _body(mode="ForecastOnly"), ScalerState())
+    peak = outcome.status["nextPeak"]
+    assert peak["summary"].endswith(f"{peak['replicas']} replicas")
+    assert peak["summary"].startswith(peak["at"][11:16] + " UTC (")

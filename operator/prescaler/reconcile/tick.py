@@ -324,13 +324,27 @@ def _forecast_status(out: Outcome, ref: ScalerRef, spec: ScalerSpec, cached: Cac
     peak = forecast_peak(fc, now, now + timedelta(days=1), spec.quantile)
     if peak is not None:
         per_unit = peak.load * (spec.per / spec.step)
+        replicas = policy.clamp(policy.replicas_for(peak.load))
         out.status["nextPeak"] = {
             "at": now_iso(peak.at),
             "requests": round(per_unit),
-            "replicas": policy.clamp(policy.replicas_for(peak.load)),
+            "replicas": replicas,
+            "summary": peak_summary(peak.at, now, replicas),
         }
     whole = float(max(fc.upper.max() if spec.quantile == "upper" else fc.yhat.max(), 0.0))
     return policy.clamp(policy.replicas_for(whole))
+
+
+def peak_summary(at: datetime, now: datetime, replicas: int) -> str:
+    """ "18:25 UTC (in 17h) 12 replicas": what `kubectl get psc` shows in its NEXT PEAK column."""
+    ahead = max(timedelta(0), at - now)
+    if ahead < timedelta(minutes=1):
+        when = "now"
+    elif ahead < timedelta(hours=1):
+        when = f"in {int(ahead.total_seconds() // 60)}m"
+    else:
+        when = f"in {int(ahead.total_seconds() // 3600)}h"
+    return f"{at:%H:%M} UTC ({when}) {replicas} replica{'s' if replicas != 1 else ''}"
 
 
 def _hold(decision: Decision, current: int, why: str) -> Decision:
