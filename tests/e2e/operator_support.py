@@ -10,9 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,6 +21,8 @@ import pandas as pd
 
 from prescaler.clock import Clock
 from prescaler_dev.localcluster import LocalCluster
+
+from .waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 STEP = timedelta(minutes=5)
@@ -87,7 +87,7 @@ class OperatorProcess:
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()
-        wait_for(lambda: self.metrics_text() is not None, 60, f"operator /metrics (log: {self.log_path})")
+        wait_for(f"operator /metrics (log: {self.log_path})", lambda: self.metrics_text() is not None, timeout=60)
         return self
 
     def metrics_text(self) -> str | None:
@@ -132,16 +132,6 @@ class OperatorProcess:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def get_json(cluster: LocalCluster, *args: str) -> dict[str, Any]:

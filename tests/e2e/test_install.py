@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,10 @@ import yaml
 from prescaler_dev.kwok import kwok_stages
 from prescaler_dev.localcluster import LocalCluster
 
+from .waiting import wait_for
+
 ROOT = Path(__file__).resolve().parents[2]
+POLL = 0.5  # seconds between kubectl polls: each one is a process on a small machine
 CHART = ROOT / "charts" / "prescaler"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 
@@ -52,23 +54,13 @@ def get(cluster: LocalCluster, *args: str) -> Any:
     return json.loads(cluster.kubectl("get", *args, "-o", "json").stdout)
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 120.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.5)
-
-
 def ensure_namespace(cluster: LocalCluster, name: str) -> None:
     cluster.kubectl("create", "namespace", name, check=False)
     # The ServiceAccount admission plugin rejects pods until the namespace's default SA exists.
     wait_for(
         f"default ServiceAccount in {name}",
         lambda: cluster.kubectl("-n", name, "get", "sa", "default", check=False).returncode == 0,
+        interval=POLL,
     )
 
 
@@ -242,6 +234,7 @@ def test_helm_upgrade_applies_changed_values(cluster: LocalCluster, release: str
             deployment(cluster)["status"].get("updatedReplicas") == 1
             and deployment(cluster)["status"].get("readyReplicas") == 1
         ),
+        interval=POLL,
     )
     # RBAC follows: scale and HPA writes in the watched namespace only; cluster-wide binding gone.
     assert can_i(cluster, "patch", "deployments", namespace=TEAM_NS, subresource="scale")
@@ -277,7 +270,7 @@ def test_upgrade_with_bad_values_is_refused_and_keeps_the_release(cluster: Local
 def test_helm_uninstall_leaves_nothing_behind(cluster: LocalCluster, release: str) -> None:
     assert release_objects(cluster), "the release should own objects before the uninstall"
     helm(cluster, "uninstall", release, "-n", RELEASE_NS, "--wait", "--timeout", "2m")
-    wait_for("release objects to go", lambda: release_objects(cluster) == [], timeout=60)
+    wait_for("release objects to go", lambda: release_objects(cluster) == [], timeout=60, interval=POLL)
     for kind, name in (
         ("clusterrole", FULLNAME),
         ("clusterrole", f"{FULLNAME}-cluster"),
@@ -308,6 +301,7 @@ def test_kubectl_apply_of_crds_manifests_and_examples(cluster: LocalCluster, crd
             lambda: (
                 get(cluster, "-n", "prescaler-system", "deployment", "prescaler")["status"].get("readyReplicas") == 1
             ),
+            interval=POLL,
         )
         assert can_i(
             cluster,

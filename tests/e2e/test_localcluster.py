@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from prescaler_dev.kwok import KWOK_COMPLETE_LABEL, KWOK_NODE_ANNOTATION
 from prescaler_dev.localcluster import PORT_ROLES, ClusterConfig, LocalCluster
 
 from .conftest import POD_READY_DELAY
+from .waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -75,23 +75,13 @@ def _deployment(name: str, replicas: int) -> str:
     return json.dumps(manifest)
 
 
-def _wait_for(what: str, check: Any) -> Any:
-    deadline = time.monotonic() + PATIENCE
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.2)
-
-
 def _namespace(cluster: LocalCluster, name: str) -> str:
     cluster.kubectl("create", "namespace", name)
     # The ServiceAccount admission plugin rejects pods until the namespace's default SA exists.
-    _wait_for(
+    wait_for(
         f"default ServiceAccount in {name}",
         lambda: cluster.kubectl("-n", name, "get", "sa", "default", check=False).returncode == 0,
+        timeout=PATIENCE,
     )
     return name
 
@@ -162,7 +152,7 @@ def test_pods_become_ready_only_after_the_delay(cluster: LocalCluster) -> None:
         ready = [p for p in pods if _is_ready(p)]
         return ready if len(ready) == 3 else None
 
-    pods = _wait_for("3 ready pods", all_ready)
+    pods = wait_for("3 ready pods", all_ready, timeout=PATIENCE)
     for pod in pods:
         assert pod["spec"]["nodeName"] in kwok_nodes
         assert pod["status"]["phase"] == "Running"
@@ -191,7 +181,7 @@ def test_scale_subresource(cluster: LocalCluster) -> None:
     scale = json.loads(cluster.kubectl("get", "--raw", scale_path).stdout)
     assert scale["kind"] == "Scale"
     assert scale["spec"]["replicas"] == 4
-    _wait_for("4 ready replicas", lambda: ready_replicas() == 4)
+    wait_for("4 ready replicas", lambda: ready_replicas() == 4, timeout=PATIENCE)
 
     # The way the operator actuates: a merge patch on the /scale subresource.
     cluster.kubectl(
@@ -206,7 +196,7 @@ def test_scale_subresource(cluster: LocalCluster) -> None:
         '{"spec":{"replicas":1}}',
     )
     # Scale-down really removes pods (kwok completes the deletion a kubelet would confirm).
-    _wait_for("1 pod left", lambda: pod_count() == 1 and ready_replicas() == 1)
+    wait_for("1 pod left", lambda: pod_count() == 1 and ready_replicas() == 1, timeout=PATIENCE)
     scale = json.loads(cluster.kubectl("get", "--raw", scale_path).stdout)
     assert scale["spec"]["replicas"] == 1
     assert scale["status"]["replicas"] == 1
@@ -221,9 +211,10 @@ def test_labelled_pod_runs_to_completion(cluster: LocalCluster) -> None:
         "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "registry.invalid/once:1"}]},
     }
     cluster.kubectl("-n", ns, "apply", "-f", "-", input=json.dumps(pod))
-    done = _wait_for(
+    done = wait_for(
         "pod Succeeded",
         lambda: (p := _get(cluster, "-n", ns, "pod", "once"))["status"].get("phase") == "Succeeded" and p,
+        timeout=PATIENCE,
     )
     [status] = done["status"]["containerStatuses"]
     assert status["state"]["terminated"]["exitCode"] == 0

@@ -25,8 +25,8 @@ from .operator_support import (
     namespace_yaml,
     peak_day_time,
     scaler_yaml,
-    wait_for,
 )
+from .waiting import wait_for
 
 SPEED = 120.0
 
@@ -52,6 +52,10 @@ def _scaler(cluster: LocalCluster, ns: str) -> dict:  # type: ignore[type-arg]
     return get_json(cluster, "-n", ns, "get", "predictivescaler", "web")
 
 
+def _data_available(cluster: LocalCluster, ns: str) -> str | None:
+    return condition(_scaler(cluster, ns), "DataAvailable").get("status")
+
+
 def _setup(cluster: LocalCluster, ns: str, **kw: str) -> None:
     apply(cluster, namespace_yaml(ns))
     apply(cluster, deployment_yaml(ns, "web"))
@@ -67,15 +71,13 @@ def test_postgres_outage_holds_replicas_and_recovers(
     clock = Clock.scaled_from(peak_day_time(18, 10), SPEED)
     op = OperatorProcess(cluster, traffic_db, clock, logdir / "operator.log").start()
     try:
-        wait_for(lambda: _replicas(cluster, ns) >= PEAK_REPLICAS, 60, "scale-up to the plateau")
-        wait_for(lambda: condition(_scaler(cluster, ns), "DataAvailable").get("status") == "True", 30,
-                 "DataAvailable=True")
+        wait_for("scale-up to the plateau", lambda: _replicas(cluster, ns) >= PEAK_REPLICAS, timeout=60)
+        wait_for("DataAvailable=True", lambda: _data_available(cluster, ns) == "True", timeout=30)
         high = _replicas(cluster, ns)
         port = int(sa.make_url(pg_server_url).port or pgserver.DEFAULT_PORT)
         pgserver.stop(port)
         try:
-            wait_for(lambda: condition(_scaler(cluster, ns), "DataAvailable").get("status") == "False", 60,
-                     "DataAvailable=False")
+            wait_for("DataAvailable=False", lambda: _data_available(cluster, ns) == "False", timeout=60)
             dead = condition(_scaler(cluster, ns), "DataAvailable")
             assert dead["reason"] == "DataUnavailable" and dead["message"]
             # Hold through the simulated end of the peak: never below what it had.
@@ -89,9 +91,8 @@ def test_postgres_outage_holds_replicas_and_recovers(
             assert op.metric("prescaler_errors_total", namespace=ns, kind="DataUnavailable") >= 1
         finally:
             pgserver.ensure_running(port)
-        wait_for(lambda: condition(_scaler(cluster, ns), "DataAvailable").get("status") == "True", 60,
-                 "DataAvailable=True after recovery")
-        wait_for(lambda: _replicas(cluster, ns) < high, 90, "scale-down resumes after recovery")
+        wait_for("DataAvailable=True after recovery", lambda: _data_available(cluster, ns) == "True", timeout=60)
+        wait_for("scale-down resumes after recovery", lambda: _replicas(cluster, ns) < high, timeout=90)
         events = get_json(cluster, "-n", ns, "get", "events").get("items", [])
         assert any(e.get("reason") == "DataUnavailable" for e in events)
     finally:
@@ -113,8 +114,8 @@ def test_sigkill_restart_reuses_the_stored_forecast_without_flapping(
 
     first = OperatorProcess(cluster, traffic_db, clock, logdir / "first.log").start()
     try:
-        wait_for(lambda: _replicas(cluster, ns) >= PEAK_REPLICAS, 60, "scale-up to the plateau")
-        wait_for(lambda: stored() >= 1, 60, "a stored forecast")
+        wait_for("scale-up to the plateau", lambda: _replicas(cluster, ns) >= PEAK_REPLICAS, timeout=60)
+        wait_for("a stored forecast", lambda: stored() >= 1, timeout=60)
         before = stored()
         generated = _scaler(cluster, ns)["status"]["forecastGeneratedAt"]
     finally:
@@ -162,11 +163,11 @@ def test_two_operators_exactly_one_acts(crds: LocalCluster, two_operators: list[
     def reconciles(op: OperatorProcess) -> float:
         return op.metric("prescaler_reconcile_duration_seconds_count", namespace=ns)
 
-    wait_for(lambda: any(reconciles(op) > 0 for op in two_operators), 60, "one operator reconciling")
+    wait_for("one operator reconciling", lambda: any(reconciles(op) > 0 for op in two_operators), timeout=60)
     time.sleep(5)
     counts = [reconciles(op) for op in two_operators]
     assert sum(1 for c in counts if c > 0) == 1, f"reconcile counts per operator: {counts}"
     # The active one dies: the standby takes over once the peer's lease lapses.
     active, standby = (two_operators[0], two_operators[1]) if counts[0] > 0 else (two_operators[1], two_operators[0])
     active.kill()
-    wait_for(lambda: reconciles(standby) > 0, 90, "the standby taking over")
+    wait_for("the standby taking over", lambda: reconciles(standby) > 0, timeout=90)
