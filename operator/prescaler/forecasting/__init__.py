@@ -5,8 +5,8 @@
 - `models`: seasonal-naive, Holt-Winters, Prophet; `make_forecaster`, `check_model_name`;
 - `accuracy`: sMAPE, MAPE, MASE;
 - `selection`: rolling-origin backtest errors, `auto`'s plan and combination, in-process fits;
-- `isolation`: a fit in a child process with a hard time limit (`fit_predict`);
-- `pool`: `FitPool`, the operator's worker processes.
+- `isolation`: `mp_context`, worker processes that can be killed, `fit_predict` with a hard time limit;
+- `pool`: `FitPool`, the operator's workers, each fit killed at its deadline.
 
 The public names below load their module on first use (PEP 562): importing `prescaler.forecasting.interface`
 runs this file, and the planner must not pay for numpy-heavy model code, statsmodels or prophet.

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.context
 import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
+from multiprocessing.connection import Connection
 from typing import Any
 
 import pandas as pd
@@ -18,7 +21,7 @@ from prescaler.forecasting.interface import FitResult, FitTimeout, ForecastUnava
 from prescaler.forecasting.selection import brief_error, fit_local, prepare_fit
 
 # What a forkserver imports once for all its children: the fitting code (numpy, pandas, the models).
-_PRELOAD = ["prescaler.forecasting.isolation"]
+_PRELOAD = ["prescaler.forecasting.isolation", "prescaler.forecasting.pool"]
 
 
 def mp_context() -> multiprocessing.context.BaseContext:
@@ -26,7 +29,7 @@ def mp_context() -> multiprocessing.context.BaseContext:
 
     Forking a multi-threaded process (the operator's event loop and its threads) can deadlock the child.
     The forkserver is a clean single-threaded process that imported the fitting code once, so its children
-    start fast and never re-import the caller's __main__ (spawn-safe).
+    start fast. Like spawn, it imports the caller's `__main__` once: scripts need their `__main__` guard.
     """
     methods = multiprocessing.get_all_start_methods()
     if "fork" in methods and threading.active_count() == 1:
@@ -38,31 +41,70 @@ def mp_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
-def _child_main(conn: Any, args: tuple[Any, ...]) -> None:
-    # Own process group, so a timeout can kill the fit and the cmdstan process it started together.
+def _worker_main(conn: Connection) -> None:
+    """Run the fits the parent sends, one at a time, until it sends None or goes away."""
+    # Own process group, so a kill ends the fit and the cmdstan process it started together.
     if hasattr(os, "setpgrp"):
         os.setpgrp()
-    conn.send(("started", None))
-    try:
-        conn.send(("ok", fit_local(*args)))
-    except BaseException as exc:
-        conn.send(("error", exc))
-    finally:
-        conn.close()
+    while True:
+        try:
+            task = conn.recv()
+        except EOFError:
+            return
+        if task is None:
+            return
+        fit, args = task
+        conn.send(("started", None))
+        try:
+            outcome: tuple[str, Any] = ("ok", fit(*args))
+        except BaseException as exc:
+            outcome = ("error", exc)
+        try:
+            conn.send(outcome)
+        except OSError:  # the parent is gone: nobody waits for this fit
+            return
+        except Exception as exc:  # an outcome that does not pickle must still end the wait
+            conn.send(("error", RuntimeError(f"cannot return the fit's outcome: {brief_error(exc)}")))
 
 
-def _kill(process: multiprocessing.process.BaseProcess) -> None:
-    pid = process.pid
-    if pid is None:
-        return
-    try:
-        if hasattr(os, "killpg"):
-            os.killpg(pid, signal.SIGKILL)
+class Worker:
+    """A child process that runs fits sent to it, in a process group of its own that `kill` ends."""
+
+    def __init__(self, ctx: multiprocessing.context.BaseContext) -> None:
+        self.conn, child = ctx.Pipe(duplex=True)
+        self.process: multiprocessing.process.BaseProcess = ctx.Process(  # type: ignore[attr-defined]
+            target=_worker_main, args=(child,), daemon=True)
+        self.process.start()
+        child.close()
+
+    def send(self, fit: Callable[..., FitResult], args: tuple[Any, ...]) -> None:
+        self.conn.send((fit, args))
+
+    def exit_text(self) -> str:
+        self.process.join(1)
+        return f"exit code {self.process.exitcode}"
+
+    def kill(self) -> None:
+        """SIGKILL the worker's process group (the fit and cmdstan), or the worker alone before it made one."""
+        pid = self.process.pid
+        if pid is not None and self.process.is_alive() and hasattr(os, "killpg"):
+            # Only while it lives: once reaped, its pid (the group's id) may belong to another process.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(5)
+        self.conn.close()
+
+    def stop(self) -> None:
+        """Let an idle worker exit on its own; kill it if it does not."""
+        with contextlib.suppress(OSError):
+            self.conn.send(None)
+        self.process.join(5)
+        if self.process.is_alive():
+            self.kill()
         else:
-            process.kill()
-    except ProcessLookupError:
-        pass
-    process.join(5)
+            self.conn.close()
 
 
 def _fit_with_timeout(args: tuple[Any, ...], timeout_s: float, start_limit_s: float = 60.0) -> FitResult:
@@ -70,26 +112,24 @@ def _fit_with_timeout(args: tuple[Any, ...], timeout_s: float, start_limit_s: fl
 
     The clock starts once the child runs, so a cold forkserver start does not eat the fit's budget.
     """
-    ctx = mp_context()
-    parent, child = ctx.Pipe(duplex=False)
-    process = ctx.Process(target=_child_main, args=(child, args), daemon=True)  # type: ignore[attr-defined]
-    process.start()
-    child.close()
+    worker = Worker(mp_context())
+    finished = False
     try:
-        if not parent.poll(start_limit_s):
+        worker.send(fit_local, args)
+        if not worker.conn.poll(start_limit_s):
             raise FitTimeout(f"fit process did not start within {start_limit_s:g}s")
-        parent.recv()
-        if not parent.poll(timeout_s):
+        worker.conn.recv()
+        if not worker.conn.poll(timeout_s):
             raise FitTimeout(f"fit exceeded the {timeout_s:g}s timeout")
-        status, payload = parent.recv()
+        status, payload = worker.conn.recv()
+        finished = True
     except EOFError:
-        raise RuntimeError(f"fit process died (exit code {process.exitcode})") from None
+        raise RuntimeError(f"fit process died ({worker.exit_text()})") from None
     finally:
-        if process.is_alive():
-            _kill(process)
+        if finished:
+            worker.stop()
         else:
-            process.join()
-        parent.close()
+            worker.kill()
     if status == "error":
         raise payload
     result: FitResult = payload
