@@ -169,3 +169,37 @@ def test_status_carries_the_next_peak_summary(engine: Engine, pool: forecasting.
     peak = outcome.status["nextPeak"]
     assert peak["summary"].endswith(f"{peak['replicas']} replicas")
     assert peak["summary"].startswith(peak["at"][11:16] + " UTC (")
+
+
+def _minutes(values: list[float | None], end: datetime) -> Any:
+    import pandas as pd
+
+    index = pd.date_range(end - timedelta(minutes=len(values)), periods=len(values), freq="1min", name="ds")
+    return pd.Series([float("nan") if v is None else v for v in values], index=index, dtype=float)
+
+
+def test_observed_load_reacts_to_the_last_minute() -> None:
+    from prescaler.reconcile.tick import observed_load
+
+    end = datetime(2024, 3, 4, 12, 7, tzinfo=UTC)
+    # Steady 100/min, then a surprise: the last complete minute (12:06) carries 900.
+    series = _minutes([100.0] * 14 + [900.0], end)
+    assert observed_load(series, timedelta(minutes=5), end) == 4500.0
+    # The newest minute not written yet (a collector's settle delay): the one before it counts.
+    series = _minutes([100.0] * 13 + [900.0, None], end)
+    assert observed_load(series, timedelta(minutes=5), end) == 4500.0
+
+
+def test_coarse_traffic_falls_back_to_the_last_complete_step() -> None:
+    from prescaler.reconcile.tick import observed_load
+
+    end = datetime(2024, 3, 4, 12, 7, tzinfo=UTC)
+    # One row per 5 minutes stamped at its start (11:55, 12:00, 12:05): not a burst in one minute.
+    values: list[float | None] = [None] * 15
+    for i, ts_minute in enumerate(range(52, 67)):
+        if ts_minute % 5 == 0:
+            values[i] = 500.0 if ts_minute < 60 else 700.0
+    series = _minutes(values, end)
+    # Last complete 5-minute bucket is 12:00-12:05.
+    assert observed_load(series, timedelta(minutes=5), end) == 700.0
+    assert observed_load(_minutes([None] * 15, end), timedelta(minutes=5), end) is None

@@ -275,18 +275,45 @@ class Reconciler:
     async def _observe(
         self, source: history.TrafficSource, spec: ScalerSpec, now: datetime
     ) -> tuple[float | None, str | None]:
-        """The last complete bucket's load (planner units), or the reason the data is unavailable."""
-        step = spec.step
-        end = floor_time(now, step)
+        """The load now (planner units: requests per step), or the reason the data is unavailable.
+
+        Read at the minute, so the reactive floor sees a surprise one minute after it starts, as an HPA
+        would, instead of up to two forecast steps later.
+        """
+        end = floor_time(now, MINUTE)
+        start = min(end - 2 * spec.step, floor_time(now, spec.step) - 2 * spec.step)
         try:
-            series = await asyncio.to_thread(history.read_history, self.s.engine, source, spec.service,
-                                             end - 2 * step, end, step)
+            minutes = await asyncio.to_thread(history.read_history, self.s.engine, source, spec.service,
+                                              start, end, MINUTE)
         except DataUnavailable as exc:
             return None, str(exc)
-        values = series.dropna()
-        if values.empty:
-            return None, None
-        return float(values.iloc[-1]), None
+        return observed_load(minutes, spec.step, end), None
+
+
+MINUTE = timedelta(minutes=1)
+
+
+def observed_load(minutes: pd.Series, step: timedelta, end: datetime) -> float | None:
+    """Requests per `step` now, from per-minute sums ending at `end` (NaN where no rows).
+
+    Minute-resolution traffic (a collector, the simulator) gives the last complete minute scaled to the step.
+    Coarser traffic (a CSV at 5 minutes: one row per step, stamped at its start) would read as a burst in
+    one minute and silence in the others; when the last step's minutes are not dense, the last complete
+    step bucket is used instead, as before.
+    """
+    per_step = max(1, round(step / MINUTE))
+    recent = minutes[minutes.index >= pd.Timestamp(end) - pd.Timedelta(step)]
+    if per_step > 1 and recent.notna().sum() >= per_step - 1:
+        last = recent.dropna()
+        return float(last.iloc[-1]) * per_step
+    step_end = floor_time(end, step)
+    buckets = minutes[minutes.index < pd.Timestamp(step_end)].resample(pd.Timedelta(step), origin="epoch").sum(min_count=1)
+    values = buckets.dropna()
+    if per_step <= 1:
+        values = minutes.dropna()
+    if values.empty:
+        return None
+    return float(values.iloc[-1])
 
 
 def _interval(body: Mapping[str, Any]) -> timedelta:
