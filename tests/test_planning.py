@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from prescaler.errors import InputError
 from prescaler.forecasting import Forecast
-from prescaler.planning import Recommendation, ScalingPolicy, plan
+from prescaler.planning import LIMITED_BY, Decision, Recommendation, ScalingPolicy, plan, stabilize_recommendation
 
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 STEP = timedelta(minutes=5)
@@ -194,3 +194,133 @@ def test_scale_down_never_faster_than_the_step_limit(s: dict[str, object]) -> No
 def test_every_decision_explains_itself(s: dict[str, object]) -> None:
     d = run(s)
     assert d.reason and d.reason.endswith(f"→ {d.desired} replicas")
+
+
+# ---- limited_by: one worked example per value -------------------------------------------------------------
+
+
+def _decide(pol: ScalingPolicy, current: int, values: list[float], *, now: datetime = NOW,
+            generated_at: datetime = NOW, observed: float | None = None,
+            recent: tuple[Recommendation, ...] = ()) -> Decision:
+    return plan(pol, now=now, current_replicas=current, forecast=make_forecast(values),
+                forecast_generated_at=generated_at, observed_load=observed, recent=recent)
+
+
+def _limited_by_cases() -> dict[str, tuple[Decision, int, str]]:
+    """Per value: a decision it names, its desired count and a phrase of its reason."""
+    down = policy(scale_down_window=timedelta(minutes=15), scale_down_max_step_percent=50)
+    # A high recommendation 5 minutes ago holds a scale-down; 16 minutes ago it no longer does.
+    earlier = (Recommendation(NOW - timedelta(minutes=5), 33),)
+    later = NOW + timedelta(minutes=11)
+    return {
+        "None": (_decide(policy(), 2, [3000] * 30), 33, "forecast peak 3,000"),
+        "ReactiveFloor": (_decide(policy(), 2, [100] * 30, observed=2000), 22, "reactive floor"),
+        "MinReplicas": (_decide(policy(), 2, [1] * 30), 2, "clamped to minReplicas 2"),
+        "MaxReplicas": (_decide(policy(), 2, [9000] * 30), 40, "clamped to maxReplicas 40"),
+        "ScaleDownStabilization": (_decide(down, 33, [100] * 30, recent=earlier), 33,
+                                   "held: highest recommendation within 15m is 33"),
+        "ScaleDownStepLimit": (_decide(down, 33, [100] * 30, now=later, recent=earlier), 17,
+                               "scale-down limited to 17 (50% step"),
+        "StaleForecast": (_decide(policy(), 12, [100] * 30, generated_at=NOW - timedelta(hours=3)), 12,
+                          "fallback HoldCurrent"),
+    }
+
+
+def test_every_limited_by_value_has_an_example() -> None:
+    assert set(_limited_by_cases()) == set(LIMITED_BY)
+
+
+@pytest.mark.parametrize("value", LIMITED_BY)
+def test_limited_by_names_the_step_that_set_the_count(value: str) -> None:
+    d, desired, phrase = _limited_by_cases()[value]
+    assert d.limited_by == value
+    assert d.desired == desired
+    assert phrase in d.reason
+
+
+def test_limited_by_in_a_fallback_names_what_overrode_it() -> None:
+    stale = dict(forecast=None, forecast_generated_at=None)
+    floor = plan(policy(), now=NOW, current_replicas=3, observed_load=2000, **stale)  # type: ignore[arg-type]
+    assert (floor.stale, floor.desired, floor.limited_by) == (True, 22, "ReactiveFloor")
+    raised = plan(policy(), now=NOW, current_replicas=1, observed_load=None, **stale)  # type: ignore[arg-type]
+    assert (raised.desired, raised.limited_by) == (2, "MinReplicas")
+    to_max = plan(policy(fallback="ScaleToMax"), now=NOW, current_replicas=3, observed_load=None,
+                  **stale)  # type: ignore[arg-type]
+    assert (to_max.desired, to_max.limited_by) == (40, "StaleForecast")
+
+
+def test_target_above_max_replicas_is_brought_back_within_bounds() -> None:
+    d = plan(policy(), now=NOW, current_replicas=55, forecast=make_forecast([100] * 30), forecast_generated_at=NOW,
+             observed_load=None)
+    assert (d.desired, d.limited_by) == (40, "MaxReplicas")
+    assert d.reason.startswith("current 55 above maxReplicas 40")
+
+
+def test_a_recommendation_exactly_one_window_old_still_holds() -> None:
+    # HPA's boundary: only recommendations older than the window are dropped.
+    window = timedelta(minutes=15)
+    stabilised, kept = stabilize_recommendation(
+        3, now=NOW, window=window,
+        recent=(Recommendation(NOW - window - timedelta(seconds=1), 50), Recommendation(NOW - window, 9)),
+    )
+    assert stabilised == 9
+    assert kept == (Recommendation(NOW - window, 9), Recommendation(NOW, 3))
+
+
+# ---- the shared stabiliser ----------------------------------------------------------------------------------
+
+recommendation_lists = st.lists(st.tuples(st.integers(-30, 120), st.integers(0, 400)), max_size=12)
+
+
+@settings(max_examples=400, deadline=None)
+@given(recommendation_lists, st.integers(0, 400), st.integers(0, 90))
+def test_stabiliser_returns_the_highest_recommendation_of_the_window(
+    ages: list[tuple[int, int]], recommended: int, window_min: int
+) -> None:
+    window = timedelta(minutes=window_min)
+    recent = [Recommendation(NOW - timedelta(minutes=m), r) for m, r in ages]
+    stabilised, kept = stabilize_recommendation(recommended, now=NOW, recent=recent, window=window)
+    in_window = [r.replicas for r in recent if NOW - window <= r.at <= NOW]
+    assert stabilised == max([recommended, *in_window])
+    assert [r.replicas for r in kept] == [*in_window, recommended]
+
+
+@settings(max_examples=400, deadline=None)
+@given(situations())
+def test_desired_never_drops_below_the_highest_recommendation_in_the_window(s: dict[str, object]) -> None:
+    d = run(s)
+    pol: ScalingPolicy = s["policy"]  # type: ignore[assignment]
+    current: int = s["current"]  # type: ignore[assignment]
+    window_max = max(r.replicas for r in d.recommendations)
+    # Stabilisation only ever holds a scale-down; it never pushes the fleet up on its own.
+    assert d.desired >= min(current, pol.max_replicas, window_max)
+    if d.direction == "down":
+        # The planner's own recommendations never exceed maxReplicas; `recent` here may.
+        assert d.desired >= min(window_max, pol.max_replicas)
+
+
+@settings(max_examples=400, deadline=None)
+@given(situations())
+def test_limited_by_names_a_limit_that_binds(s: dict[str, object]) -> None:
+    d = run(s)
+    pol: ScalingPolicy = s["policy"]  # type: ignore[assignment]
+    current: int = s["current"]  # type: ignore[assignment]
+    assert d.limited_by in LIMITED_BY
+    if d.limited_by == "None":
+        assert not d.stale and d.forecast_load is not None
+        assert d.desired == d.recommended == pol.replicas_for(d.forecast_load)
+    elif d.limited_by == "ReactiveFloor":
+        assert d.observed_load is not None and d.desired == pol.replicas_for(d.observed_load)
+    elif d.limited_by == "MinReplicas":
+        assert d.desired == pol.min_replicas
+    elif d.limited_by == "MaxReplicas":
+        assert d.desired == pol.max_replicas
+    elif d.limited_by == "ScaleDownStabilization":
+        window_max = max(r.replicas for r in d.recommendations)
+        assert d.recommended < d.desired == min(current, window_max)
+    elif d.limited_by == "ScaleDownStepLimit":
+        assert d.desired == current - max(1, math.floor(current * pol.scale_down_max_step_percent / 100))
+        assert d.recommended < d.desired < current
+    else:
+        assert d.limited_by == "StaleForecast" and d.stale
+        assert d.desired in (current, pol.max_replicas)

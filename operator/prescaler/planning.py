@@ -4,6 +4,29 @@ desired = clamp(ceil(max(P, R) * (1 + headroom) / capacity), min, max) where P i
 [now, now + leadTime + tick] and R the load observed now. Scale-up is immediate; scale-down follows the
 HPA's semantics (highest recommendation within the stabilisation window, bounded step). Stale or missing
 forecasts take the fallback and never scale down. No I/O; `now` is an argument.
+
+`plan` composes one small function per step, in the order Kubernetes' HPA applies its own:
+
+1. peak (`peak_load`): P, R and which of them drives the count;
+2. replicas (`ScalingPolicy.replicas_for`): load with headroom over capacity, rounded up;
+3. bounds (`apply_bounds`): into [minReplicas, maxReplicas];
+4. stabilise (`stabilize_recommendation`): a scale-down goes no lower than the highest recommendation of the
+   window; the backtest's reactive policy calls the same function;
+5. step limit (`limit_scale_down_step`): a scale-down removes at most maxStepPercent of the current count.
+
+Every `Decision` says in words why (`reason`) and, for machines, which step set the count (`limited_by`):
+
+- `None`: the forecast peak within the lead time set it; no limit bound;
+- `ReactiveFloor`: the load observed now needs more replicas than the forecast, so the observation set it;
+- `MinReplicas` / `MaxReplicas`: the count was raised to minReplicas or cut to maxReplicas (also when the
+  target runs above maxReplicas and is brought back within bounds);
+- `ScaleDownStabilization`: a scale-down was held, wholly or partly, by a higher recommendation made
+  within the stabilisation window;
+- `ScaleDownStepLimit`: a scale-down was cut to the largest step maxStepPercent allows;
+- `StaleForecast`: the forecast is missing, older than staleAfter or does not cover the lead time, and the
+  fallback action set the count (a reactive floor or the bounds may still override it, and then say so).
+
+When several steps bind, the last one to change the count names it: that is the limit to lift first.
 """
 
 from __future__ import annotations
@@ -12,7 +35,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -24,6 +47,16 @@ from prescaler.forecasting.interface import Forecast
 Quantile = Literal["yhat", "upper"]
 Fallback = Literal["HoldCurrent", "ScaleToMax"]
 Direction = Literal["up", "down", "none"]
+LimitedBy = Literal[
+    "None",
+    "ReactiveFloor",
+    "MinReplicas",
+    "MaxReplicas",
+    "ScaleDownStabilization",
+    "ScaleDownStepLimit",
+    "StaleForecast",
+]
+LIMITED_BY: tuple[LimitedBy, ...] = get_args(LimitedBy)
 
 # Guards ceil() against float noise: 2.0000000001 replicas is 2, not 3.
 _EPS = 1e-9
@@ -100,12 +133,28 @@ class Decision:
     peak_at: datetime | None = None
     peak_load: float | None = None
     recommendations: tuple[Recommendation, ...] = field(default_factory=tuple)
+    # Which step set `desired` (see the module's docstring); `reason` says the same in words.
+    limited_by: LimitedBy = "None"
 
 
 @dataclass(frozen=True)
 class PeakWindow:
     at: datetime
     load: float
+
+
+@dataclass(frozen=True)
+class Load:
+    """What step 1 found: the forecast peak P, the observed floor R, and which of them drives the count."""
+
+    forecast: float  # P, 0 when the window has no forecast value
+    observed: float  # R, 0 when the reactive floor is off or nothing was observed
+    peak: PeakWindow | None
+    limited_by: LimitedBy  # ReactiveFloor when R beat P
+
+    @property
+    def value(self) -> float:
+        return max(self.forecast, self.observed)
 
 
 def forecast_peak(forecast: Forecast, start: datetime, end: datetime, quantile: Quantile) -> PeakWindow | None:
@@ -150,6 +199,75 @@ def _fmt_load(x: float, policy: ScalingPolicy | None = None) -> str:
     return f"{text} {policy.display_unit}" if policy is not None and policy.display_unit else text
 
 
+# ---------------------------------------------------------------------------------------------------------
+# The steps
+
+
+def peak_load(
+    policy: ScalingPolicy, forecast: Forecast, *, now: datetime, end: datetime, observed: float | None
+) -> Load:
+    """Step 1: P = the forecast peak over [now, end); R = the load observed now, when the reactive floor is on."""
+    peak = forecast_peak(forecast, now, end, policy.quantile)
+    p_load = max(0.0, peak.load) if peak is not None else 0.0
+    r_load = observed if (policy.reactive_floor and observed is not None) else 0.0
+    return Load(forecast=p_load, observed=r_load, peak=peak,
+                limited_by="ReactiveFloor" if r_load > p_load else "None")
+
+
+def apply_bounds(policy: ScalingPolicy, replicas: int) -> tuple[int, LimitedBy | None]:
+    """Step 3: the count within [minReplicas, maxReplicas], and the bound that moved it (None if neither)."""
+    bounded = policy.clamp(replicas)
+    if bounded > replicas:
+        return bounded, "MinReplicas"
+    if bounded < replicas:
+        return bounded, "MaxReplicas"
+    return bounded, None
+
+
+def stabilize_recommendation(
+    recommended: int, *, now: datetime, recent: Sequence[Recommendation], window: timedelta
+) -> tuple[int, tuple[Recommendation, ...]]:
+    """Step 4, HPA's scale-down stabilisation: the highest recommendation not older than `window`.
+
+    Returns that count (this recommendation included) and the window's recommendations with this one
+    appended, which the caller passes back as `recent` next time. As in the HPA, a recommendation exactly
+    `window` old still counts; recommendations dated after `now` are dropped.
+    """
+    start = now - window
+    kept = (*(r for r in recent if start <= r.at <= now), Recommendation(now, recommended))
+    return max(r.replicas for r in kept), kept
+
+
+def limit_scale_down_step(policy: ScalingPolicy, current: int, replicas: int) -> int:
+    """Step 5: a scale-down removes at most maxStepPercent of the current replicas, and at least one."""
+    floor = current - max(1, math.floor(current * policy.scale_down_max_step_percent / 100))
+    return max(replicas, floor)
+
+
+def normalize_desired(
+    policy: ScalingPolicy, *, current: int, recommended: int, stabilised: int
+) -> tuple[int, LimitedBy | None]:
+    """Steps 4 and 5 applied: up at once, down no lower than the window's highest and at most one step.
+
+    Returns the desired count and the limit that set it (None when the recommendation stands).
+    """
+    if current > policy.max_replicas:
+        return policy.max_replicas, "MaxReplicas"
+    if recommended >= current:
+        return recommended, None
+    held = min(stabilised, current)
+    desired = limit_scale_down_step(policy, current, held)
+    if desired > held:
+        return desired, "ScaleDownStepLimit"
+    if desired > recommended:
+        return desired, "ScaleDownStabilization"
+    return desired, None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The plan
+
+
 def plan(
     policy: ScalingPolicy,
     *,
@@ -170,20 +288,49 @@ def plan(
         return _fallback(policy, now, current, observed, stale_reason, recent)
     assert forecast is not None  # _staleness returns a reason when it is None
 
-    peak = forecast_peak(forecast, now, horizon_end, policy.quantile)
-    p_load = max(0.0, peak.load) if peak is not None else 0.0
-    r_load = observed if (policy.reactive_floor and observed is not None) else 0.0
-    driver_is_forecast = p_load >= r_load
-    raw = policy.replicas_for(max(p_load, r_load))
-    recommended = policy.clamp(raw)
+    load = peak_load(policy, forecast, now=now, end=horizon_end, observed=observed)
+    raw = policy.replicas_for(load.value)
+    recommended, bound = apply_bounds(policy, raw)
+    stabilised, recs = stabilize_recommendation(recommended, now=now, recent=recent,
+                                                window=policy.scale_down_window)
+    desired, limit = normalize_desired(policy, current=current, recommended=recommended, stabilised=stabilised)
 
-    recs = (*_in_window(recent, now, policy), Recommendation(now, recommended))
+    why = _explain(policy, load, observed, raw=raw, recommended=recommended, current=current,
+                   stabilised=stabilised, desired=desired)
+    return Decision(
+        desired=desired,
+        current=current,
+        recommended=recommended,
+        direction=_direction(desired, current),
+        reason=f"{why} → {desired} replicas",
+        stale=False,
+        forecast_load=load.forecast if load.peak is not None else None,
+        observed_load=observed,
+        peak_at=load.peak.at if load.peak is not None else None,
+        peak_load=load.peak.load if load.peak is not None else None,
+        recommendations=recs,
+        limited_by=limit or bound or load.limited_by,
+    )
 
+
+def _explain(
+    policy: ScalingPolicy,
+    load: Load,
+    observed: float | None,
+    *,
+    raw: int,
+    recommended: int,
+    current: int,
+    stabilised: int,
+    desired: int,
+) -> str:
+    """The human reason for a fresh-forecast decision, step by step."""
     lead = format_duration(policy.lead_time) if policy.lead_time > timedelta(0) else "0s"
-    if driver_is_forecast and peak is not None:
+    p_load, peak = load.forecast, load.peak
+    if p_load >= load.observed and peak is not None:
         why = f"forecast peak {_fmt_load(p_load, policy)} at {peak.at:%Y-%m-%d %H:%M} within lead {lead}"
     elif observed is not None and policy.reactive_floor:
-        why = (f"observed load {_fmt_load(r_load, policy)} above forecast {_fmt_load(p_load, policy)} "
+        why = (f"observed load {_fmt_load(load.observed, policy)} above forecast {_fmt_load(p_load, policy)} "
                "(reactive floor)")
     else:
         why = f"forecast {_fmt_load(p_load, policy)} within lead {lead}"
@@ -192,15 +339,8 @@ def plan(
         why += f"; {raw} replicas clamped to {bound} {recommended}"
 
     if current > policy.max_replicas:
-        desired = policy.max_replicas
         why = f"current {current} above maxReplicas {policy.max_replicas}; " + why
-    elif recommended >= current:
-        desired = recommended
-    else:
-        stabilised = max(r.replicas for r in recs)
-        step_floor = current - max(1, math.floor(current * policy.scale_down_max_step_percent / 100))
-        desired = max(stabilised, step_floor, policy.min_replicas)
-        desired = min(desired, current)
+    elif recommended < current:
         if desired == current:
             why += (
                 f"; scale-down to {recommended} held: highest recommendation within "
@@ -208,20 +348,7 @@ def plan(
             )
         elif desired > recommended:
             why += f"; scale-down limited to {desired} ({policy.scale_down_max_step_percent}% step, window)"
-
-    return Decision(
-        desired=desired,
-        current=current,
-        recommended=recommended,
-        direction=_direction(desired, current),
-        reason=f"{why} → {desired} replicas",
-        stale=False,
-        forecast_load=p_load if peak is not None else None,
-        observed_load=observed,
-        peak_at=peak.at if peak is not None else None,
-        peak_load=peak.load if peak is not None else None,
-        recommendations=recs,
-    )
+    return why
 
 
 def _staleness(
@@ -250,6 +377,7 @@ def _fallback(
     recent: Sequence[Recommendation],
 ) -> Decision:
     # Never scale down on data we cannot trust; the reactive floor may still raise capacity.
+    limited_by: LimitedBy = "StaleForecast"
     if policy.fallback == "ScaleToMax":
         target = policy.max_replicas
         why = f"{stale_reason}: fallback ScaleToMax"
@@ -260,10 +388,13 @@ def _fallback(
         need = policy.replicas_for(observed)
         if need > target:
             target = need
+            limited_by = "ReactiveFloor"
             why += f", raised to observed load {_fmt_load(observed, policy)}"
-    desired = policy.clamp(target)
-    if current <= policy.max_replicas:
-        desired = max(desired, min(current, policy.max_replicas))
+    desired, bound = apply_bounds(policy, target)
+    limited_by = bound or limited_by
+    if current <= policy.max_replicas and desired < current:
+        desired, limited_by = current, "StaleForecast"
+    _, recs = stabilize_recommendation(desired, now=now, recent=recent, window=policy.scale_down_window)
     return Decision(
         desired=desired,
         current=current,
@@ -272,13 +403,9 @@ def _fallback(
         reason=f"{why} → {desired} replicas",
         stale=True,
         observed_load=observed,
-        recommendations=(*_in_window(recent, now, policy), Recommendation(now, desired)),
+        recommendations=recs,
+        limited_by=limited_by,
     )
-
-
-def _in_window(recent: Sequence[Recommendation], now: datetime, policy: ScalingPolicy) -> tuple[Recommendation, ...]:
-    start = now - policy.scale_down_window
-    return tuple(r for r in recent if start < r.at <= now)
 
 
 def _direction(desired: int, current: int) -> Direction:

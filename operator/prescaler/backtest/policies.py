@@ -20,7 +20,15 @@ import numpy as np
 import pandas as pd
 
 from prescaler.forecasting.interface import Forecast
-from prescaler.planning import Quantile, Recommendation, ScalingPolicy, plan
+from prescaler.planning import (
+    Quantile,
+    Recommendation,
+    ScalingPolicy,
+    apply_bounds,
+    normalize_desired,
+    plan,
+    stabilize_recommendation,
+)
 
 POLICIES = ("static", "reactive", "predictive", "oracle")
 # HPA's default scale-down stabilisation window.
@@ -106,19 +114,24 @@ def oracle_requests(load: np.ndarray, capacity: float) -> np.ndarray:
 
 
 def reactive_requests(
-    prev_load: np.ndarray, initial_load: float, policy: ScalingPolicy, window_steps: int
+    ds: pd.DatetimeIndex, prev_load: np.ndarray, initial_load: float, policy: ScalingPolicy
 ) -> np.ndarray:
-    """HPA-like: size from the last observed bucket; scale down to the highest recommendation in the window."""
+    """HPA-like: size from the last observed bucket; scale up at once, scale down as the planner does.
+
+    The scale-down goes through the planner's own steps (HPA's stabilisation over `policy.scale_down_window`,
+    then the step limit), so reactive and predictive differ only in what they size from.
+    """
     out = np.zeros(len(prev_load), dtype=np.int64)
     cur = max(1, policy.replicas_for(initial_load))
-    recs: deque[tuple[int, int]] = deque()
+    recent: tuple[Recommendation, ...] = ()
     for t, y in enumerate(prev_load):
+        # A missing observation carries no recommendation: the fleet holds and the window ages.
         if not math.isnan(y):
-            rec = max(1, policy.replicas_for(float(y)))
-            recs.append((t, rec))
-            while recs and t - recs[0][0] > window_steps:
-                recs.popleft()
-            cur = rec if rec >= cur else min(cur, max(r for _, r in recs))
+            rec, _ = apply_bounds(policy, policy.replicas_for(float(y)))
+            stabilised, recent = stabilize_recommendation(
+                rec, now=ds[t].to_pydatetime(), recent=recent, window=policy.scale_down_window
+            )
+            cur, _ = normalize_desired(policy, current=cur, recommended=rec, stabilised=stabilised)
         out[t] = cur
     return out
 

@@ -235,10 +235,6 @@ def run_backtest(
     refit_steps = max(1, math.ceil(refit / step_td))
     delay_steps = math.ceil(startup_delay / step_td - 1e-9)
     lead = delay_steps * step_td
-    window_steps = int(HPA_WINDOW // step_td)
-    # The planner keeps recommendations strictly younger than its window; widen it by a hair so that it
-    # keeps exactly the same decisions as the reactive policy (those at most 5 minutes old).
-    planner_window = window_steps * step_td + timedelta(microseconds=1)
 
     values = s.to_numpy(dtype=float)
     ds = pd.DatetimeIndex(s.index[e0:])
@@ -258,16 +254,15 @@ def run_backtest(
     def run_predictive(headroom: float) -> np.ndarray:
         return predictive_requests(
             ds, prev_load, fits, fit_of,
-            sizing(capacity, lead, step_td, headroom, quantile, planner_window),
+            sizing(capacity, lead, step_td, headroom, quantile, HPA_WINDOW),
         )
 
     def run_reactive(headroom: float) -> np.ndarray:
         return reactive_requests(
-            prev_load, initial_load,
-            sizing(capacity, lead, step_td, headroom, quantile, planner_window), window_steps,
+            ds, prev_load, initial_load, sizing(capacity, lead, step_td, headroom, quantile, HPA_WINDOW)
         )
 
-    main_sizing = sizing(capacity, lead, step_td, headroom_percent, quantile, planner_window)
+    main_sizing = sizing(capacity, lead, step_td, headroom_percent, quantile, HPA_WINDOW)
     requested = {
         "static": static_requests(load, main_sizing),
         "reactive": run_reactive(headroom_percent),
