@@ -104,6 +104,20 @@ scaling_decisions = sa.Table(
     sa.Index("scaling_decisions_scaler_idx", "namespace", "name", "decided_at"),
 )
 
+# Per-series progress of `prescaler collect`: minutes with bucket starts in [backfill_from, collected_until)
+# are in the source's table. Advanced in the same transaction as the rows, so a restart resumes exactly.
+collector_watermarks = sa.Table(
+    "collector_watermarks", metadata,
+    sa.Column("feed", sa.Text, nullable=False),
+    sa.Column("series", sa.Text, nullable=False),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("backfill_from", TS, nullable=False),
+    sa.Column("collected_until", TS, nullable=False),
+    sa.Column("updated_at", TS, nullable=False, server_default=sa.func.now()),
+    sa.PrimaryKeyConstraint("feed", "series", name="collector_watermarks_pkey"),
+    sa.CheckConstraint("collected_until >= backfill_from", name="collector_watermarks_ordered"),
+)
+
 VIEWS = ("traffic_hourly", "traffic_daily", "traffic_profile", "traffic_top_endpoints")
 
 

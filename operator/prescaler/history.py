@@ -82,14 +82,17 @@ def default_source() -> TrafficSource:
     return TrafficSource()
 
 
-def load_sources(path: Path | None) -> dict[str, TrafficSource]:
-    """Data sources from the administrator's YAML (`sources: {NAME: {table: ..., ...}}`).
+CONFIG_SECTIONS = ("sources", "feeds")
 
-    "default" (the `traffic_log` table) is always present unless the file redefines it.
+
+def read_config(path: Path | None) -> dict[str, Any]:
+    """The administrator's YAML file as a mapping: `sources:` (read here) and `feeds:` (read by the collector).
+
+    One file holds both so a feed can only write into a source the operator reads from; an unknown
+    top-level key is an error rather than a silently ignored typo.
     """
-    sources = {"default": default_source()}
     if path is None:
-        return sources
+        return {}
     try:
         doc = yaml.safe_load(Path(path).read_text())
     except OSError as exc:
@@ -97,11 +100,24 @@ def load_sources(path: Path | None) -> dict[str, TrafficSource]:
     except yaml.YAMLError as exc:
         raise InputError(f"data source config {path} is not valid YAML: {exc}") from exc
     if doc is None:
-        return sources
-    if not isinstance(doc, dict) or not isinstance(doc.get("sources", {}), dict):
+        return {}
+    if not isinstance(doc, dict):
+        raise InputError(f"data source config {path}: expected a mapping 'sources: {{NAME: {{table: ...}}}}'")
+    unknown = sorted(str(k) for k in doc if k not in CONFIG_SECTIONS)
+    if unknown:
+        raise InputError(f"data source config {path}: unknown top-level keys {unknown}; "
+                         f"allowed: {list(CONFIG_SECTIONS)}")
+    return doc
+
+
+def parse_sources(doc: dict[str, Any], path: Path | None = None) -> dict[str, TrafficSource]:
+    """The `sources:` section of a config document (see `read_config`), with "default" always present."""
+    sources = {"default": default_source()}
+    section = doc.get("sources") or {}
+    if not isinstance(section, dict):
         raise InputError(f"data source config {path}: expected a mapping 'sources: {{NAME: {{table: ...}}}}'")
     allowed = {f.name for f in fields(TrafficSource)}
-    for name, spec in (doc.get("sources") or {}).items():
+    for name, spec in section.items():
         if not isinstance(name, str) or not re.match(r"^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$", name):
             raise InputError(f"data source config {path}: invalid source name {name!r}")
         spec = spec or {}
@@ -115,6 +131,14 @@ def load_sources(path: Path | None) -> dict[str, TrafficSource]:
         except InputError as exc:
             raise InputError(f"data source {name!r}: {exc}") from exc
     return sources
+
+
+def load_sources(path: Path | None) -> dict[str, TrafficSource]:
+    """Data sources from the administrator's YAML (`sources: {NAME: {table: ..., ...}}`).
+
+    "default" (the `traffic_log` table) is always present unless the file redefines it.
+    """
+    return parse_sources(read_config(path), path)
 
 
 def _utc(value: datetime, what: str) -> pd.Timestamp:
