@@ -2,6 +2,10 @@
 
 Uses the distribution's binary (`prometheus` on PATH, or `$PRESCALER_PROMETHEUS`) with a generated config, a
 temporary storage directory and `--web.enable-lifecycle`. Queries go through the HTTP API.
+
+History can be loaded before start with `backfill_openmetrics` (promtool's `tsdb create-blocks-from
+openmetrics`, as an administrator would import it); `retention` must then reach back to it. A `web_config`
+(Prometheus' `--web.config.file`: basic auth users, TLS) puts the API behind credentials.
 """
 
 from __future__ import annotations
@@ -61,8 +65,13 @@ class PrometheusServer:
     """`with PrometheusServer(["127.0.0.1:9100"]) as prom: prom.query("up")`."""
 
     def __init__(self, targets: Sequence[str], *, scrape_interval: str = "1s",
-                 workdir: Path | None = None, job: str = "prescaler") -> None:
+                 workdir: Path | None = None, job: str = "prescaler", retention: str = "1d",
+                 web_config: dict[str, Any] | None = None) -> None:
         self.targets = list(targets)
+        self.retention = retention
+        self.web_config = web_config
+        # requests' auth= / verify= for this class's own calls when web_config demands them.
+        self.request_options: dict[str, Any] = {}
         self.scrape_interval = scrape_interval
         self.job = job
         self._own_workdir = workdir is None
@@ -73,29 +82,53 @@ class PrometheusServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if (self.web_config or {}).get("tls_server_config") else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    @property
+    def storage(self) -> Path:
+        return self.workdir / "data"
+
+    def backfill_openmetrics(self, text: str) -> None:
+        """Turn OpenMetrics text (ending in `# EOF`) into TSDB blocks in the storage, before `start()`."""
+        if self.proc is not None:
+            raise PrometheusError("backfill before start(): a running server does not load new blocks")
+        promtool = find_binary("promtool", "PRESCALER_PROMTOOL")
+        source = self.workdir / "backfill.om"
+        source.write_text(text)
+        self.storage.mkdir(exist_ok=True)
+        done = subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics", "-q", str(source),
+                               str(self.storage)], capture_output=True, text=True, check=False)
+        source.unlink()
+        if done.returncode != 0:
+            raise PrometheusError(f"promtool create-blocks-from openmetrics failed: {done.stderr.strip()}")
 
     def start(self, timeout: float = 60.0) -> None:
         binary = find_binary("prometheus", "PRESCALER_PROMETHEUS")
-        config = {
+        config: dict[str, Any] = {
             "global": {"scrape_interval": self.scrape_interval, "evaluation_interval": self.scrape_interval},
             "scrape_configs": [{
                 "job_name": self.job,
                 "scrape_interval": self.scrape_interval,
                 "scrape_timeout": self.scrape_interval,
                 "static_configs": [{"targets": self.targets}],
-            }],
+            }] if self.targets else [],
         }
         config_path = self.workdir / "prometheus.yml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        storage = self.workdir / "data"
+        storage = self.storage
         storage.mkdir(exist_ok=True)
+        extra = []
+        if self.web_config is not None:
+            web_path = self.workdir / "web.yml"
+            web_path.write_text(yaml.safe_dump(self.web_config, sort_keys=False))
+            extra.append(f"--web.config.file={web_path}")
         self.port = free_port()
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [binary, f"--config.file={config_path}", f"--storage.tsdb.path={storage}",
                  f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle",
-                 "--storage.tsdb.retention.time=1d", "--log.level=warn"],
+                 f"--storage.tsdb.retention.time={self.retention}", "--log.level=warn", *extra],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,  # a Ctrl-C of the test run must not reach it before stop()
             )
@@ -104,7 +137,7 @@ class PrometheusServer:
             if self.proc.poll() is not None:
                 raise PrometheusError(f"prometheus exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
-                if requests.get(f"{self.url}/-/ready", timeout=1).status_code == 200:
+                if requests.get(f"{self.url}/-/ready", timeout=1, **self.request_options).status_code == 200:
                     return
             except requests.RequestException:
                 pass
@@ -139,7 +172,7 @@ class PrometheusServer:
             return ""
 
     def _get(self, path: str, params: dict[str, str]) -> Any:
-        resp = requests.get(f"{self.url}{path}", params=params, timeout=30)
+        resp = requests.get(f"{self.url}{path}", params=params, timeout=30, **self.request_options)
         try:
             body = resp.json()
         except ValueError as exc:

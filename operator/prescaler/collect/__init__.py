@@ -1,0 +1,15 @@
+"""`prescaler collect`: keeps the sources' traffic tables current from the feeds the administrator declares.
+
+- `config`: `feeds:` beside `sources:` in the one administrator file, checked up front;
+- `promql`: query templates where a service name is only ever an escaped label value;
+- `prometheus`: the Prometheus feed (backfill in chunks, then every new minute);
+- `store`: rows and watermarks in one transaction; `metrics`: the collector's /metrics;
+- `runner`: `--once`, or the one-minute loop with /healthz, SIGTERM and the leader-election seam.
+
+The operator never imports this package: PostgreSQL is the history it reads.
+"""
+
+from prescaler.collect.config import CollectorConfig, FeedSpec, PrometheusSpec, load_config
+from prescaler.collect.runner import collect_once, main, run_forever
+
+__all__ = ["CollectorConfig", "FeedSpec", "PrometheusSpec", "collect_once", "load_config", "main", "run_forever"]
