@@ -98,6 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-progress", action="store_true")
     b.set_defaults(func=cmd_backtest)
 
+    c = sub.add_parser("collect", help="keep traffic tables current from the feeds in --config (Prometheus)")
+    c.add_argument("--config", type=Path, required=True, help="administrator config: sources: and feeds:")
+    c.add_argument("--once", action="store_true",
+                   help="collect every complete minute (backfill included), then exit")
+    c.add_argument("--database-url", dest="collect_database_url",
+                   help="SQLAlchemy URL (default: $PRESCALER_DATABASE_URL)")
+    c.add_argument("--metrics-port", type=int, default=9091, help="/metrics and /healthz (0: none)")
+    c.add_argument("--settle", type=_duration("--settle"), default=timedelta(seconds=20),
+                   help="how long after a minute ends it counts as complete (scrape and ingestion delay)")
+    c.add_argument("--concurrency", type=int, default=4, help="series collected in parallel per feed")
+    c.set_defaults(func=cmd_collect)
+
     r = sub.add_parser("run", help="run the operator (kopf)")
     scope = r.add_mutually_exclusive_group()
     scope.add_argument("--namespace", action="append", help="watch these namespaces (repeatable)")
@@ -208,6 +220,19 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         report.write_html(result, args.report)
         print(f"wrote {args.report}")
     return 0
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from prescaler import collect, db
+
+    config = collect.load_config(args.config)
+    if not 0 <= args.metrics_port < 65536:
+        raise InputError(f"--metrics-port: {args.metrics_port} is not a TCP port")
+    if args.concurrency < 1:
+        raise InputError(f"--concurrency: must be at least 1, got {args.concurrency}")
+    engine = db.make_engine(db.database_url(args.collect_database_url or args.database_url))
+    return collect.main(config, engine, once=args.once, settle=args.settle, port=args.metrics_port or None,
+                        concurrency=args.concurrency)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
