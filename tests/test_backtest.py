@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -12,7 +14,8 @@ import pandas as pd
 import pytest
 
 from prescaler import backtest, cli, forecasting
-from prescaler.backtest import compare_frontiers, format_table, ready_from_requests, run_backtest
+from prescaler.backtest import ForecastQuality, compare_frontiers, format_table, ready_from_requests, run_backtest
+from prescaler.backtest.results import forecast_quality
 from prescaler.errors import InputError
 
 H = timedelta(hours=1)
@@ -188,7 +191,7 @@ def test_json_shape_and_no_nan_with_gaps() -> None:
     for kpis in doc["policies"].values():
         assert set(kpis) == {"replica_hours", "unserved_pct", "underprovisioned_pct", "scale_actions",
                              "saving_vs_static_pct", "ratio_to_oracle"}
-    assert set(doc["forecast"]) == {"model", "smape", "mape", "mase"}
+    assert set(doc["forecast"]) == {"model", "smape", "mape", "mase", "summary", "models", "leading_models"}
     assert set(doc["frontier"]) == {"reactive", "predictive"}
     assert set(doc["frontier"]["reactive"][0]) == {"headroom_pct", "replica_hours", "unserved_pct"}
     assert "NaN" not in text
@@ -292,3 +295,75 @@ def test_cli_backtest_bad_input_exits_2_and_writes_nothing(
     assert rc == 2
     assert "at least 2d" in capsys.readouterr().err
     assert not out_json.exists()
+
+
+# ---- the model of a mixed `auto` run -------------------------------------------------------------------------
+
+WIKIPEDIA_MIXES = Counter({
+    "auto(seasonal-naive+holt-winters+prophet)": 4, "auto(seasonal-naive+prophet+holt-winters)": 3,
+    "auto(prophet+holt-winters)": 3, "auto(holt-winters+prophet)": 2, "auto(seasonal-naive+prophet)": 2,
+    "auto(holt-winters+seasonal-naive)": 2, "auto(seasonal-naive+holt-winters)": 2,
+    "auto(holt-winters+seasonal-naive+prophet)": 2, "auto(prophet+holt-winters+seasonal-naive)": 2,
+    "seasonal-naive": 1, "auto(prophet+seasonal-naive)": 1,
+})
+
+
+def quality(used: Counter[str], requested: str = "auto", failed: int = 0) -> ForecastQuality:
+    empty = np.array([])
+    return forecast_quality(requested, used, failed, empty, empty, empty, pd.Timedelta(hours=1))
+
+
+def test_a_mixed_auto_run_is_summarised_by_leading_model() -> None:
+    q = quality(WIKIPEDIA_MIXES)
+    assert q.summary == ("auto: seasonal-naive 50%, holt-winters 25%, prophet 25% of 24 refits "
+                         "(23 mixes, by leading model)")
+    assert q.leading_models == {"seasonal-naive": 12, "holt-winters": 6, "prophet": 6}
+    # The full list stays, most used first.
+    assert q.models == dict(WIKIPEDIA_MIXES.most_common())
+    assert q.model.startswith("auto→auto(seasonal-naive+holt-winters+prophet)×4, ")
+
+
+@pytest.mark.parametrize(
+    ("used", "requested", "failed", "summary"),
+    [
+        (Counter({"holt-winters": 5}), "holt-winters", 0, "holt-winters"),
+        (Counter({"seasonal-naive": 5}), "auto", 0, "auto: seasonal-naive 100% of 5 refits"),
+        (Counter({"prophet": 20, "holt-winters": 4}), "prophet", 0,
+         "prophet: prophet 83%, holt-winters 17% of 24 refits"),
+        (Counter({"auto(prophet+holt-winters)": 1}), "auto", 2,
+         "auto: prophet 100% of 1 refit (1 mix, by leading model); 2 failed fits"),
+        # Shares add up to 100 and a model that led a single refit of many does not read as 0%.
+        (Counter({"holt-winters": 1, "prophet": 1, "seasonal-naive": 1}), "auto", 0,
+         "auto: holt-winters 34%, prophet 33%, seasonal-naive 33% of 3 refits"),
+        (Counter({"holt-winters": 300, "prophet": 1}), "auto", 0, "auto: holt-winters 100%, prophet <1% of 301 refits"),
+        (Counter(), "auto", 3, "auto (no forecast); 3 failed fits"),
+    ],
+)
+def test_model_summary(used: Counter[str], requested: str, failed: int, summary: str) -> None:
+    assert quality(used, requested, failed).summary == summary
+
+
+def test_table_and_json_of_a_mixed_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Real seasonal-naive forecasts, reported under the names an `auto` run gives its mixes.
+    names = iter(["auto(holt-winters+prophet)", "auto(holt-winters+seasonal-naive+prophet)",
+                  "auto(prophet+holt-winters)", "seasonal-naive"])
+    real = forecasting.fit_predict
+
+    def renamed(model: str, *args: object, **kw: object) -> forecasting.FitResult:
+        res = real("seasonal-naive", *args, **kw)  # type: ignore[arg-type]
+        return replace(res, model=next(names))
+
+    monkeypatch.setattr(forecasting, "fit_predict", renamed)
+    res = bt(daily_wave(8), last=timedelta(days=4), model="auto")
+    table = format_table(res)
+    assert "forecast auto: holt-winters 50%, prophet 25%, seasonal-naive 25% of 4 refits (3 mixes, by leading model):" \
+        in table
+    assert "auto(" not in table
+    doc = json.loads(json.dumps(res.to_json(), allow_nan=False))
+    assert doc["forecast"]["summary"] == res.forecast.summary
+    assert doc["forecast"]["models"] == {
+        "auto(holt-winters+prophet)": 1, "auto(holt-winters+seasonal-naive+prophet)": 1,
+        "auto(prophet+holt-winters)": 1, "seasonal-naive": 1,
+    }
+    assert doc["forecast"]["leading_models"] == {"holt-winters": 2, "prophet": 1, "seasonal-naive": 1}
+    assert doc["forecast"]["model"].startswith("auto→auto(holt-winters+prophet)×1, ")

@@ -65,12 +65,30 @@ def test_report_is_self_contained_with_table_and_charts(result: backtest.Backtes
 
 
 def test_report_escapes_text(result: backtest.BacktestResult) -> None:
-    hostile = replace(result, forecast=replace(result.forecast, model='<script>alert("x")</script>'),
+    evil = '<script>alert("x")</script>'
+    hostile = replace(result, forecast=replace(result.forecast, model=evil, summary=evil, models={evil: 2, "x": 1}),
                       settings={**result.settings, "series": "a<b>&c"})
     html = report.render_html(hostile)
     assert "<script>" not in html
     assert "&lt;script&gt;" in html
     assert "a&lt;b&gt;&amp;c" in html
+
+
+def test_a_mixed_run_shows_its_summary_and_folds_away_every_combination(result: backtest.BacktestResult) -> None:
+    models = {"auto(holt-winters+prophet)": 3, "auto(prophet+seasonal-naive)": 2, "seasonal-naive": 1}
+    summary = "auto: holt-winters 50%, prophet 33%, seasonal-naive 17% of 6 refits (5 mixes, by leading model)"
+    mixed = replace(result, forecast=replace(result.forecast, model="auto→" + ", ".join(models), summary=summary,
+                                             models=models))
+    html = report.render_html(mixed)
+    assert html.count(summary) == 2  # the subtitle and the forecast line
+    details = re.search(r"<details><summary>Models of the 6 refits \(3 different\)</summary>(.*?)</details>", html,
+                        re.S)
+    assert details is not None
+    assert "<td>auto(holt-winters+prophet)</td><td>3</td><td>50%</td>" in details.group(1)
+    # Outside the folded table no combination is listed.
+    assert "auto(" not in html.replace(details.group(0), "")
+    # A run on one model has nothing to fold away.
+    assert "<details>" not in report.render_html(result)
 
 
 def test_long_series_are_downsampled_without_losing_the_peak(tmp_path: Path) -> None:

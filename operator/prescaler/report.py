@@ -66,11 +66,12 @@ def render_html(result: BacktestResult) -> str:
         f"<h1>{escape(title)}</h1>",
         f'<p class="sub">{escape(window)} · {st["evaluated_steps"]:,} steps of '
         f"{escape(format_duration(st['step']))} · startup delay {escape(format_duration(st['startup_delay']))}"
-        f" · capacity {st['capacity']:,.0f} requests per replica per step · model {escape(result.forecast.model)}"
+        f" · capacity {st['capacity']:,.0f} requests per replica per step · model {escape(result.forecast.label)}"
         "</p>",
         "<h2>Key figures</h2>",
         _kpi_table(result),
         _forecast_line(result),
+        _models_table(result),
         "<h2>Load, forecast and ready capacity</h2>",
         '<p class="note">Ready capacity is ready replicas × capacity: what each policy could serve during the '
         "bucket. Load above a capacity line is unserved. Marks under the plot are the predictive policy's "
@@ -120,8 +121,20 @@ def _forecast_line(result: BacktestResult) -> str:
     def f(x: float | None, unit: str = "%", digits: int = 2) -> str:
         return "n/a" if x is None or not math.isfinite(x) else f"{x:.{digits}f}{unit}"
 
-    return (f'<p>Forecast used by the predictive policy ({escape(q.model)}), against the actual load of the '
+    return (f'<p>Forecast used by the predictive policy ({escape(q.label)}), against the actual load of the '
             f"evaluated window: sMAPE {f(q.smape)}, MAPE {f(q.mape)}, MASE {f(q.mase, '', 3)}.</p>")
+
+
+def _models_table(result: BacktestResult) -> str:
+    """Every model or mix the refits used, folded away: with `auto` there can be a dozen combinations."""
+    models = result.forecast.models
+    if len(models) < 2:
+        return ""
+    total = sum(models.values())
+    rows = [(name, f"{n:,}", f"{100 * n / total:.0f}%") for name, n in models.items()]
+    return (f"<details><summary>Models of the {total:,} refits ({len(models)} different)</summary>"
+            + _table(("model (a mix lists its members by weight)", "refits", "share"), rows, css_id="models")
+            + "</details>")
 
 
 def _frontier_table(result: BacktestResult) -> str:

@@ -38,10 +38,24 @@ class FrontierPoint:
 
 @dataclass(frozen=True)
 class ForecastQuality:
+    """Errors of the forecasts the predictive policy used, and which models made them.
+
+    `model` lists every model (or mix) with its number of refits; `summary` is the short form for tables:
+    each model's share of the refits it led (for a mix, the member with the largest weight).
+    """
+
     model: str
     smape: float | None
     mape: float | None
     mase: float | None
+    summary: str = ""
+    models: dict[str, int] = field(default_factory=dict)  # refits per model or mix, most used first
+    leading_models: dict[str, int] = field(default_factory=dict)  # refits per leading model, most first
+
+    @property
+    def label(self) -> str:
+        """What a table prints: the summary, or the full list when there is none."""
+        return self.summary or self.model
 
 
 @dataclass(frozen=True)
@@ -102,6 +116,9 @@ class BacktestResult:
                 "smape": _num(self.forecast.smape),
                 "mape": _num(self.forecast.mape),
                 "mase": _num(self.forecast.mase),
+                "summary": self.forecast.label,
+                "models": dict(self.forecast.models),
+                "leading_models": dict(self.forecast.leading_models),
             },
             "frontier": {
                 name: [
@@ -174,23 +191,26 @@ def forecast_quality(
 
     `used` counts the model each refit reported; `failed` the refits that produced no forecast.
     """
-    label = _model_label(requested_model, used, failed=failed)
+    smape = mape = mase = None
     ok = ~np.isnan(load) & ~np.isnan(yhat)
-    if not ok.any():
-        return ForecastQuality(label, None, None, None)
-    actual, predicted = load[ok], yhat[ok]
-    season = max(1, int(pd.Timedelta(days=1) / step))
-    history = train[~np.isnan(train)]
-    mase: float | None
-    try:
-        mase = float(forecasting.mase(actual, predicted, history, season))
-    except (ValueError, ZeroDivisionError):
-        mase = None
+    if ok.any():
+        actual, predicted = load[ok], yhat[ok]
+        smape = float(forecasting.smape(actual, predicted))
+        mape = float(forecasting.mape(actual, predicted))
+        season = max(1, int(pd.Timedelta(days=1) / step))
+        try:
+            mase = float(forecasting.mase(actual, predicted, train[~np.isnan(train)], season))
+        except (ValueError, ZeroDivisionError):
+            mase = None
+    leading = leading_models(used)
     return ForecastQuality(
-        model=label,
-        smape=float(forecasting.smape(actual, predicted)),
-        mape=float(forecasting.mape(actual, predicted)),
+        model=_model_label(requested_model, used, failed=failed),
+        smape=smape,
+        mape=mape,
         mase=mase,
+        summary=_model_summary(requested_model, used, leading, failed),
+        models=dict(used.most_common()),
+        leading_models=leading,
     )
 
 
@@ -203,6 +223,51 @@ def _model_label(requested: str, used: Counter[str], failed: int) -> str:
         parts = [m if len(used) == 1 else f"{m}×{c}" for m, c in used.most_common()]
         label = f"{requested}→{', '.join(parts)}"
     return label + (f"; {failed} failed fits" if failed else "")
+
+
+def mix_members(model: str) -> list[str]:
+    """The members of a model name as a fit reports it: `auto(a+b)` is a mix of a and b, else one model.
+
+    The forecasters list a mix's members by descending weight, so the first one leads.
+    """
+    if model.startswith("auto(") and model.endswith(")") and len(model) > len("auto()"):
+        return model[len("auto(") : -1].split("+")
+    return [model]
+
+
+def leading_models(used: Counter[str]) -> dict[str, int]:
+    """Refits per leading model (a mix counts for its member with the largest weight), most first, then by name."""
+    out: Counter[str] = Counter()
+    for model, refits in used.items():
+        out[mix_members(model)[0]] += refits
+    return dict(sorted(out.items(), key=lambda mn: (-mn[1], mn[0])))
+
+
+def _model_summary(requested: str, used: Counter[str], leading: dict[str, int], failed: int) -> str:
+    """E.g. "auto: holt-winters 60%, prophet 30%, seasonal-naive 10% of 24 refits (20 mixes, by leading model)"."""
+    if not used:
+        text = f"{requested} (no forecast)"
+    elif list(used) == [requested]:
+        text = requested
+    else:
+        total = sum(used.values())
+        # A model that led one refit of hundreds still shows, as <1% rather than a misleading 0%.
+        shares = ", ".join(f"{m} {f'{p}%' if p else '<1%'}" for m, p in _percentages(list(leading.items()), total))
+        text = f"{requested}: {shares} of {total} refit{'s' if total != 1 else ''}"
+        mixes = sum(n for m, n in used.items() if len(mix_members(m)) > 1)
+        if mixes:
+            text += f" ({mixes} mix{'es' if mixes != 1 else ''}, by leading model)"
+    return text + (f"; {failed} failed fits" if failed else "")
+
+
+def _percentages(counts: list[tuple[str, int]], total: int) -> list[tuple[str, int]]:
+    """Whole percentages that add up to 100 (largest remainders round up), in the order given."""
+    exact = [(m, 100 * n / total) for m, n in counts]
+    out = {m: math.floor(x) for m, x in exact}
+    by_remainder = sorted(exact, key=lambda mx: mx[1] - math.floor(mx[1]), reverse=True)
+    for m, _ in by_remainder[: 100 - sum(out.values())]:
+        out[m] += 1
+    return [(m, out[m]) for m, _ in counts]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -249,7 +314,7 @@ def format_table(result: BacktestResult) -> str:
         )
     q = result.forecast
     rows.append(
-        f"forecast {q.model}: sMAPE {_fmt_opt(q.smape)}%  MAPE {_fmt_opt(q.mape)}%  MASE {_fmt_opt(q.mase, 3)}"
+        f"forecast {q.label}: sMAPE {_fmt_opt(q.smape)}%  MAPE {_fmt_opt(q.mape)}%  MASE {_fmt_opt(q.mase, 3)}"
     )
     st = result.settings
     rows.append(
