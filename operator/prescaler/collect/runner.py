@@ -90,7 +90,8 @@ def describe_errors(report: FeedReport) -> list[str]:
         series, error = items[0]
         who = f"service {series!r}" if series else "feed"
         more = f" (and {len(items) - 1} more series)" if len(items) > 1 else ""
-        lines.append(f"feed {report.feed!r}: {who}{more}: {kind}: {error}")
+        detail = " ".join(str(error).split())  # one line per error, whatever the server's message holds
+        lines.append(f"feed {report.feed!r}: {who}{more}: {kind}: {detail}")
     return lines
 
 
