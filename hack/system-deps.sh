@@ -4,6 +4,9 @@ set -euo pipefail
 pkgs=(postgresql-15 prometheus)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+# Kafka for the collector's tests and the demo: a Java 17 runtime, and Maven to fetch the broker's jars.
+command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || missing+=(maven)
 [ ${#missing[@]} -eq 0 ] && exit 0
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 echo "installing ${missing[*]}" >&2
