@@ -418,3 +418,10 @@ def test_date_columns_show_only_past_times() -> None:
     assert dates == {".metadata.creationTimestamp"}
     assert columns["Next Peak"] == {**columns["Next Peak"], "type": "string",
                                     "jsonPath": ".status.nextPeak.summary"}
+
+
+def test_limited_by_enum_is_the_planners() -> None:
+    from prescaler.planning import LIMITED_BY
+
+    nodes = dict(walk(scaler_schema()))
+    assert nodes[".status.limitedBy"]["enum"] == list(LIMITED_BY)

@@ -101,6 +101,7 @@ def test_tick_scales_the_target_and_records_the_decision(engine: Engine, pool: f
     want = math.ceil(LOAD_PER_STEP * 1.1 / 500)
     assert actuator.scaled == [("shop", "web", want)]
     assert outcome.decision.desired == want
+    assert outcome.status["limitedBy"] == outcome.decision.limited_by == "None"
     assert outcome.status["desiredReplicas"] == want
     assert outcome.status["currentReplicas"] == want
     conds = {c["type"]: c for c in outcome.status["conditions"]}

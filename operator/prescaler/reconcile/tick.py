@@ -258,6 +258,7 @@ class Reconciler:
             "readyReplicas": ready,
             "desiredReplicas": desired,
             "reason": decision.reason,
+            "limitedBy": decision.limited_by,
         })
         if spec.mode == "ForecastOnly":
             conds["ScalingActive"] = Cond("False", "ForecastOnly", "mode is ForecastOnly: replicas are "
