@@ -308,8 +308,8 @@ def observed_load(minutes: pd.Series, step: timedelta, end: datetime) -> float |
         last = recent.dropna()
         return float(last.iloc[-1]) * per_step
     step_end = floor_time(end, step)
-    buckets = minutes[minutes.index < pd.Timestamp(step_end)].resample(pd.Timedelta(step), origin="epoch").sum(min_count=1)
-    values = buckets.dropna()
+    complete = minutes[minutes.index < pd.Timestamp(step_end)]
+    values = complete.resample(pd.Timedelta(step), origin="epoch").sum(min_count=1).dropna()
     if per_step <= 1:
         values = minutes.dropna()
     if values.empty:
