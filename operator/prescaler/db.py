@@ -118,6 +118,22 @@ collector_watermarks = sa.Table(
     sa.CheckConstraint("collected_until >= backfill_from", name="collector_watermarks_ordered"),
 )
 
+# Per-partition progress of a Kafka feed: messages below next_offset are counted in the source's table, and
+# stream_time (the newest event time seen) judges lateness. Written in the same transaction as the rows, so
+# it is the consumer's true position; Kafka's committed offsets only follow it.
+collector_kafka_offsets = sa.Table(
+    "collector_kafka_offsets", metadata,
+    sa.Column("feed", sa.Text, nullable=False),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("topic", sa.Text, nullable=False),
+    sa.Column("partition", sa.Integer, nullable=False),
+    sa.Column("next_offset", sa.BigInteger, nullable=False),
+    sa.Column("stream_time", TS, nullable=True),
+    sa.Column("updated_at", TS, nullable=False, server_default=sa.func.now()),
+    sa.PrimaryKeyConstraint("feed", "source", "topic", "partition", name="collector_kafka_offsets_pkey"),
+    sa.CheckConstraint("next_offset >= 0", name="collector_kafka_offsets_nonnegative"),
+)
+
 VIEWS = ("traffic_hourly", "traffic_daily", "traffic_profile", "traffic_top_endpoints")
 
 
