@@ -71,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--timezone", default="UTC", help="zone of naive timestamps in the file")
     i.set_defaults(func=cmd_import)
 
+    ev = sub.add_parser("events", help="the calendar of scheduled traffic events (launches, pushes, holidays)")
+    ev_sub = ev.add_subparsers(dest="events_command", required=True)
+    ei = ev_sub.add_parser("import", help="import a name,kind,start,end[,service] CSV into traffic_events "
+                                          "(validated whole, idempotent on name and start)")
+    ei.add_argument("file", type=Path)
+    ei.add_argument("--timezone", default="UTC", help="zone of naive timestamps in the file")
+    ei.set_defaults(func=cmd_events_import)
+
     f = sub.add_parser("forecast", help="fit a model on a stored series and store its forecast")
     f.add_argument("--series", required=True, help="service name in traffic_log")
     f.add_argument("--model", default="auto")
@@ -93,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--headroom", type=float, default=10.0, help="headroom percent for predictive/reactive")
     b.add_argument("--last", type=_duration("--last"), help="only the last part of the trace, e.g. 120d")
     b.add_argument("--timezone", default="UTC", help="zone of naive timestamps in the CSV")
+    b.add_argument("--events", type=Path, help="scheduled events CSV (name,kind,start,end[,service]; naive times "
+                   "in --timezone); default with --series: the series' stored events")
     b.add_argument("--json", type=Path, dest="json_out")
     b.add_argument("--report", type=Path)
     b.add_argument("--no-progress", action="store_true")
@@ -166,6 +176,17 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_events_import(args: argparse.Namespace) -> int:
+    from prescaler import events
+
+    # The file is validated before any connection: a bad line is reported even without a database.
+    events.read_events_csv(args.file, timezone=args.timezone)
+    result = events.import_events(_engine(args), args.file, timezone=args.timezone)
+    print(f"read {result.rows_read:,} events from {args.file}: {result.written:,} written, "
+          f"{result.unchanged:,} already present")
+    return 0
+
+
 def cmd_forecast(args: argparse.Namespace) -> int:
     from prescaler import db, forecasting, history
 
@@ -193,9 +214,13 @@ def cmd_forecast(args: argparse.Namespace) -> int:
 
 
 def cmd_backtest(args: argparse.Namespace) -> int:
-    from prescaler import backtest, forecasting, history, ingest, report
+    from prescaler import backtest, events, forecasting, history, ingest, report
 
     forecasting.check_model_name(args.model)
+    calendar = None
+    if args.events is not None:
+        # Validated before the trace is read or any fit starts: a bad line fails at once, with its number.
+        calendar = events.for_service(events.read_events_csv(args.events, timezone=args.timezone), args.series)
     if args.input is not None:
         series = ingest.read_trace_csv(args.input, timezone=args.timezone)
     else:
@@ -208,9 +233,12 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         # --last is the evaluated window; the forecaster also needs warm-up history before it.
         span = args.last + backtest.DEFAULT_WARMUP if args.last else timedelta(days=60)
         series = history.read_history(engine, source, args.series, end - span, end + step, step)
+        if calendar is None:
+            calendar = history.read_events(engine, args.series, end - span, end + step)
     result = backtest.run_backtest(
         series, capacity=args.capacity, startup_delay=args.startup_delay, step=args.step, model=args.model,
         headroom_percent=args.headroom, last=args.last, progress=not args.no_progress,
+        events=calendar,
     )
     print(backtest.format_table(result))
     if args.json_out:
