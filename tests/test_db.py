@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from sqlalchemy.engine import Engine
 
 from prescaler import db
@@ -60,9 +61,96 @@ def test_older_database_reaches_current_schema_keeping_its_data(make_database) -
     db.migrate(engine)
     assert db.current_revision(engine) == NEWEST
     indexes = {ix["name"] for ix in sa.inspect(engine).get_indexes("traffic_log")}
-    assert {"traffic_log_service_ts_idx", "traffic_log_ts_brin"} <= indexes
+    assert indexes == {"traffic_log_ts_brin"}  # (service, ts) is the key's own order now
+    assert sa.inspect(engine).get_pk_constraint("traffic_log")["constrained_columns"] == ["service", "ts", "endpoint"]
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT requests FROM traffic_hourly")).scalar_one() == 7
+    engine.dispose()
+
+
+# Rows a migration must carry over exactly: partition (week) and bucket edges to the microsecond, a real zero,
+# the endpoint default, far past and future, non-ASCII names, large counts.
+EDGE_ROWS = [
+    {"ts": T0, "service": "a", "endpoint": "*", "requests": 7},  # Monday 00:00 UTC: first instant of a week
+    {"ts": T0 - timedelta(microseconds=1), "service": "a", "endpoint": "*", "requests": 1},  # last of the week before
+    {"ts": T0 + timedelta(minutes=4, seconds=59, microseconds=999_999), "service": "a", "endpoint": "*",
+     "requests": 0},
+    {"ts": T0 + timedelta(minutes=5), "service": "a", "endpoint": "/b", "requests": 3},
+    {"ts": datetime(1970, 1, 1, tzinfo=UTC), "service": "old", "endpoint": "*", "requests": 11},
+    {"ts": datetime(2099, 12, 31, 23, 59, tzinfo=UTC), "service": "future", "endpoint": "*", "requests": 12},
+    {"ts": datetime(2024, 12, 31, 23, 59, 59, tzinfo=UTC), "service": "zürich-ä", "endpoint": "/straße",
+     "requests": 10**12},
+    {"ts": datetime(2025, 1, 1, tzinfo=UTC), "service": "zürich-ä", "endpoint": "/straße", "requests": 10**12 + 1},
+] + [{"ts": T0 + timedelta(days=d, minutes=m), "service": f"s{d % 3}", "endpoint": f"/e{m % 4}",
+      "requests": (d + 10) * m} for d in range(-10, 20) for m in range(0, 24 * 60, 37)]
+
+_ROWS_SQL = "SELECT ts, service, endpoint, requests FROM traffic_log ORDER BY service, endpoint, ts"
+_TOTALS_SQL = "SELECT count(*), sum(requests) FROM traffic_log"
+# The analytics views as 0002 defined them over the raw table: what the rollup-backed views must still return.
+_RAW_VIEWS = {
+    "traffic_hourly": "SELECT date_bin('1 hour', ts, TIMESTAMPTZ '2000-01-01 00:00+00') AS bucket, service, "
+                      "sum(requests)::bigint AS requests FROM traffic_log GROUP BY 1, 2",
+    "traffic_daily": "SELECT date_bin('1 day', ts, TIMESTAMPTZ '2000-01-01 00:00+00') AS day, service, "
+                     "sum(requests)::bigint AS requests FROM traffic_log GROUP BY 1, 2",
+    "traffic_top_endpoints": "SELECT t.service, t.endpoint, sum(t.requests)::bigint AS requests, "
+                             "sum(t.requests)::double precision / nullif(sum(sum(t.requests)) OVER "
+                             "(PARTITION BY t.service), 0) AS share FROM traffic_log t JOIN (SELECT service, "
+                             "max(ts) AS last_ts FROM traffic_log GROUP BY service) b USING (service) "
+                             "WHERE t.ts > b.last_ts - INTERVAL '7 days' GROUP BY t.service, t.endpoint",
+}
+
+
+def view_rows(conn: sa.Connection, sql: str) -> list[tuple[object, ...]]:
+    rows = [tuple(r) for r in conn.execute(sa.text(sql)).all()]
+    return sorted(tuple(round(v, 12) if isinstance(v, float) else v for v in r) for r in rows)  # type: ignore[misc]
+
+
+def assert_views_match_raw(conn: sa.Connection) -> None:
+    for name, raw in _RAW_VIEWS.items():
+        assert view_rows(conn, f"SELECT * FROM {name}") == view_rows(conn, raw), name
+
+
+def _in_default_partition(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.exec_driver_sql("SELECT count(*) FROM traffic_log_default").scalar_one())
+
+
+def test_migration_partitions_an_existing_table_without_losing_a_row(make_database) -> None:
+    """0004 (unpartitioned) → head → 0004 → head: the same rows every time, none left in the default partition,
+    rollups and views agreeing with the rows."""
+    engine = db.make_engine(make_database(revision="0004"))
+    with engine.begin() as conn:
+        conn.execute(db.traffic_log.insert(), EDGE_ROWS)
+    with engine.connect() as conn:
+        before, totals = conn.execute(sa.text(_ROWS_SQL)).all(), conn.execute(sa.text(_TOTALS_SQL)).one()
+    assert len(before) == len(EDGE_ROWS)
+
+    db.migrate(engine)
+    assert db.current_revision(engine) == NEWEST
+    with engine.connect() as conn:
+        assert conn.execute(sa.text(_ROWS_SQL)).all() == before
+        assert conn.execute(sa.text(_TOTALS_SQL)).one() == totals
+        strategy = conn.exec_driver_sql("SELECT partstrat FROM pg_partitioned_table "
+                                        "WHERE partrelid = 'traffic_log'::regclass").scalar_one()
+        assert strategy == "r"
+        for rollup in db.ROLLUPS:
+            assert conn.execute(sa.text(f"SELECT count(*) FILTER (WHERE row_count > 0), sum(row_count), "
+                                        f"sum(requests) FROM {rollup.name}")).one()[1:] == tuple(totals), rollup.name
+        assert_views_match_raw(conn)
+    assert _in_default_partition(engine) == 0
+
+    with engine.begin() as conn:
+        command.downgrade(db._alembic_config(conn), "0004")
+    assert db.current_revision(engine) == "0004"
+    with engine.connect() as conn:
+        assert conn.execute(sa.text(_ROWS_SQL)).all() == before
+        assert sa.inspect(engine).get_pk_constraint("traffic_log")["constrained_columns"] == [
+            "service", "endpoint", "ts"]
+        assert "traffic_rollup_5m" not in sa.inspect(engine).get_table_names()
+        assert conn.execute(sa.text("SELECT sum(requests) FROM traffic_hourly")).scalar_one() == totals[1]
+    db.migrate(engine)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text(_ROWS_SQL)).all() == before
     engine.dispose()
 
 
@@ -73,6 +161,31 @@ def test_migrated_schema_matches_metadata(engine: Engine) -> None:
         assert pk == [c.name for c in table.primary_key.columns], table.name
         reflected_ix = {ix["name"] for ix in sa.inspect(engine).get_indexes(table.name)}
         assert {ix.name for ix in table.indexes} <= reflected_ix, table.name
+
+
+def test_traffic_tables_match_metadata_exactly_partitions_aside(engine: Engine) -> None:
+    """MetaData cannot hold partitions (they come and go); everything else about the traffic tables must
+    match: the partitioning, the exact index set (every index is a cost each row pays), the triggers that
+    keep the rollups, and the views. The only tables outside MetaData are traffic_log's partitions."""
+    inspector = sa.inspect(engine)
+    with engine.connect() as conn:
+        partitioned = dict(conn.exec_driver_sql(
+            "SELECT c.relname, pg_get_partkeydef(c.oid) FROM pg_partitioned_table p "
+            "JOIN pg_class c ON c.oid = p.partrelid").all())
+        children = set(conn.exec_driver_sql(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = 'traffic_log'::regclass").scalars())
+        triggers = set(conn.exec_driver_sql(
+            "SELECT tgname FROM pg_trigger WHERE tgrelid = 'traffic_log'::regclass AND NOT tgisinternal").scalars())
+    declared = {t.name: t.dialect_options["postgresql"]["partition_by"] for t in db.metadata.sorted_tables
+                if t.dialect_options["postgresql"]["partition_by"]}
+    assert partitioned == declared == {"traffic_log": "RANGE (ts)"}
+    assert "traffic_log_default" in children
+    assert set(inspector.get_table_names()) - set(db.metadata.tables) - {db.VERSION_TABLE} == children
+    for table in (db.traffic_log, *db.ROLLUPS, db.traffic_horizon):
+        assert {ix["name"] for ix in inspector.get_indexes(table.name)} == {ix.name for ix in table.indexes}
+    assert triggers == set(db.ROLLUP_TRIGGERS)
+    assert set(inspector.get_view_names()) == set(db.VIEWS)
 
 
 def test_constraints_reject_bad_rows(engine: Engine) -> None:
@@ -162,6 +275,27 @@ def test_views_aggregate_in_utc(engine: Engine) -> None:
     assert profile == [(0, 7, 150.0), (0, 8, 40.0)]
     # Last 7 days of data end at the second Monday 07:00: only that row and nothing from a week earlier.
     assert top == [("/a", 60, 1.0)]
+
+
+def test_views_over_rollups_return_what_the_raw_views_returned(engine: Engine) -> None:
+    """Random minutes of several services, then upserts and deletes: the rollup-backed views give exactly what
+    0002's views over the raw rows give (the latter run here as plain queries)."""
+    rng = np.random.default_rng(9)
+    start = datetime(2024, 9, 2, 21, 17, tzinfo=UTC)
+    rows = [{"ts": start + timedelta(minutes=int(m), seconds=int(rng.integers(0, 60))), "service": f"r{k}",
+             "endpoint": f"/p{int(rng.integers(0, 4))}", "requests": int(rng.integers(0, 1000))}
+            for k in range(3) for m in np.unique(rng.integers(0, 10 * 24 * 60, 3000))]
+    with engine.begin() as conn:
+        conn.execute(db.traffic_log.insert(), rows)
+        conn.execute(sa.text("UPDATE traffic_log SET requests = requests * 2 WHERE service = 'r1' AND ts < :t"),
+                     {"t": start + timedelta(days=4)})
+        conn.execute(sa.text("DELETE FROM traffic_log WHERE service = 'r2' AND ts > :t"),
+                     {"t": start + timedelta(days=6, minutes=13)})
+    with engine.connect() as conn:
+        assert_views_match_raw(conn)
+        assert view_rows(conn, "SELECT count(*) FROM traffic_top_endpoints WHERE service = 'r2'")[0][0] > 0
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM traffic_log WHERE service LIKE 'r_'"))
 
 
 def test_unreachable_database_is_data_unavailable() -> None:

@@ -29,17 +29,67 @@ VERSION_TABLE = "prescaler_alembic_version"
 metadata = sa.MetaData()
 TS = sa.DateTime(timezone=True)
 
+# Raw minutes, range-partitioned by week on `ts` (see prescaler.storage for the partitions and why a week).
+# The key's column order (service, ts, endpoint) lets one index serve the upsert's conflict check, a service's
+# time range and its newest minute; ON CONFLICT (service, endpoint, ts) infers it, since inference matches the
+# set of columns. Partitions are not in this MetaData: they come and go with `prescaler maintain`.
 traffic_log = sa.Table(
     "traffic_log", metadata,
     sa.Column("ts", TS, nullable=False),
     sa.Column("service", sa.Text, nullable=False),
     sa.Column("endpoint", sa.Text, nullable=False, server_default="*"),
     sa.Column("requests", sa.BigInteger, nullable=False),
-    sa.PrimaryKeyConstraint("service", "endpoint", "ts", name="traffic_log_pkey"),
+    sa.PrimaryKeyConstraint("service", "ts", "endpoint", name="traffic_log_pkey"),
     sa.CheckConstraint("requests >= 0", name="traffic_log_requests_nonnegative"),
-    sa.Index("traffic_log_service_ts_idx", "service", "ts"),
     sa.Index("traffic_log_ts_brin", "ts", postgresql_using="brin"),
+    postgresql_partition_by="RANGE (ts)",
 )
+
+# Rollups of traffic_log, kept exact in the same transaction as the rows by statement triggers on traffic_log
+# (migration 0005). `row_count` counts the raw rows behind a bucket, so a bucket whose rows are all deleted
+# disappears (a gap stays a gap) while a bucket of real zeros stays.
+traffic_rollup_5m = sa.Table(
+    "traffic_rollup_5m", metadata,
+    sa.Column("service", sa.Text, nullable=False),
+    sa.Column("bucket", TS, nullable=False),
+    sa.Column("requests", sa.BigInteger, nullable=False),
+    sa.Column("row_count", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("service", "bucket", name="traffic_rollup_5m_pkey"),
+    sa.Index("traffic_rollup_5m_bucket_brin", "bucket", postgresql_using="brin"),
+)
+
+traffic_rollup_hourly = sa.Table(
+    "traffic_rollup_hourly", metadata,
+    sa.Column("service", sa.Text, nullable=False),
+    sa.Column("bucket", TS, nullable=False),
+    sa.Column("endpoint", sa.Text, nullable=False),
+    sa.Column("requests", sa.BigInteger, nullable=False),
+    sa.Column("row_count", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("service", "bucket", "endpoint", name="traffic_rollup_hourly_pkey"),
+    sa.Index("traffic_rollup_hourly_bucket_brin", "bucket", postgresql_using="brin"),
+)
+
+traffic_rollup_daily = sa.Table(
+    "traffic_rollup_daily", metadata,
+    sa.Column("service", sa.Text, nullable=False),
+    sa.Column("bucket", TS, nullable=False),
+    sa.Column("endpoint", sa.Text, nullable=False),
+    sa.Column("requests", sa.BigInteger, nullable=False),
+    sa.Column("row_count", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("service", "bucket", "endpoint", name="traffic_rollup_daily_pkey"),
+    sa.Index("traffic_rollup_daily_bucket_brin", "bucket", postgresql_using="brin"),
+)
+
+# Where raw retention has dropped traffic_log's minutes: rollups before `raw_kept_from` are final, and rows
+# written there later (a late backfill) no longer change them. No row: nothing was ever dropped.
+traffic_horizon = sa.Table(
+    "traffic_horizon", metadata,
+    sa.Column("relation", sa.Text, nullable=False),
+    sa.Column("raw_kept_from", TS, nullable=False),
+    sa.PrimaryKeyConstraint("relation", name="traffic_horizon_pkey"),
+)
+
+ROLLUPS = (traffic_rollup_5m, traffic_rollup_hourly, traffic_rollup_daily)
 
 traffic_events = sa.Table(
     "traffic_events", metadata,
@@ -134,7 +184,10 @@ collector_kafka_offsets = sa.Table(
     sa.CheckConstraint("next_offset >= 0", name="collector_kafka_offsets_nonnegative"),
 )
 
+# The dashboard's analytics views (names and columns are the dashboard's contract; since 0005 they read the
+# rollups) and the statement triggers on traffic_log that keep the rollups.
 VIEWS = ("traffic_hourly", "traffic_daily", "traffic_profile", "traffic_top_endpoints")
+ROLLUP_TRIGGERS = ("traffic_log_rollup_insert", "traffic_log_rollup_update", "traffic_log_rollup_delete")
 
 
 # --- engine and errors -------------------------------------------------------------------------------------

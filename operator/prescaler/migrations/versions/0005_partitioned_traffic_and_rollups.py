@@ -1,0 +1,335 @@
+"""Traffic data at scale: traffic_log partitioned by week, rollups kept by triggers, views over the rollups.
+
+An existing unpartitioned traffic_log is copied into the partitioned table inside the migration's transaction
+and the copy is checked (row count and request sum) before the old table goes, so a failure leaves the schema
+as it was. Everything here is frozen SQL on purpose: later changes to prescaler.storage must not rewrite history.
+
+Revision ID: 0005
+Revises: 0004
+Create Date: 2026-11-27
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0005"
+down_revision: str | None = "0004"
+branch_labels: str | None = None
+depends_on: str | None = None
+
+TS = sa.DateTime(timezone=True)
+# Buckets are anchored at a UTC origin so hours and days are UTC whatever the session time zone is.
+_ORIGIN = "TIMESTAMPTZ '2000-01-01 00:00:00+00'"
+_WEEK_ORIGIN = datetime(2000, 1, 3, tzinfo=UTC)  # a Monday: partitions run Monday to Monday, UTC
+_WEEK = timedelta(days=7)
+
+# --- the dashboard's views, before (0002) and after --------------------------------------------------------
+
+_VIEWS_0002 = {
+    "traffic_hourly": f"""
+        SELECT date_bin(INTERVAL '1 hour', ts, {_ORIGIN}) AS bucket, service,
+               sum(requests)::bigint AS requests
+        FROM traffic_log
+        GROUP BY 1, 2""",
+    "traffic_daily": f"""
+        SELECT date_bin(INTERVAL '1 day', ts, {_ORIGIN}) AS day, service,
+               sum(requests)::bigint AS requests
+        FROM traffic_log
+        GROUP BY 1, 2""",
+    "traffic_profile": """
+        SELECT service,
+               (extract(isodow FROM bucket AT TIME ZONE 'UTC')::int - 1) AS weekday,
+               extract(hour FROM bucket AT TIME ZONE 'UTC')::int AS hour,
+               avg(requests)::double precision AS avg_requests
+        FROM traffic_hourly
+        GROUP BY 1, 2, 3""",
+    "traffic_top_endpoints": """
+        SELECT t.service, t.endpoint, sum(t.requests)::bigint AS requests,
+               sum(t.requests)::double precision
+                 / nullif(sum(sum(t.requests)) OVER (PARTITION BY t.service), 0) AS share
+        FROM traffic_log t
+        JOIN (SELECT service, max(ts) AS last_ts FROM traffic_log GROUP BY service) b USING (service)
+        WHERE t.ts > b.last_ts - INTERVAL '7 days'
+        GROUP BY t.service, t.endpoint""",
+}
+
+# Same names, columns and results; the hours and days come from the rollups.
+VIEWS = {
+    "traffic_hourly": """
+        SELECT bucket, service, sum(requests)::bigint AS requests
+        FROM traffic_rollup_hourly
+        GROUP BY 1, 2""",
+    "traffic_daily": """
+        SELECT bucket AS day, service, sum(requests)::bigint AS requests
+        FROM traffic_rollup_daily
+        GROUP BY 1, 2""",
+    "traffic_profile": _VIEWS_0002["traffic_profile"],
+    # The last 7 days of each service's data end at its newest minute, so the week starts inside an hour:
+    # whole hours come from the hourly rollup, the minutes of the first, cut hour from traffic_log.
+    "traffic_top_endpoints": f"""
+        SELECT l.service, w.endpoint, sum(w.requests)::bigint AS requests,
+               sum(w.requests)::double precision
+                 / nullif(sum(sum(w.requests)) OVER (PARTITION BY l.service), 0) AS share
+        FROM (SELECT s.service,
+                     (SELECT max(x.ts) FROM traffic_log x WHERE x.service = s.service) AS last_ts
+              FROM (SELECT DISTINCT service FROM traffic_rollup_daily) s) l
+        CROSS JOIN LATERAL (
+            SELECT h.endpoint, h.requests
+            FROM traffic_rollup_hourly h
+            WHERE h.service = l.service
+              AND h.bucket >= date_bin('1 hour', l.last_ts - INTERVAL '7 days', {_ORIGIN}) + INTERVAL '1 hour'
+            UNION ALL
+            SELECT t.endpoint, t.requests
+            FROM traffic_log t
+            WHERE t.service = l.service AND t.ts > l.last_ts - INTERVAL '7 days'
+              AND t.ts < date_bin('1 hour', l.last_ts - INTERVAL '7 days', {_ORIGIN}) + INTERVAL '1 hour'
+        ) w
+        GROUP BY l.service, w.endpoint""",
+}
+
+# --- rollups kept by statement triggers --------------------------------------------------------------------
+
+_CHANGES = {
+    "INSERT": "SELECT service, endpoint, ts, requests, 1 AS row_count FROM new_rows",
+    "DELETE": "SELECT service, endpoint, ts, -requests AS requests, -1 AS row_count FROM old_rows",
+    "UPDATE": ("SELECT service, endpoint, ts, requests, 1 AS row_count FROM new_rows "
+               "UNION ALL SELECT service, endpoint, ts, -requests, -1 FROM old_rows"),
+}
+
+
+def _apply_deltas(changes: str) -> str:
+    """One statement adding a write's deltas to the three rollups.
+
+    Deltas (not recomputation) keep concurrent writers exact: each adds its own rows under the rollup row's
+    lock, whatever its snapshot saw. Rows are upserted in key order, so writers of several services lock
+    shared rollup rows in one order. Minutes before the raw horizon belong to rollups that retention has made
+    final, so they leave them alone.
+    """
+    def upsert(table: str, bucket: str, per_endpoint: bool) -> str:
+        endpoint, keys = (", endpoint", "1, 2, 3") if per_endpoint else ("", "1, 2")
+        return (
+            f"INSERT INTO {table} AS r (service, bucket{endpoint}, requests, row_count) "
+            f"SELECT service, {bucket}{endpoint}, sum(requests), sum(row_count) FROM e "
+            f"GROUP BY {keys} HAVING sum(requests) <> 0 OR sum(row_count) <> 0 ORDER BY {keys} "
+            f"ON CONFLICT (service, bucket{endpoint}) DO UPDATE "
+            "SET requests = r.requests + EXCLUDED.requests, row_count = r.row_count + EXCLUDED.row_count"
+        )
+
+    return f"""
+        WITH e AS MATERIALIZED (
+            SELECT service, endpoint, date_bin('5 minutes', ts, {_ORIGIN}) AS bucket,
+                   sum(requests) AS requests, sum(row_count) AS row_count
+            FROM ({changes}) c
+            WHERE ts >= coalesce((SELECT raw_kept_from FROM traffic_horizon WHERE relation = 'traffic_log'),
+                                 '-infinity')
+            GROUP BY 1, 2, 3),
+        m AS ({upsert("traffic_rollup_5m", "bucket", False)}),
+        h AS ({upsert("traffic_rollup_hourly", f"date_bin('1 hour', bucket, {_ORIGIN})", True)})
+        {upsert("traffic_rollup_daily", f"date_bin('1 day', bucket, {_ORIGIN})", True)};"""
+
+
+def _drop_emptied() -> str:
+    """Buckets whose raw rows are all gone disappear, so a deleted range reads as a gap, not as zero."""
+    parts = []
+    for table, width, endpoint in (("traffic_rollup_5m", "5 minutes", ""),
+                                   ("traffic_rollup_hourly", "1 hour", ", endpoint"),
+                                   ("traffic_rollup_daily", "1 day", ", endpoint")):
+        match = "r.service = k.service AND r.bucket = k.bucket" + (" AND r.endpoint = k.endpoint" if endpoint else "")
+        parts.append(
+            f"DELETE FROM {table} r USING (SELECT DISTINCT service{endpoint}, "
+            f"date_bin('{width}', ts, {_ORIGIN}) AS bucket FROM old_rows) k "
+            f"WHERE {match} AND r.row_count = 0;")
+    return "\n        ".join(parts)
+
+
+# An upsert fires the INSERT and then the UPDATE statement trigger, two rounds of rollup row locks that two
+# writers could take in opposite orders. A transaction-scoped lock per service, taken in name order before
+# either round, serialises writers of one service instead (short transactions: the collector writes a series
+# per transaction); writers of different services never wait for each other.
+_SERVICE_LOCK_CLASS = 0x70726566  # "pref"
+
+
+def _lock_services(source: str) -> str:
+    return (f"PERFORM pg_advisory_xact_lock({_SERVICE_LOCK_CLASS}, hashtext(service)) "
+            f"FROM (SELECT DISTINCT service FROM ({source}) x ORDER BY 1) s;")
+
+
+_FUNCTION = f"""
+CREATE FUNCTION traffic_log_rollup() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT
+SET work_mem = '64MB'
+AS $fn$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        {_lock_services("SELECT service FROM new_rows")}
+        {_apply_deltas(_CHANGES["INSERT"])}
+    ELSIF TG_OP = 'UPDATE' THEN
+        {_lock_services("SELECT service FROM new_rows UNION ALL SELECT service FROM old_rows")}
+        {_apply_deltas(_CHANGES["UPDATE"])}
+        {_drop_emptied()}
+    ELSE
+        {_lock_services("SELECT service FROM old_rows")}
+        {_apply_deltas(_CHANGES["DELETE"])}
+        {_drop_emptied()}
+    END IF;
+    RETURN NULL;
+END
+$fn$"""
+
+TRIGGERS = {
+    "traffic_log_rollup_insert": "AFTER INSERT ON traffic_log REFERENCING NEW TABLE AS new_rows",
+    "traffic_log_rollup_update": "AFTER UPDATE ON traffic_log REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows",
+    "traffic_log_rollup_delete": "AFTER DELETE ON traffic_log REFERENCING OLD TABLE AS old_rows",
+}
+
+
+# --- upgrade -----------------------------------------------------------------------------------------------
+
+def _week_start(t: datetime) -> datetime:
+    return _WEEK_ORIGIN + ((t - _WEEK_ORIGIN) // _WEEK) * _WEEK
+
+
+def _create_partition(conn: sa.Connection, start: datetime) -> None:
+    name = f"traffic_log_p{start:%Y%m%d}"
+    conn.exec_driver_sql(
+        f"CREATE TABLE {name} PARTITION OF traffic_log FOR VALUES FROM ('{start.isoformat()}') "
+        f"TO ('{(start + _WEEK).isoformat()}')")
+
+
+def _totals(conn: sa.Connection, table: str) -> tuple[int, int]:
+    count, total = conn.exec_driver_sql(f"SELECT count(*), coalesce(sum(requests), 0) FROM {table}").one()
+    return int(count), int(total)
+
+
+def _copy_checked(conn: sa.Connection, source: str, target: str) -> None:
+    conn.exec_driver_sql(f"INSERT INTO {target} (ts, service, endpoint, requests) "
+                         f"SELECT ts, service, endpoint, requests FROM {source}")
+    before, after = _totals(conn, source), _totals(conn, target)
+    if before != after:
+        raise RuntimeError(f"copying {source} into {target} gave (rows, requests) {after}, expected {before}")
+
+
+def _rollup_tables() -> None:
+    op.create_table(
+        "traffic_rollup_5m",
+        sa.Column("service", sa.Text, nullable=False),
+        sa.Column("bucket", TS, nullable=False),
+        sa.Column("requests", sa.BigInteger, nullable=False),
+        sa.Column("row_count", sa.BigInteger, nullable=False),
+        sa.PrimaryKeyConstraint("service", "bucket", name="traffic_rollup_5m_pkey"),
+    )
+    for level in ("hourly", "daily"):
+        op.create_table(
+            f"traffic_rollup_{level}",
+            sa.Column("service", sa.Text, nullable=False),
+            sa.Column("bucket", TS, nullable=False),
+            sa.Column("endpoint", sa.Text, nullable=False),
+            sa.Column("requests", sa.BigInteger, nullable=False),
+            sa.Column("row_count", sa.BigInteger, nullable=False),
+            sa.PrimaryKeyConstraint("service", "bucket", "endpoint", name=f"traffic_rollup_{level}_pkey"),
+        )
+    for level in ("5m", "hourly", "daily"):
+        op.create_index(f"traffic_rollup_{level}_bucket_brin", f"traffic_rollup_{level}", ["bucket"],
+                        postgresql_using="brin")
+    op.create_table(
+        "traffic_horizon",
+        sa.Column("relation", sa.Text, nullable=False),
+        sa.Column("raw_kept_from", TS, nullable=False),
+        sa.PrimaryKeyConstraint("relation", name="traffic_horizon_pkey"),
+    )
+
+
+def _fill_rollups(conn: sa.Connection) -> None:
+    conn.exec_driver_sql(
+        "INSERT INTO traffic_rollup_5m (service, bucket, requests, row_count) "
+        f"SELECT service, date_bin('5 minutes', ts, {_ORIGIN}), sum(requests), count(*) FROM traffic_log "
+        "GROUP BY 1, 2")
+    conn.exec_driver_sql(
+        "INSERT INTO traffic_rollup_hourly (service, bucket, endpoint, requests, row_count) "
+        f"SELECT service, date_bin('1 hour', ts, {_ORIGIN}), endpoint, sum(requests), count(*) FROM traffic_log "
+        "GROUP BY 1, 2, 3")
+    conn.exec_driver_sql(
+        "INSERT INTO traffic_rollup_daily (service, bucket, endpoint, requests, row_count) "
+        f"SELECT service, date_bin('1 day', bucket, {_ORIGIN}), endpoint, sum(requests), sum(row_count) "
+        "FROM traffic_rollup_hourly GROUP BY 1, 2, 3")
+
+
+def upgrade() -> None:
+    conn = op.get_bind()
+    conn.exec_driver_sql("SET LOCAL work_mem = '256MB'")
+    conn.exec_driver_sql("SET LOCAL maintenance_work_mem = '512MB'")
+    for name in reversed(_VIEWS_0002):
+        op.execute(f"DROP VIEW IF EXISTS {name}")
+    op.execute("ALTER TABLE traffic_log RENAME TO traffic_log_unpartitioned")
+    op.execute("ALTER TABLE traffic_log_unpartitioned RENAME CONSTRAINT traffic_log_pkey "
+               "TO traffic_log_unpartitioned_pkey")
+    op.execute("DROP INDEX traffic_log_service_ts_idx")
+    op.execute("DROP INDEX traffic_log_ts_brin")
+
+    # Keys and indexes are built after the copy: one sort per partition beats 50M single inserts.
+    op.execute("""
+        CREATE TABLE traffic_log (
+            ts timestamptz NOT NULL,
+            service text NOT NULL,
+            endpoint text NOT NULL DEFAULT '*',
+            requests bigint NOT NULL,
+            CONSTRAINT traffic_log_requests_nonnegative CHECK (requests >= 0)
+        ) PARTITION BY RANGE (ts)""")
+    # Rows of a week without a partition land here instead of failing; maintenance moves them out.
+    op.execute("CREATE TABLE traffic_log_default PARTITION OF traffic_log DEFAULT")
+    weeks = {_week_start(w) for w in conn.exec_driver_sql(
+        f"SELECT DISTINCT date_bin('7 days', ts, TIMESTAMPTZ '{_WEEK_ORIGIN.isoformat()}') "
+        "FROM traffic_log_unpartitioned").scalars()}
+    this_week = _week_start(datetime.now(UTC))
+    weeks |= {this_week, this_week + _WEEK}
+    for start in sorted(weeks):
+        _create_partition(conn, start)
+    _copy_checked(conn, "traffic_log_unpartitioned", "traffic_log")
+    op.execute("ALTER TABLE traffic_log ADD CONSTRAINT traffic_log_pkey PRIMARY KEY (service, ts, endpoint)")
+    op.execute("CREATE INDEX traffic_log_ts_brin ON traffic_log USING brin (ts)")
+    op.execute("DROP TABLE traffic_log_unpartitioned")
+
+    _rollup_tables()
+    _fill_rollups(conn)
+    op.execute(_FUNCTION)
+    for name, when in TRIGGERS.items():
+        op.execute(f"CREATE TRIGGER {name} {when} FOR EACH STATEMENT EXECUTE FUNCTION traffic_log_rollup()")
+    for name, body in VIEWS.items():
+        op.execute(f"CREATE VIEW {name} AS {body}")
+
+
+# --- downgrade ---------------------------------------------------------------------------------------------
+
+def downgrade() -> None:
+    conn = op.get_bind()
+    conn.exec_driver_sql("SET LOCAL maintenance_work_mem = '512MB'")
+    for name in reversed(VIEWS):
+        op.execute(f"DROP VIEW IF EXISTS {name}")
+    for name in TRIGGERS:
+        op.execute(f"DROP TRIGGER {name} ON traffic_log")
+    op.execute("DROP FUNCTION traffic_log_rollup()")
+    for table in ("traffic_horizon", "traffic_rollup_daily", "traffic_rollup_hourly", "traffic_rollup_5m"):
+        op.drop_table(table)
+
+    op.execute("ALTER TABLE traffic_log RENAME TO traffic_log_partitioned")
+    op.execute("ALTER TABLE traffic_log_partitioned RENAME CONSTRAINT traffic_log_pkey TO traffic_log_partitioned_pkey")
+    op.execute("ALTER INDEX traffic_log_ts_brin RENAME TO traffic_log_partitioned_ts_brin")
+    op.create_table(
+        "traffic_log",
+        sa.Column("ts", TS, nullable=False),
+        sa.Column("service", sa.Text, nullable=False),
+        sa.Column("endpoint", sa.Text, nullable=False, server_default="*"),
+        sa.Column("requests", sa.BigInteger, nullable=False),
+        sa.CheckConstraint("requests >= 0", name="traffic_log_requests_nonnegative"),
+    )
+    _copy_checked(conn, "traffic_log_partitioned", "traffic_log")
+    op.execute("ALTER TABLE traffic_log ADD CONSTRAINT traffic_log_pkey PRIMARY KEY (service, endpoint, ts)")
+    op.create_index("traffic_log_service_ts_idx", "traffic_log", ["service", "ts"])
+    op.create_index("traffic_log_ts_brin", "traffic_log", ["ts"], postgresql_using="brin")
+    op.execute("DROP TABLE traffic_log_partitioned")  # and its partitions
+    for name, body in _VIEWS_0002.items():
+        op.execute(f"CREATE VIEW {name} AS {body}")
