@@ -6,13 +6,16 @@ import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from prescaler import db
 from prescaler.errors import DataUnavailable, InputError
 from prescaler.history import (
+    Retention,
     TrafficSource,
     default_source,
     grid,
@@ -162,3 +165,86 @@ def test_unreachable_database_is_data_unavailable() -> None:
         read_history(dead, default_source(), "api", T0, T0 + 10 * M, timedelta(minutes=5))
     with pytest.raises(DataUnavailable):
         read_events(dead, None, T0, T0 + M)
+
+
+# --- the rollup path -----------------------------------------------------------------------------------------
+
+# The same table under its schema-qualified name is not prescaler's own source, so it is read row by row:
+# the reference the rollup path must reproduce exactly.
+RAW_PATH = TrafficSource(table="public.traffic_log")
+
+
+def _random_traffic(engine: Engine, service: str, start: datetime, minutes: int, seed: int) -> None:
+    """Minutes with random gaps (whole 5-minute buckets and single minutes), real zeros and three endpoints."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(minutes):
+        if (i // 5) % 11 == 3 or rng.random() < 0.1:
+            continue
+        for endpoint in ("/a", "/b", "/c")[: int(rng.integers(1, 4))]:
+            rows.append({"ts": start + i * M + timedelta(seconds=int(rng.integers(0, 60))), "service": service,
+                         "endpoint": endpoint, "requests": int(rng.integers(0, 3)) * int(rng.integers(0, 500))})
+    with engine.begin() as conn:
+        conn.execute(db.traffic_log.insert(), rows)
+
+
+def test_rollup_and_raw_paths_give_identical_series(engine: Engine) -> None:
+    start = datetime(2024, 6, 3, 22, 0, tzinfo=UTC)
+    _random_traffic(engine, "rolled", start, 3 * 24 * 60, seed=5)
+    windows = [(start, start + timedelta(days=3)),
+               (start + timedelta(minutes=7), start + timedelta(days=2, hours=5, minutes=13, seconds=30)),
+               (start - timedelta(hours=2), start + timedelta(hours=1, minutes=2)),
+               (start + timedelta(hours=30), start + timedelta(hours=30, minutes=4))]
+    steps = [timedelta(minutes=5), timedelta(minutes=10), timedelta(minutes=15), timedelta(hours=1),
+             timedelta(days=1), timedelta(minutes=1), timedelta(minutes=7)]
+    compared = 0
+    for lo, hi in windows:
+        for step in steps:
+            rolled = read_history(engine, default_source(), "rolled", lo, hi, step)
+            raw = read_history(engine, RAW_PATH, "rolled", lo, hi, step)
+            pd.testing.assert_series_equal(rolled, raw, check_exact=True)
+            compared += int(rolled.notna().sum())
+    gaps = read_history(engine, default_source(), "rolled", start, start + timedelta(hours=2), timedelta(minutes=5))
+    assert gaps.isna().any() and gaps.notna().any() and compared > 1000
+
+
+def test_rollup_path_keeps_zeros_and_gaps_after_updates_and_deletes(engine: Engine) -> None:
+    t = datetime(2024, 6, 10, tzinfo=UTC)
+    with engine.begin() as conn:
+        conn.execute(db.traffic_log.insert(), [
+            {"ts": t + i * M, "service": "edits", "endpoint": "*", "requests": 4} for i in range(15)])
+        conn.execute(sa.text("UPDATE traffic_log SET requests = 0 WHERE service = 'edits' AND ts < :t"),
+                     {"t": t + 5 * M})
+        conn.execute(sa.text("DELETE FROM traffic_log WHERE service = 'edits' AND ts >= :a AND ts < :b"),
+                     {"a": t + 5 * M, "b": t + 10 * M})
+    for source in (default_source(), RAW_PATH):
+        s = read_history(engine, source, "edits", t, t + 15 * M, timedelta(minutes=5))
+        assert s.iloc[0] == 0.0 and math.isnan(s.iloc[1]) and s.iloc[2] == 20.0
+
+
+def test_load_sources_parses_retention(tmp_path: Path) -> None:
+    cfg = tmp_path / "sources.yaml"
+    cfg.write_text("sources:\n  default:\n    table: traffic_log\n    retention: 90d\n"
+                   "  edge:\n    table: edge.requests\n    retention: {raw: 30d}\n")
+    sources = load_sources(cfg)
+    assert sources["default"].retention == Retention(raw=timedelta(days=90))
+    assert sources["edge"].retention == Retention(raw=timedelta(days=30))
+    assert load_sources(None)["default"].retention == Retention()
+    cfg.write_text("sources:\n  default:\n    retention: {raw: 90d, 5m: 400d, hourly: 2000d, daily: forever}\n")
+    assert load_sources(cfg)["default"].retention == Retention(
+        raw=timedelta(days=90), rollup_5m=timedelta(days=400), hourly=timedelta(days=2000), daily=None)
+
+
+@pytest.mark.parametrize(("retention", "message"), [
+    ("ninety days", r"data source 'default': retention: 'ninety days' is not a duration"),
+    ("{raw: 90d, weekly: 1y}", r"retention: unknown keys \['weekly'\]"),
+    ("{raw: 90d, hourly: 30d}", r"retention.hourly: 30d is shorter than retention.raw \(90d\)"),
+    ("12h", r"retention.raw: 12h is shorter than a day"),
+    ("[90d]", r"retention: expected a duration"),
+    ("{raw: 5}", r"retention.raw: expected a duration such as 90d"),
+])
+def test_bad_retention_is_an_input_error_naming_the_field(tmp_path: Path, retention: str, message: str) -> None:
+    cfg = tmp_path / "sources.yaml"
+    cfg.write_text(f"sources:\n  default:\n    retention: {retention}\n")
+    with pytest.raises(InputError, match=message):
+        load_sources(cfg)
