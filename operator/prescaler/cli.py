@@ -71,6 +71,19 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--timezone", default="UTC", help="zone of naive timestamps in the file")
     i.set_defaults(func=cmd_import)
 
+    mt = sub.add_parser("maintain", help="traffic storage upkeep: partitions ahead, rollup check, retention "
+                                         "(idempotent; run it on a schedule)")
+    mt.add_argument("--config", type=Path, help="administrator config: sources, with their retention")
+    mt.add_argument("--ahead", type=_duration("--ahead"), default=timedelta(days=14),
+                    help="create traffic_log partitions this far ahead (default 14d)")
+    mt.add_argument("--verify", type=_duration("--verify"), default=timedelta(days=2),
+                    help="check the rollups of this recent span against the rows; repair what differs")
+    mt.add_argument("--rebuild-rollups", type=_duration("--rebuild-rollups"), metavar="SPAN",
+                    help="recompute every rollup of the last SPAN from the rows first (after writes that "
+                         "bypassed traffic_log's triggers, e.g. a restore with triggers disabled)")
+    mt.add_argument("--now", type=_timestamp, help=argparse.SUPPRESS)  # for tests and what-if runs
+    mt.set_defaults(func=cmd_maintain)
+
     ev = sub.add_parser("events", help="the calendar of scheduled traffic events (launches, pushes, holidays)")
     ev_sub = ev.add_subparsers(dest="events_command", required=True)
     ei = ev_sub.add_parser("import", help="import a name,kind,start,end[,service] CSV into traffic_events "
@@ -173,6 +186,26 @@ def cmd_import(args: argparse.Namespace) -> int:
                                timezone=args.timezone)
     print(f"read {result.rows_read:,} rows from {args.file}: {result.rows_written:,} written, "
           f"{result.rows_unchanged:,} already present, {result.rows_missing:,} empty rows skipped")
+    return 0
+
+
+def cmd_maintain(args: argparse.Namespace) -> int:
+    import time
+
+    from prescaler import history, storage
+
+    sources = history.load_sources(args.config)
+    engine = _engine(args)
+    now = args.now or datetime.now(UTC)
+    started = time.perf_counter()
+    if args.rebuild_rollups is not None:
+        rows = storage.rebuild_rollups(engine, now - args.rebuild_rollups, now + timedelta(days=1))
+        print(f"rollups: rebuilt from the rows of the last {format_duration(args.rebuild_rollups)} "
+              f"({rows:,} rollup rows)")
+    report = storage.maintain(engine, sources, now=now, ahead=args.ahead, verify=args.verify)
+    for line in report.lines():
+        print(line)
+    print(f"done in {time.perf_counter() - started:.1f}s")
     return 0
 
 

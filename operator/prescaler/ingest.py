@@ -1,14 +1,18 @@
 """Getting traffic into PostgreSQL: the fitness-app simulator and validated, idempotent CSV imports.
 
-Both write through COPY into a temporary staging table and then merge into `traffic_log` with
-`INSERT ... ON CONFLICT`, in one transaction, so a re-run never duplicates and a failure writes nothing.
+Both write with binary COPY in one transaction, so a re-run never duplicates and a failure writes nothing: a
+first load of a range goes straight into `traffic_log`, anything else through a staging table merged with
+`INSERT ... ON CONFLICT`. Partitions for the rows' weeks are made beforehand; the rollups follow by trigger.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
+import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
@@ -17,11 +21,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pandas as pd
+import psycopg2
+import psycopg2.errors
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 
+from prescaler import storage
 from prescaler.db import traffic_events, unavailable_on_error
-from prescaler.errors import InputError
+from prescaler.errors import DataUnavailable, InputError
 
 # --- the simulator -----------------------------------------------------------------------------------------
 
@@ -167,26 +174,172 @@ def simulate_frame(*, start: datetime, days: float, step: timedelta, seed: int,
 # --- writing through COPY ----------------------------------------------------------------------------------
 
 _STAGE = "prescaler_stage_traffic"
+_PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 UTC in Unix microseconds: binary COPY's timestamp origin
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+_COPY_TRAILER = struct.pack(">h", -1)
+_COPY_CHUNK = 1_000_000  # rows per COPY, which bounds the encoded buffer to ~50 MB
 
 
-def _copy_traffic(conn: Connection, ts_us: np.ndarray, service: np.ndarray | str, endpoint: np.ndarray | str,
-                  requests: np.ndarray) -> int:
-    """COPY rows into a staging table, merge into traffic_log; returns rows inserted or changed."""
-    buf = io.StringIO()
-    pd.DataFrame({"us": ts_us, "service": service, "endpoint": endpoint, "requests": requests}).to_csv(
-        buf, index=False, header=False)
-    buf.seek(0)
-    conn.exec_driver_sql(
-        f"CREATE TEMP TABLE {_STAGE} (us bigint NOT NULL, service text NOT NULL, endpoint text NOT NULL, "
-        "requests bigint NOT NULL) ON COMMIT DROP")
+@dataclass(frozen=True)
+class _Rows:
+    """Traffic rows as columns, sorted in traffic_log's key order (service, ts, endpoint), so each insert
+    lands next to the previous one in the key's index."""
+
+    ts_us: np.ndarray
+    service_codes: np.ndarray
+    services: list[str]
+    endpoint_codes: np.ndarray
+    endpoints: list[str]
+    requests: np.ndarray
+
+    @classmethod
+    def of(cls, ts_us: np.ndarray, service: np.ndarray | str, endpoint: np.ndarray | str,
+           requests: np.ndarray) -> _Rows:
+        n = len(ts_us)
+        s_codes, services = pd.factorize(np.broadcast_to(np.asarray(service, dtype=object), (n,)), sort=True)
+        e_codes, endpoints = pd.factorize(np.broadcast_to(np.asarray(endpoint, dtype=object), (n,)), sort=True)
+        order = np.lexsort((e_codes, ts_us, s_codes))
+        return cls(np.asarray(ts_us, dtype=np.int64)[order], s_codes[order], [str(x) for x in services],
+                   e_codes[order], [str(x) for x in endpoints], np.asarray(requests, dtype=np.int64)[order])
+
+    def __len__(self) -> int:
+        return len(self.ts_us)
+
+    def weeks(self) -> list[datetime]:
+        """Starts of the partition weeks these rows fall in."""
+        week_us = int(storage.WEEK / timedelta(microseconds=1))
+        origin_us = int((storage.WEEK_ORIGIN - _EPOCH).total_seconds()) * 1_000_000
+        starts = np.unique((self.ts_us - origin_us) // week_us) * week_us + origin_us
+        return [_EPOCH + timedelta(microseconds=int(us)) for us in starts]
+
+    def copy_chunks(self) -> Iterator[bytes]:
+        for lo in range(0, len(self), _COPY_CHUNK):
+            yield _binary_copy(self, slice(lo, lo + _COPY_CHUNK))
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _put_int(out: np.ndarray, at: np.ndarray, values: np.ndarray | int, dtype: str) -> None:
+    """Write big-endian integers at byte offsets `at` (one per row)."""
+    raw = np.ascontiguousarray(np.broadcast_to(np.asarray(values).astype(dtype), at.shape))
+    width = raw.dtype.itemsize
+    columns = raw.view(np.uint8).reshape(len(at), width)
+    for j in range(width):
+        out[at + j] = columns[:, j]
+
+
+def _put_text(out: np.ndarray, at: np.ndarray, codes: np.ndarray, texts: list[bytes]) -> None:
+    """Write each row's text (texts[code]) at its offset, all rows at once."""
+    flat = np.frombuffer(b"".join(texts), dtype=np.uint8)
+    sizes = np.array([len(t) for t in texts], dtype=np.int64)
+    starts = np.cumsum(sizes) - sizes
+    lens = sizes[codes]
+    row = np.repeat(np.arange(len(codes)), lens)
+    within = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
+    out[at[row] + within] = flat[starts[codes][row] + within]
+
+
+def _binary_copy(rows: _Rows, part: slice) -> bytes:
+    """Rows (ts, service, endpoint, requests) of `part` in COPY's binary format.
+
+    Binary spares the server parsing text timestamps and numbers. A row is a field count (int16), then each
+    field as its byte length (int32) and bytes: ts as int64 microseconds since 2000-01-01, the two texts in
+    UTF-8, requests as int64; all big-endian.
+    """
+    services = [s.encode() for s in rows.services]
+    endpoints = [e.encode() for e in rows.endpoints]
+    s_codes, e_codes = rows.service_codes[part], rows.endpoint_codes[part]
+    s_len = np.array([len(s) for s in services], dtype=np.int64)[s_codes]
+    e_len = np.array([len(e) for e in endpoints], dtype=np.int64)[e_codes]
+    size = 2 + 12 + 4 + s_len + 4 + e_len + 12
+    at = np.cumsum(size) - size
+    out = np.empty(int(size.sum()), dtype=np.uint8)
+    _put_int(out, at, 4, ">i2")
+    _put_int(out, at + 2, 8, ">i4")
+    _put_int(out, at + 6, rows.ts_us[part] - _PG_EPOCH_US, ">i8")
+    _put_int(out, at + 14, s_len, ">i4")
+    _put_text(out, at + 18, s_codes, services)
+    at = at + 18 + s_len
+    _put_int(out, at, e_len, ">i4")
+    _put_text(out, at + 4, e_codes, endpoints)
+    at = at + 4 + e_len
+    _put_int(out, at, 8, ">i4")
+    _put_int(out, at + 4, rows.requests[part], ">i8")
+    return _COPY_HEADER + out.tobytes() + _COPY_TRAILER
+
+
+@contextlib.contextmanager
+def _driver_errors(action: str) -> Iterator[None]:
+    """COPY runs on the driver's cursor, below SQLAlchemy: map its connection failures the same way."""
+    try:
+        yield
+    except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+        detail = str(exc).strip().splitlines()[0]
+        raise DataUnavailable(f"database unavailable while {action}: {detail}") from exc
+
+
+def _copy(conn: Connection, table: str, rows: _Rows) -> None:
     raw = conn.connection.driver_connection
     with raw.cursor() as cur:  # type: ignore[union-attr]
-        cur.copy_expert(f"COPY {_STAGE} FROM STDIN WITH (FORMAT csv)", buf)
-    # Microseconds since the epoch keep timestamps exact (a double of seconds would not).
+        for chunk in rows.copy_chunks():
+            cur.copy_expert(f"COPY {table} (ts, service, endpoint, requests) FROM STDIN WITH (FORMAT binary)",
+                            io.BytesIO(chunk))
+
+
+def _prepare(engine: Engine, rows: _Rows, what: str) -> None:
+    """Refuse rows older than the raw horizon, then make sure their weeks have partitions.
+
+    Before the horizon, retention has dropped the minutes and made the rollups final: rows written there
+    would be dropped again and never counted. A partition that cannot be made now (its lock is busy) is no
+    loss: those rows go to the default partition and `prescaler maintain` moves them later.
+    """
+    if not len(rows):
+        return
+    with unavailable_on_error("reading the raw retention horizon"), engine.connect() as conn:
+        horizon = storage.raw_horizon(conn)
+    first = _EPOCH + timedelta(microseconds=int(rows.ts_us.min()))
+    if horizon is not None and first < horizon:
+        raise InputError(f"{what}: rows from {first:%Y-%m-%d %H:%M} are older than the raw retention keeps "
+                         f"(minutes before {horizon:%Y-%m-%d %H:%M} UTC are dropped and their rollups final); "
+                         "nothing was written")
+    with contextlib.suppress(DataUnavailable):
+        storage.ensure_partitions(engine, rows.weeks())
+
+
+def _range_is_empty(conn: Connection, rows: _Rows) -> bool:
+    """No row of these services in their time range yet (one index probe per service)."""
+    lo, hi = (_EPOCH + timedelta(microseconds=int(v)) for v in (rows.ts_us.min(), rows.ts_us.max()))
+    return not conn.exec_driver_sql(
+        "SELECT EXISTS (SELECT 1 FROM traffic_log WHERE service = ANY(%(services)s) "
+        "AND ts >= %(lo)s AND ts <= %(hi)s)", {"services": rows.services, "lo": lo, "hi": hi}).scalar()
+
+
+def _write_rows(conn: Connection, rows: _Rows) -> int:
+    """COPY rows into traffic_log, merging on its key; returns rows inserted or changed.
+
+    When no row of these services exists in the time range (a first load) the rows are COPYed straight into
+    traffic_log; should a concurrent writer get there first, the key refuses the COPY and the merge path
+    runs instead. The merge path COPYs into a staging table and upserts from it.
+    """
+    if not len(rows):
+        return 0
+    if _range_is_empty(conn, rows):
+        fresh = conn.begin_nested()
+        try:
+            _copy(conn, "traffic_log", rows)
+        except psycopg2.errors.UniqueViolation:
+            fresh.rollback()
+        else:
+            fresh.commit()
+            return len(rows)
+    conn.exec_driver_sql(
+        f"CREATE TEMP TABLE {_STAGE} (ts timestamptz NOT NULL, service text NOT NULL, endpoint text NOT NULL, "
+        "requests bigint NOT NULL) ON COMMIT DROP")
+    _copy(conn, _STAGE, rows)
     result = conn.exec_driver_sql(
         "INSERT INTO traffic_log AS t (ts, service, endpoint, requests) "
-        "SELECT TIMESTAMPTZ 'epoch' + us * INTERVAL '1 microsecond', service, endpoint, requests "
-        f"FROM {_STAGE} "
+        f"SELECT ts, service, endpoint, requests FROM {_STAGE} ORDER BY service, ts, endpoint "
         "ON CONFLICT (service, endpoint, ts) DO UPDATE SET requests = EXCLUDED.requests "
         "WHERE t.requests IS DISTINCT FROM EXCLUDED.requests")
     return int(result.rowcount)
@@ -201,9 +354,12 @@ def simulate(engine: Engine, *, start: datetime, days: float, step: timedelta, s
              service: str = "workout-api") -> SimulateResult:
     """Simulate fitness traffic and its events into PostgreSQL (idempotent: a re-run overwrites)."""
     traffic, events = simulate_frame(start=start, days=days, step=step, seed=seed, service=service)
-    with unavailable_on_error("writing simulated traffic"), engine.begin() as conn:
-        _copy_traffic(conn, _epoch_us(traffic["ts"]), traffic["service"].to_numpy(),
-                      traffic["endpoint"].to_numpy(), traffic["requests"].to_numpy())
+    minutes = _Rows.of(_epoch_us(traffic["ts"]), service, traffic["endpoint"].to_numpy(),
+                       traffic["requests"].to_numpy())
+    _prepare(engine, minutes, f"simulated traffic of {service!r}")
+    with (unavailable_on_error("writing simulated traffic"), _driver_errors("writing simulated traffic"),
+          engine.begin() as conn):
+        _write_rows(conn, minutes)
         if not events.empty:
             stmt = postgresql.insert(traffic_events)
             stmt = stmt.on_conflict_do_update(
@@ -436,7 +592,9 @@ def import_csv(engine: Engine, path: Path, *, service: str, endpoint: str,
     svc = np.array(parsed.service, dtype=object)[present] if parsed.service is not None else service
     ep = np.array(parsed.endpoint, dtype=object)[present] if parsed.endpoint is not None else endpoint
     ts_us = _epoch_us(pd.DatetimeIndex(pd.to_datetime(parsed.ts, utc=True)))[present]
-    with unavailable_on_error(f"importing {path}"), engine.begin() as conn:
-        written = _copy_traffic(conn, ts_us, svc, ep, parsed.y[present].astype(np.int64))
+    rows = _Rows.of(ts_us, svc, ep, parsed.y[present].astype(np.int64))
+    _prepare(engine, rows, str(path))
+    with unavailable_on_error(f"importing {path}"), _driver_errors(f"importing {path}"), engine.begin() as conn:
+        written = _write_rows(conn, rows)
     return ImportResult(rows_read=parsed.rows_read, rows_written=written, rows_unchanged=n - written,
                         rows_missing=parsed.rows_read - n)
