@@ -187,12 +187,13 @@ def test_json_shape_and_no_nan_with_gaps() -> None:
     doc = res.to_json()
     text = json.dumps(doc, allow_nan=False)
     assert set(doc) == {"policies", "forecast", "frontier", "settings"}
-    assert set(doc["policies"]) == {"static", "reactive", "predictive", "oracle"}
+    # Keys are only ever added: the four core policies stay, peers come as new keys.
+    assert set(doc["policies"]) == {"static", "reactive", "predictive", "oracle", "ehpa", "phpa"}
     for kpis in doc["policies"].values():
         assert set(kpis) == {"replica_hours", "unserved_pct", "underprovisioned_pct", "scale_actions",
                              "saving_vs_static_pct", "ratio_to_oracle"}
     assert set(doc["forecast"]) == {"model", "smape", "mape", "mase", "summary", "models", "leading_models"}
-    assert set(doc["frontier"]) == {"reactive", "predictive"}
+    assert set(doc["frontier"]) == {"reactive", "predictive", "ehpa", "phpa"}
     assert set(doc["frontier"]["reactive"][0]) == {"headroom_pct", "replica_hours", "unserved_pct"}
     assert "NaN" not in text
     assert doc["settings"]["step"] == "1h"
@@ -367,3 +368,81 @@ def test_table_and_json_of_a_mixed_run(monkeypatch: pytest.MonkeyPatch) -> None:
     }
     assert doc["forecast"]["leading_models"] == {"holt-winters": 2, "prophet": 1, "seasonal-naive": 1}
     assert doc["forecast"]["model"].startswith("auto→auto(holt-winters+prophet)×1, ")
+
+
+# ---- peer autoscalers: Crane EffectiveHPA (DSP) and PHPA (Holt-Winters) ---------------------------------------
+
+
+def _minute_wave(days: int, seed: int = 0) -> np.ndarray:
+    """A daily cycle at 10-minute steps with a little noise."""
+    t = np.arange(days * 144)
+    rng = np.random.default_rng(seed)
+    return 1000 + 800 * np.sin(2 * np.pi * t / 144) + rng.normal(0, 20, len(t))
+
+
+def test_dsp_finds_the_daily_period_and_forecasts_the_next_day() -> None:
+    from prescaler.backtest import peers
+
+    step = timedelta(minutes=10)
+    x = _minute_wave(8)
+    rng = np.random.default_rng(0)
+    assert peers.dsp_period(x, step, rng) == 144
+    fc = peers.dsp_forecast(x, step, rng)
+    assert fc is not None and len(fc) == 144
+    truth = 1000 + 800 * np.sin(2 * np.pi * np.arange(144) / 144)
+    assert np.max(np.abs(fc - truth)) < 0.1 * 800
+
+
+def test_dsp_gives_no_forecast_for_noise() -> None:
+    from prescaler.backtest import peers
+
+    noise = np.random.default_rng(1).gamma(4.0, 100.0, 8 * 144)
+    assert peers.dsp_forecast(noise, timedelta(minutes=10), np.random.default_rng(0)) is None
+
+
+def test_holt_winters_one_step_tracks_a_seasonal_series() -> None:
+    from prescaler.backtest import peers
+
+    y = np.tile([1.0, 3.0, 6.0, 10.0, 6.0, 3.0], 8) + np.arange(48) * 0.05
+    fc = peers.holt_winters_one_step(y, 6, n_fit=36)
+    assert np.allclose(fc[36:-1], y[37:], atol=0.3)
+    assert np.isnan(fc[:6]).all()
+
+
+def test_peers_are_reported_side_by_side_and_never_size_below_reactive() -> None:
+    from prescaler.backtest import peers
+
+    res = bt(daily_wave(9), last=timedelta(days=5), headroom_percent=10.0, frontier_headrooms=(0, 10, 50))
+    doc = res.to_json()
+    for name in peers.PEERS:
+        assert set(doc["policies"][name]) == set(doc["policies"]["reactive"])
+        assert [p["headroom_pct"] for p in doc["frontier"][name]] == [0, 10, 50]
+        # Both take the max of their prediction and the reactive calculation, through the same stabiliser.
+        assert (res.requested[name] >= res.requested["reactive"]).all()
+        assert name in format_table(res)
+    assert set(doc["settings"]["peers"]) == set(peers.PEERS)
+    # On a daily cycle both foresee the morning ramp that reactive scaling meets late.
+    react = res.kpis["reactive"].unserved_pct
+    assert res.kpis["ehpa"].unserved_pct < 0.25 * react
+    assert res.kpis["phpa"].unserved_pct < react
+
+
+def test_ehpa_without_a_periodic_forecast_is_the_reactive_policy() -> None:
+    noise = hourly(np.random.default_rng(5).gamma(4.0, 100.0, 24 * 6))
+    res = bt(noise, last=timedelta(days=3), headroom_percent=10.0)
+    assert np.array_equal(res.requested["ehpa"], res.requested["reactive"])
+
+
+def test_equal_cost_compares_every_policy_at_predictive_replica_hours() -> None:
+    from prescaler.backtest import peers
+
+    res = bt(daily_wave(9), last=timedelta(days=5), frontier_headrooms=(0, 10, 20, 50, 100))
+    rows = peers.equal_cost(res)
+    assert [r.headroom_pct for r in rows] == [0, 10, 20, 50, 100]
+    for row, point in zip(rows, res.frontier["predictive"], strict=True):
+        assert row.unserved_pct["predictive"] == point.unserved_pct
+        assert row.times_oracle == pytest.approx(point.replica_hours / res.kpis["oracle"].replica_hours)
+        assert set(row.unserved_pct) == {"reactive", "predictive", *peers.PEERS}
+        for name in ("reactive", *peers.PEERS):
+            assert row.unserved_pct[name] == peers.unserved_at(res, name, point.replica_hours)
+    assert "ehpa" in peers.equal_cost_summary(res)

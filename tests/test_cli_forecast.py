@@ -81,6 +81,6 @@ def test_backtest_of_a_stored_series(simulated: str, tmp_path: Path, capsys: pyt
                  "--capacity", "20000", "--startup-delay", "1h", "--model", "seasonal-naive", "--no-progress",
                  "--json", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert set(result["policies"]) == {"static", "reactive", "predictive", "oracle"}
+    assert set(result["policies"]) >= {"static", "reactive", "predictive", "oracle"}  # peers are added keys
     assert result["policies"]["oracle"]["unserved_pct"] == 0
     assert "predictive" in capsys.readouterr().out

@@ -12,7 +12,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from prescaler import events as event_lift
 from prescaler import forecasting
+from prescaler.backtest import peers
 from prescaler.backtest.policies import (
     HPA_WINDOW,
     POLICIES,
@@ -156,13 +158,22 @@ def _refit(
         g = e0 + o
         hist = s.iloc[max(0, g - fit_steps) : g]
         try:
-            res = forecasting.fit_predict(
+            # Events move every model: fit on the history with event windows masked, lift the forecast.
+            res = event_lift.fit_predict(
                 model, hist, horizon, events=events, timeout_s=FIT_TIMEOUT_S, select_horizon=horizon
             )
             fits.append(Fit(o, res.forecast, res.model, float(res.fit_seconds), None))
         except forecasting.ForecastUnavailable as exc:
             fits.append(Fit(o, None, None, 0.0, str(exc)))
     return fits
+
+
+def _last_lifts(fits: Sequence[Fit]) -> dict[str, float]:
+    """Per event kind, the lift the latest refit that learned one applied (kinds seen earlier keep theirs)."""
+    out: dict[str, float] = {}
+    for fit in fits:
+        out.update(event_lift.lifts_of(fit.forecast))
+    return {k: round(v, 3) for k, v in sorted(out.items())}
 
 
 def _forecast_arrays(
@@ -275,7 +286,18 @@ def run_backtest(
         "predictive": ready_from_requests(requested["predictive"], delay_steps),
         "oracle": requested["oracle"].copy(),
     }
-    raw = {p: kpis(load, requested[p], ready[p], capacity, step_hours) for p in POLICIES}
+    # Peer autoscalers (Crane EffectiveHPA, PHPA) on the same sizing, forecasts at the same origins.
+    peer_run = peers.PeerRun(values, e0, ds, step_td, refit_steps, initial_load)
+
+    def peer_runner(name: str) -> Any:
+        return lambda headroom: peer_run.requests(name, sizing(capacity, lead, step_td, headroom, quantile,
+                                                               HPA_WINDOW))
+
+    peer_runners = [(name, peer_runner(name)) for name in peers.PEERS]
+    for name, runner in peer_runners:
+        requested[name] = runner(headroom_percent)
+        ready[name] = ready_from_requests(requested[name], delay_steps)
+    raw = {p: kpis(load, requested[p], ready[p], capacity, step_hours) for p in (*POLICIES, *peers.PEERS)}
     static_rh, oracle_rh = raw["static"][0], raw["oracle"][0]
     measured = {
         p: PolicyKpis(
@@ -289,9 +311,9 @@ def run_backtest(
         for p, (rh, un, under, acts) in raw.items()
     }
 
-    frontier: dict[str, list[FrontierPoint]] = {"reactive": [], "predictive": []}
+    frontier: dict[str, list[FrontierPoint]] = {"reactive": [], "predictive": [], **{p: [] for p in peers.PEERS}}
     for h in sorted(set(float(x) for x in frontier_headrooms)):
-        for name, runner in (("reactive", run_reactive), ("predictive", run_predictive)):
+        for name, runner in (("reactive", run_reactive), ("predictive", run_predictive), *peer_runners):
             req = requested[name] if h == headroom_percent else runner(h)
             rdy = ready_from_requests(req, delay_steps)
             rh, un, _, _ = kpis(load, req, rdy, capacity, step_hours)
@@ -320,6 +342,10 @@ def run_backtest(
         "failed_fits": failed,
         "fit_seconds_total": float(sum(f.seconds for f in fits)),
         "frontier_headrooms": [float(h) for h in frontier_headrooms],
+        "events": 0 if events is None else len(events),
+        "event_lifts": _last_lifts(fits),
+        "event_windows": event_lift.windows_within(events, ds[0], ds[-1] + grid_step),
+        "peers": dict(peers.TITLES),
     }
     return BacktestResult(
         ds=ds, load=load, yhat=yhat, lower=lower, upper=upper, requested=requested, ready=ready,
