@@ -59,7 +59,7 @@ def test_report_is_self_contained_with_table_and_charts(result: backtest.Backtes
     table = re.search(r'<table id="kpis">(.*?)</table>', html, re.S)
     assert table is not None
     for name, k in result.kpis.items():
-        assert f"<td>{name}</td><td>{k.replica_hours:,.1f}</td>" in table.group(1)
+        assert f"<td>{report._label(name)}</td><td>{k.replica_hours:,.1f}</td>" in table.group(1)
     assert "startup delay" in html and "capacity" in html
     assert "replica-hours" in html
 
@@ -107,3 +107,47 @@ def test_long_series_are_downsampled_without_losing_the_peak(tmp_path: Path) -> 
     ys = [float(p.split(",")[1]) for p in re.findall(r"[ML]([\d.]+,[\d.]+)", paths[0])]
     heights = sorted({round(report.HEIGHT - report.MARGIN_B - y, 1) for y in ys}, reverse=True)
     assert heights[0] / heights[1] == pytest.approx(20000.0 / 5060.0, rel=0.01)
+
+
+def test_peers_stand_beside_the_policies_at_equal_cost(result: backtest.BacktestResult) -> None:
+    html = report.render_html(result)
+    kpis = re.search(r'<table id="kpis">(.*?)</table>', html, re.S)
+    assert kpis is not None
+    assert "<td>Crane EffectiveHPA (ehpa)</td>" in kpis.group(1) and "<td>PHPA (phpa)</td>" in kpis.group(1)
+    assert "DSP prediction max over 1 h" in html and "Holt-Winters on the HPA replica count" in html
+    table = re.search(r'<table id="equal-cost">(.*?)</table>', html, re.S)
+    assert table is not None
+    head = re.findall(r"<th>(.*?)</th>", table.group(1))
+    assert head == ["predictive headroom", "replica-hours", "× oracle", "reactive unserved", "predictive unserved",
+                    "Crane EffectiveHPA (ehpa) unserved", "PHPA (phpa) unserved"]
+    assert len(re.findall(r"<tr><td>", table.group(1))) == len(result.frontier["predictive"])
+    # Each peer has a frontier line and, in the detail chart, a thin ready-capacity line of its colour.
+    frontier_chart = html.split("<svg")[-1]
+    detail_chart = html.split("<svg")[-2]
+    for name in ("ehpa", "phpa"):
+        assert f'stroke="{report.COLOURS[name]}" stroke-width="2"' in frontier_chart
+        assert f'stroke="{report.COLOURS[name]}" stroke-width="1"' in detail_chart
+    # The settings table leaves the peers' descriptions to the note above.
+    settings = html.split("<h2>Settings</h2>")[1]
+    assert "DSP prediction" not in settings
+
+
+def test_events_are_shaded_and_their_lift_stated() -> None:
+    series = periodic(10)
+    launches = pd.DataFrame({
+        "name": [f"launch {i}" for i in range(4)], "kind": "launch",
+        "start": pd.to_datetime(["2024-03-03T10:00", "2024-03-05T14:00", "2024-03-07T09:00", "2024-03-09T13:00"],
+                                utc=True)})
+    launches["end"] = launches["start"] + pd.Timedelta(hours=3)
+    for s, e in zip(launches["start"], launches["end"], strict=True):
+        series[(series.index >= s) & (series.index < e)] *= 2.0
+    res = backtest.run_backtest(series, capacity=250.0, startup_delay=timedelta(hours=1), model="seasonal-naive",
+                                last=timedelta(days=6), progress=False, frontier_headrooms=(10,), events=launches)
+    html = report.render_html(res)
+    assert "Scheduled events: 4 in the calendar, 3 in the evaluated window" in html
+    assert re.search(r"latest refit: launch ×(1\.9\d|2\.0\d)", html)
+    whole = html.split("<svg")[1]
+    assert whole.count(f'fill="{report.COLOURS["event"]}"') == 3
+    assert "<title>launch 3 (launch) 2024-03-09 13:00 – 2024-03-09 16:00 UTC</title>" in whole
+    settings = html.split("<h2>Settings</h2>")[1]
+    assert "event windows" not in settings and "event lifts" in settings

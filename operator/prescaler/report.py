@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from prescaler.backtest import BacktestResult, compare_frontiers
+from prescaler.backtest import BacktestResult
+from prescaler.backtest.peers import PEERS, TITLES, equal_cost
 from prescaler.durations import format_duration
 
 MAX_POINTS = 3000
@@ -30,6 +31,9 @@ COLOURS = {
     "reactive": "#ea580c",
     "static": "#6b7280",
     "oracle": "#7c3aed",
+    "ehpa": "#0891b2",
+    "phpa": "#db2777",
+    "event": "#fde68a",
     "up": "#16a34a",
     "down": "#dc2626",
 }
@@ -70,12 +74,14 @@ def render_html(result: BacktestResult) -> str:
         "</p>",
         "<h2>Key figures</h2>",
         _kpi_table(result),
+        _peers_note(result),
         _forecast_line(result),
+        _events_line(result),
         _models_table(result),
         "<h2>Load, forecast and ready capacity</h2>",
         '<p class="note">Ready capacity is ready replicas × capacity: what each policy could serve during the '
         "bucket. Load above a capacity line is unserved. Marks under the plot are the predictive policy's "
-        "scale actions (▲ up, ▼ down).</p>",
+        "scale actions (▲ up, ▼ down); shaded spans are scheduled events.</p>",
         _time_chart(result, 0, len(result.ds), "Whole evaluated window"),
     ]
     lo, hi = _detail_window(result)
@@ -84,14 +90,17 @@ def render_html(result: BacktestResult) -> str:
             "<h2>Around the highest load</h2>",
             '<p class="note">The same series at full resolution: capacity of the predictive policy is ready '
             "before the load arrives; the reactive policy follows one observation and one startup delay "
-            "late.</p>",
-            _time_chart(result, lo, hi, "Detail", step_lines=True),
+            "late. The peer autoscalers' ready capacity is drawn thin.</p>",
+            _time_chart(result, lo, hi, "Detail", step_lines=True, peers=True),
         ]
     parts += [
         "<h2>Cost vs unserved load (headroom sweep)</h2>",
         '<p class="note">Each point is one headroom setting. Lower-left is better: fewer replica-hours and '
         "less unserved load.</p>",
         _frontier_chart(result),
+        "<h3>At equal replica-hours</h3>",
+        '<p class="note">At each predictive headroom, every other policy\'s unserved load at the same '
+        "replica-hours, interpolated on its own headroom sweep (– where that cost is outside its sweep).</p>",
         _frontier_table(result),
         "<h2>Settings</h2>",
         _settings_table(result),
@@ -110,9 +119,37 @@ def _kpi_table(result: BacktestResult) -> str:
     rows = []
     for name, k in result.kpis.items():
         ratio = "–" if k.ratio_to_oracle is None else f"{k.ratio_to_oracle:.2f}"
-        rows.append((name, f"{k.replica_hours:,.1f}", f"{k.saving_vs_static_pct:.1f}%", ratio,
+        rows.append((_label(name), f"{k.replica_hours:,.1f}", f"{k.saving_vs_static_pct:.1f}%", ratio,
                      f"{k.unserved_pct:.3f}%", f"{k.underprovisioned_pct:.2f}%", f"{k.scale_actions:,}"))
     return _table(head, rows, css_id="kpis")
+
+
+_LABELS = {"ehpa": "Crane EffectiveHPA", "phpa": "PHPA"}
+
+
+def _label(policy: str) -> str:
+    return f"{_LABELS[policy]} ({policy})" if policy in _LABELS else policy
+
+
+def _peers_note(result: BacktestResult) -> str:
+    shown = [p for p in PEERS if p in result.kpis]
+    if not shown:
+        return ""
+    items = "".join(f"<li><b>{escape(p)}</b>: {escape(TITLES[p])}</li>" for p in shown)
+    return ('<p class="note">Peer autoscalers, from their published algorithms, on the same sizing, '
+            f"startup delay and HPA scale-down stabilisation as reactive:</p><ul class=\"note\">{items}</ul>")
+
+
+def _events_line(result: BacktestResult) -> str:
+    st = result.settings
+    windows = st.get("event_windows") or []
+    if not st.get("events"):
+        return ""
+    lifts = st.get("event_lifts") or {}
+    learned = ", ".join(f"{escape(str(k))} ×{float(v):.2f}" for k, v in lifts.items()) or "none learned yet"
+    return (f"<p>Scheduled events: {int(st['events']):,} in the calendar, {len(windows):,} in the evaluated "
+            f"window. Every forecast was fit with event windows masked and lifted in upcoming ones by the "
+            f"mean lift of its kind learned from past windows (latest refit: {learned}).</p>")
 
 
 def _forecast_line(result: BacktestResult) -> str:
@@ -138,16 +175,24 @@ def _models_table(result: BacktestResult) -> str:
 
 
 def _frontier_table(result: BacktestResult) -> str:
-    rows = []
-    for c in compare_frontiers(result):
-        other = "outside reactive's range" if c.reactive_unserved_pct is None else f"{c.reactive_unserved_pct:.3f}%"
-        rows.append((f"{c.headroom_pct:g}%", f"{c.replica_hours:,.0f}", f"{c.predictive_unserved_pct:.3f}%", other))
-    return _table(("predictive headroom", "replica-hours", "predictive unserved",
-                   "reactive unserved at equal replica-hours"), rows)
+    """Predictive's frontier points, with every other policy's unserved load at the same replica-hours."""
+    rows = equal_cost(result)
+    if not rows:
+        return ""
+    names = list(rows[0].unserved_pct)
+    out = []
+    for r in rows:
+        ratio = "–" if r.times_oracle is None else f"{r.times_oracle:.2f}"
+        cells = ["–" if v is None else f"{v:.3f}%" for v in r.unserved_pct.values()]
+        out.append((f"{r.headroom_pct:g}%", f"{r.replica_hours:,.0f}", ratio, *cells))
+    head = ("predictive headroom", "replica-hours", "× oracle", *(f"{_label(n)} unserved" for n in names))
+    return _table(head, out, css_id="equal-cost")
 
 
 def _settings_table(result: BacktestResult) -> str:
-    rows = [(str(k).replace("_", " "), _setting(v)) for k, v in result.settings.items()]
+    # The event windows are drawn on the charts; the peers are described under the KPI table.
+    skip = {"event_windows", "peers"}
+    rows = [(str(k).replace("_", " "), _setting(v)) for k, v in result.settings.items() if k not in skip]
     return _table(("setting", "value"), rows)
 
 
@@ -160,6 +205,8 @@ def _setting(v: Any) -> str:
         return f"{v:,.6g}"
     if isinstance(v, list | tuple):
         return ", ".join(_setting(x) for x in v)
+    if isinstance(v, dict):
+        return ", ".join(f"{k}: {_setting(x)}" for k, x in v.items()) or "–"
     return str(v)
 
 
@@ -314,7 +361,8 @@ def _legend(items: Sequence[tuple[str, str, str]], x: float, y: float) -> list[s
     return out
 
 
-def _time_chart(result: BacktestResult, lo: int, hi: int, caption: str, step_lines: bool = False) -> str:
+def _time_chart(result: BacktestResult, lo: int, hi: int, caption: str, step_lines: bool = False,
+                peers: bool = False) -> str:
     ds = result.ds[lo:hi]
     if len(ds) == 0:
         return ""
@@ -331,11 +379,14 @@ def _time_chart(result: BacktestResult, lo: int, hi: int, caption: str, step_lin
     lower, upper, yhat = result.lower[lo:hi], result.upper[lo:hi], result.yhat[lo:hi]
     finite = [a[np.isfinite(a)] for a in (load, upper, yhat, *series.values())]
     ymax = max([static, *(float(a.max()) for a in finite if a.size)]) * 1.05 or 1.0
-    fr = _Frame(x[0], x_end, 0.0, ymax)
+    shown_peers = [p for p in PEERS if peers and p in result.ready]
+    # The peers' legend takes a second row above the plot.
+    fr = _Frame(x[0], x_end, 0.0, ymax, top=MARGIN_T + (14 if shown_peers else 0))
     k = _bins(len(ds), MAX_POINTS)
     out = [f'<svg viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" '
            f'height="{HEIGHT}" role="img" aria-label="{escape(caption)}">']
     out += _axes(fr, result, ds[0], ds[-1] + step, "requests per step")
+    out += _event_spans(result, fr, ds[0], ds[-1] + step)
 
     # Forecast band: per-bin min of lower and max of upper, drawn as one polygon per contiguous run.
     if np.isfinite(upper).any():
@@ -353,6 +404,10 @@ def _time_chart(result: BacktestResult, lo: int, hi: int, caption: str, step_lin
     ex, ey = _envelope(x, yhat, k)
     out.append(f'<path d="{_path(fr.x(ex), fr.y(ey))}" fill="none" stroke="{COLOURS["yhat"]}" '
                'stroke-width="1.2" stroke-dasharray="5 3"/>')
+    for name in shown_peers:
+        ex, ey = _envelope(x, result.ready[name][lo:hi].astype(float) * cap, k)
+        out.append(f'<path d="{_path(fr.x(ex), fr.y(ey))}" fill="none" stroke="{COLOURS[name]}" '
+                   'stroke-width="1" stroke-opacity="0.8"/>')
     for name in ("reactive", "predictive"):
         if step_lines and k == 1:
             d = _path(fr.x(x), fr.y(series[name]), step_to=fr.x(np.append(x[1:], x_end)))
@@ -374,8 +429,23 @@ def _time_chart(result: BacktestResult, lo: int, hi: int, caption: str, step_lin
          ("static fleet", COLOURS["static"], "dash")],
         MARGIN_L, 20,
     )
+    out += _legend([(f"{_LABELS[p]} ready capacity", COLOURS[p], "line") for p in shown_peers], MARGIN_L, 36)
     out.append("</svg>")
     return "\n".join(out)
+
+
+def _event_spans(result: BacktestResult, fr: _Frame, start: pd.Timestamp, end: pd.Timestamp) -> list[str]:
+    """A shaded band per scheduled event within the chart, titled with its name and kind."""
+    out = []
+    for ev in result.settings.get("event_windows") or []:
+        a, b = max(pd.Timestamp(ev["start"]), start), min(pd.Timestamp(ev["end"]), end)
+        if a >= b:
+            continue
+        xa, xb = float(fr.x(float(a.value))), float(fr.x(float(b.value)))
+        out.append(f'<rect x="{xa:.1f}" y="{fr.top}" width="{max(1.0, xb - xa):.1f}" height="{fr.bottom - fr.top}" '
+                   f'fill="{COLOURS["event"]}" fill-opacity="0.5"><title>{escape(str(ev["name"]))} '
+                   f'({escape(str(ev["kind"]))}) {escape(_ts(a))} – {escape(_ts(b))} UTC</title></rect>')
+    return out
 
 
 def _action_marks(result: BacktestResult, lo: int, hi: int, fr: _Frame, x: np.ndarray) -> list[str]:
@@ -488,10 +558,10 @@ def _frontier_chart(result: BacktestResult) -> str:
         out.append(f'<path d="{_path(px, py)}" fill="none" stroke="{colour}" stroke-width="2"/>')
         for p, cx, cy in zip(points, px, py, strict=True):
             out.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="4" fill="{colour}">'
-                       f"<title>{escape(name)} headroom {p.headroom_pct:g}%: {p.replica_hours:,.0f} replica-h, "
+                       f"<title>{escape(_label(name))} headroom {p.headroom_pct:g}%: {p.replica_hours:,.0f} replica-h, "
                        f"{p.unserved_pct:.3f}% unserved</title></circle>")
             out.append(f'<text x="{cx + 6:.1f}" y="{cy - 6:.1f}" font-size="10">{p.headroom_pct:g}%</text>')
-    legend = [(n, COLOURS.get(n, "#000"), "line") for n in fronts]
+    legend = [(_LABELS.get(n, n), COLOURS.get(n, "#000"), "line") for n in fronts]
     if oracle is not None:
         ox, oy = fr.x(oracle.replica_hours), fr.y(0.0)
         out.append(f'<rect x="{ox - 4:.1f}" y="{oy - 4:.1f}" width="8" height="8" fill="{COLOURS["oracle"]}">'
