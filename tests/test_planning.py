@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from prescaler.calibration import Calibration, LeadBucket, Samples, Trust, calibrate
 from prescaler.errors import InputError
 from prescaler.forecasting import Forecast
 from prescaler.planning import LIMITED_BY, Decision, Recommendation, ScalingPolicy, plan, stabilize_recommendation
@@ -201,9 +202,15 @@ def test_every_decision_explains_itself(s: dict[str, object]) -> None:
 
 def _decide(pol: ScalingPolicy, current: int, values: list[float], *, now: datetime = NOW,
             generated_at: datetime = NOW, observed: float | None = None,
-            recent: tuple[Recommendation, ...] = ()) -> Decision:
+            recent: tuple[Recommendation, ...] = (), calibration: Calibration | None = None) -> Decision:
     return plan(pol, now=now, current_replicas=current, forecast=make_forecast(values),
-                forecast_generated_at=generated_at, observed_load=observed, recent=recent)
+                forecast_generated_at=generated_at, observed_load=observed, recent=recent, calibration=calibration)
+
+
+def trusting(weight: float, *, level: float | None = None,
+             buckets: tuple[LeadBucket, ...] = ()) -> Calibration:
+    reason = f"forecast trust {weight:.0%}: its record was worse than reactive's"
+    return Calibration(service_level=level, trust=Trust(weight, reason), buckets=buckets, samples=500)
 
 
 def _limited_by_cases() -> dict[str, tuple[Decision, int, str]]:
@@ -215,6 +222,9 @@ def _limited_by_cases() -> dict[str, tuple[Decision, int, str]]:
     return {
         "None": (_decide(policy(), 2, [3000] * 30), 33, "forecast peak 3,000"),
         "ReactiveFloor": (_decide(policy(), 2, [100] * 30, observed=2000), 22, "reactive floor"),
+        # Half the forecast's rise above the observed 1,000: sized for 2,000 → ceil(2,000 × 1.1 / 100).
+        "ReactiveBlend": (_decide(policy(), 2, [3000] * 30, observed=1000, calibration=trusting(0.5)), 22,
+                          "forecast trust 50%: its record was worse than reactive's: sizing for 2,000"),
         "MinReplicas": (_decide(policy(), 2, [1] * 30), 2, "clamped to minReplicas 2"),
         "MaxReplicas": (_decide(policy(), 2, [9000] * 30), 40, "clamped to maxReplicas 40"),
         "ScaleDownStabilization": (_decide(down, 33, [100] * 30, recent=earlier), 33,
@@ -324,3 +334,92 @@ def test_limited_by_names_a_limit_that_binds(s: dict[str, object]) -> None:
     else:
         assert d.limited_by == "StaleForecast" and d.stale
         assert d.desired in (current, pol.max_replicas)
+
+
+# ---- service level and the blend with reactive ------------------------------------------------------------
+
+
+def _buckets(*pairs: tuple[timedelta, float]) -> tuple[LeadBucket, ...]:
+    starts = [p[0] for p in pairs]
+    ends: list[timedelta | None] = [*starts[1:], None]
+    return tuple(LeadBucket(start, end, m, 0.95, 100) for (start, m), end in zip(pairs, ends, strict=True))
+
+
+def test_a_calibrated_service_level_sizes_the_point_forecast_by_its_lead_multiplier() -> None:
+    cal = trusting(1.0, level=99.9, buckets=_buckets((timedelta(0), 1.2), (timedelta(hours=1), 1.5)))
+    pol = policy(service_level=99.9, quantile="upper", headroom_percent=50)
+    fc = make_forecast([1000] * 30, spread=0.5)
+    # Lead of the capacity: now + 10m − generated_at. Fresh: 1.2 × yhat (not the band, not the headroom).
+    d = plan(pol, now=NOW, current_replicas=2, forecast=fc, forecast_generated_at=NOW, observed_load=None,
+             calibration=cal)
+    assert (d.desired, d.multiplier, d.limited_by) == (12, 1.2, "None")
+    assert "×1.200" in d.reason and "for 99.9% served" in d.reason
+    # Two hours into the forecast the longer lead's bucket applies.
+    d = plan(pol, now=NOW, current_replicas=2, forecast=make_forecast([1000] * 60, start=NOW - 2 * timedelta(hours=1)),
+             forecast_generated_at=NOW - 2 * timedelta(hours=1), observed_load=None, calibration=cal)
+    assert (d.desired, d.multiplier) == (15, 1.5)
+
+
+def test_an_uncalibrated_service_level_falls_back_to_the_manual_sizing_and_says_so() -> None:
+    pol = policy(service_level=99.9, quantile="upper", headroom_percent=10)
+    fc = make_forecast([1000] * 30, spread=0.5)
+    for cal in (None, trusting(1.0, level=99.9)):
+        d = plan(pol, now=NOW, current_replicas=2, forecast=fc, forecast_generated_at=NOW, observed_load=None,
+                 calibration=cal)
+        assert d.desired == math.ceil(1500 * 1.1 / 100) and d.multiplier is None
+        assert "service level 99.9% not calibrated yet" in d.reason
+
+
+def test_full_trust_and_no_calibration_plan_alike() -> None:
+    fc = make_forecast([3000] * 30)
+    plain = plan(policy(), now=NOW, current_replicas=2, forecast=fc, forecast_generated_at=NOW, observed_load=1000)
+    trusted = plan(policy(), now=NOW, current_replicas=2, forecast=fc, forecast_generated_at=NOW, observed_load=1000,
+                   calibration=trusting(1.0))
+    assert (plain.desired, plain.limited_by, plain.trust) == (trusted.desired, trusted.limited_by, trusted.trust)
+
+
+def test_the_blend_never_goes_below_the_reactive_floor_and_needs_it() -> None:
+    fc = make_forecast([100] * 30)
+    d = _decide(policy(), 2, [100] * 30, observed=2000, calibration=trusting(0.0))
+    assert (d.desired, d.limited_by) == (22, "ReactiveFloor")
+    # Without a reactive floor there is nothing to lean on: the forecast keeps full trust.
+    d = plan(policy(reactive_floor=False), now=NOW, current_replicas=2, forecast=make_forecast([3000] * 30),
+             forecast_generated_at=NOW, observed_load=1000, calibration=trusting(0.0))
+    assert (d.desired, d.trust) == (33, 1.0)
+    del fc
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.floats(0, 1), st.floats(0, 1), st.floats(0, 5000), st.floats(0, 5000))
+def test_more_trust_never_provisions_less_when_the_forecast_rises(w1: float, w2: float, p: float, r: float) -> None:
+    lo, hi = sorted((w1, w2))
+    d_lo, d_hi = (_decide(policy(max_replicas=1000), 2, [p] * 30, observed=r, calibration=trusting(w))
+                  for w in (lo, hi))
+    assert d_lo.desired <= d_hi.desired
+    # And never below the floor nor above the forecast (both with headroom).
+    need_floor = policy().replicas_for(r)
+    assert max(2, need_floor) <= d_lo.desired <= max(2, need_floor, policy().replicas_for(p))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.floats(90, 99.99), st.floats(90, 99.99), st.floats(0, 5000))
+def test_a_higher_service_level_never_plans_fewer_replicas(seed: int, s1: float, s2: float, observed: float) -> None:
+    rng = np.random.default_rng(seed)
+    n = 120
+    forecast = rng.uniform(100, 3000, n)
+    record = Samples(lead_s=rng.uniform(0, 86400, n), actual=forecast * rng.lognormal(0, 0.2, n),
+                     forecast=forecast, observed=rng.uniform(0, 3000, n))
+    lo, hi = sorted((s1, s2))
+    ahead = [float(rng.uniform(0, 3000))] * 30
+    desired = []
+    for level in (lo, hi):
+        cal = calibrate(record, service_level=level, trust=1.0)
+        d = _decide(policy(max_replicas=10_000, service_level=level), 2, ahead, observed=observed, calibration=cal)
+        desired.append(d.desired)
+    assert desired[0] <= desired[1]
+
+
+@pytest.mark.parametrize("level", [0.0, 100.0, -1.0, float("nan")])
+def test_a_service_level_outside_0_100_is_rejected(level: float) -> None:
+    with pytest.raises(InputError, match="serviceLevel"):
+        policy(service_level=level)

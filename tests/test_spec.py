@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from prescaler.calibration import parse_service_level
 from prescaler.errors import InputError
 from prescaler.reconcile import Cond, merge_conditions
 from prescaler.spec import parse_spec
@@ -29,6 +30,45 @@ def test_defaults_and_units() -> None:
     assert s.capacity_per_step == 6000
     policy = s.policy()
     assert policy.capacity == 6000 and policy.lead_time == timedelta(minutes=5)
+
+
+def test_service_level_reaches_the_planner() -> None:
+    assert parse_spec(MINIMAL).policy().service_level is None
+    s = parse_spec({**MINIMAL, "scaling": {"serviceLevel": "99.9%", "headroomPercent": 20}})
+    assert s.service_level == 99.9
+    policy = s.policy()
+    # headroomPercent stays: the manual sizing until the calibration has its record.
+    assert policy.service_level == 99.9 and policy.headroom_percent == 20
+
+
+# Text → accepted by the CRD. The operator's parser accepts every one of these and more (a bare number, the
+# CLI's form; "99.%"), never less: what the API server lets through always parses.
+SERVICE_LEVELS = {
+    "99.9%": True, "99.99%": True, "95%": True, "0.5%": True, "1%": True, "99%": True, "100%": False,
+    "0%": False, "0.0%": False, "100.0%": False, "120%": False, "-1%": False, "99.9": False, "99,9%": False,
+    "%": False, "abc": False, "": False, "007%": False, "99.9%%": False,
+}
+
+
+@pytest.mark.parametrize("text", SERVICE_LEVELS)
+def test_the_crd_rule_for_service_level_agrees_with_the_operator(text: str) -> None:
+    import re
+
+    crd = yaml.safe_load((Path(__file__).resolve().parents[1] / "crds" / "prescaler.dev_predictivescalers.yaml")
+                         .read_text())
+    node = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
+        "scaling"]["properties"]["serviceLevel"]
+    (rule,) = node["x-kubernetes-validations"]
+    assert "serviceLevel" in rule["message"] and "greater than 0%" in rule["message"]
+    pattern = re.fullmatch(r"self\.matches\('(.*)'\)", rule["rule"])
+    assert pattern is not None
+    accepted_by_crd = re.search(pattern.group(1), text) is not None
+    assert accepted_by_crd == SERVICE_LEVELS[text]
+    if accepted_by_crd:
+        assert 0 < parse_service_level(text) < 100
+    elif text.endswith("%") and text not in ("007%",):
+        with pytest.raises(InputError, match="serviceLevel"):
+            parse_service_level(text)
 
 
 def test_example_manifest_parses() -> None:
@@ -60,6 +100,10 @@ def test_forecast_key_changes_with_forecast_settings_only() -> None:
         ({"forecast": {"horizon": "5m"}, "scaling": {"leadTime": "10m"}}, "spec.forecast.horizon"),
         ({"fallback": {"staleAfter": "10m"}}, "spec.fallback.staleAfter"),
         ({"series": {}}, "spec.series.service"),
+        ({"scaling": {"serviceLevel": "100%"}}, "spec.scaling.serviceLevel"),
+        ({"scaling": {"serviceLevel": "0%"}}, "spec.scaling.serviceLevel"),
+        ({"scaling": {"serviceLevel": "high"}}, "spec.scaling.serviceLevel"),
+        ({"scaling": {"serviceLevel": 99.9}}, "spec.scaling.serviceLevel"),
     ],
 )
 def test_bad_specs_name_the_field(change: dict[str, Any], field: str) -> None:

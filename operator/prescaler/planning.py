@@ -8,7 +8,10 @@ forecasts take the fallback and never scale down. No I/O; `now` is an argument.
 `plan` composes one small function per step, in the order Kubernetes' HPA applies its own:
 
 1. peak (`peak_load`): P, R and which of them drives the count;
-2. replicas (`ScalingPolicy.replicas_for`): load with headroom over capacity, rounded up;
+   sizing (`size_load`): the load to provision for and the factor on it — max(P, R) with headroom by
+   default; with a `Calibration`, R plus the trusted share of P's rise above R (the blend with reactive),
+   and with a service level the calibrated multiplier instead of the headroom (see `prescaler.calibration`);
+2. replicas (`ScalingPolicy.replicas_at`): that load times the factor over capacity, rounded up;
 3. bounds (`apply_bounds`): into [minReplicas, maxReplicas];
 4. stabilise (`stabilize_recommendation`): a scale-down goes no lower than the highest recommendation of the
    window; the backtest's reactive policy calls the same function;
@@ -18,6 +21,8 @@ Every `Decision` says in words why (`reason`) and, for machines, which step set 
 
 - `None`: the forecast peak within the lead time set it; no limit bound;
 - `ReactiveFloor`: the load observed now needs more replicas than the forecast, so the observation set it;
+- `ReactiveBlend`: the forecast's recent record was worse than the reactive floor's, so the plan followed
+  only part of its rise above the observed load (the reason gives the trust and the record);
 - `MinReplicas` / `MaxReplicas`: the count was raised to minReplicas or cut to maxReplicas (also when the
   target runs above maxReplicas and is brought back within bounds);
 - `ScaleDownStabilization`: a scale-down was held, wholly or partly, by a higher recommendation made
@@ -27,6 +32,11 @@ Every `Decision` says in words why (`reason`) and, for machines, which step set 
   fallback action set the count (a reactive floor or the bounds may still override it, and then say so).
 
 When several steps bind, the last one to change the count names it: that is the limit to lift first.
+
+Service level and headroom: with `service_level` set and a calibration that has enough samples, P is the
+point forecast (yhat) and the calibrated multiplier replaces `headroom_percent` and `quantile`; until the
+record is long enough (or without a calibration) the manual sizing, `quantile` and `headroom_percent`,
+applies, and the reason says so. To size by hand, leave the service level unset.
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ from typing import Literal, get_args
 import numpy as np
 import pandas as pd
 
+from prescaler.calibration import Calibration, check_service_level
 from prescaler.durations import format_duration
 from prescaler.errors import InputError
 from prescaler.forecasting.interface import Forecast
@@ -50,6 +61,7 @@ Direction = Literal["up", "down", "none"]
 LimitedBy = Literal[
     "None",
     "ReactiveFloor",
+    "ReactiveBlend",
     "MinReplicas",
     "MaxReplicas",
     "ScaleDownStabilization",
@@ -85,6 +97,8 @@ class ScalingPolicy:
     # Reasons show loads in the user's unit (e.g. requests per minute) rather than per forecast step.
     display_factor: float = 1.0
     display_unit: str = ""
+    # Percent of requests to serve (e.g. 99.9); None sizes by quantile and headroom alone.
+    service_level: float | None = None
 
     def __post_init__(self) -> None:
         if self.min_replicas < 1:
@@ -103,12 +117,22 @@ class ScalingPolicy:
             raise InputError(f"fallback action must be HoldCurrent or ScaleToMax, got {self.fallback!r}")
         if self.tick <= timedelta(0) or self.lead_time < timedelta(0):
             raise InputError("tick must be positive and leadTime not negative")
+        if self.service_level is not None:
+            check_service_level(self.service_level)
+
+    @property
+    def headroom_factor(self) -> float:
+        return 1 + self.headroom_percent / 100
 
     def replicas_for(self, load: float) -> int:
         """Replicas that serve `load` with headroom, before bounds."""
+        return self.replicas_at(load, self.headroom_factor)
+
+    def replicas_at(self, load: float, factor: float) -> int:
+        """Replicas that serve `load` × `factor` (headroom or a calibrated multiplier), before bounds."""
         if load <= 0 or math.isnan(load):
             return 0
-        return math.ceil(load * (1 + self.headroom_percent / 100) / self.capacity - _EPS)
+        return math.ceil(load * factor / self.capacity - _EPS)
 
     def clamp(self, replicas: int) -> int:
         return max(self.min_replicas, min(self.max_replicas, replicas))
@@ -135,6 +159,10 @@ class Decision:
     recommendations: tuple[Recommendation, ...] = field(default_factory=tuple)
     # Which step set `desired` (see the module's docstring); `reason` says the same in words.
     limited_by: LimitedBy = "None"
+    # The share of the forecast's rise above the observed load the plan followed (1 = full trust).
+    trust: float = 1.0
+    # The calibrated multiplier that sized the load for the service level (None: headroom sized it).
+    multiplier: float | None = None
 
 
 @dataclass(frozen=True)
@@ -204,14 +232,79 @@ def _fmt_load(x: float, policy: ScalingPolicy | None = None) -> str:
 
 
 def peak_load(
-    policy: ScalingPolicy, forecast: Forecast, *, now: datetime, end: datetime, observed: float | None
+    policy: ScalingPolicy,
+    forecast: Forecast,
+    *,
+    now: datetime,
+    end: datetime,
+    observed: float | None,
+    quantile: Quantile | None = None,
 ) -> Load:
-    """Step 1: P = the forecast peak over [now, end); R = the load observed now, when the reactive floor is on."""
-    peak = forecast_peak(forecast, now, end, policy.quantile)
+    """Step 1: P = the forecast peak over [now, end); R = the load observed now, when the reactive floor is on.
+
+    P is read from `quantile` (default: the policy's).
+    """
+    peak = forecast_peak(forecast, now, end, quantile or policy.quantile)
     p_load = max(0.0, peak.load) if peak is not None else 0.0
     r_load = observed if (policy.reactive_floor and observed is not None) else 0.0
     return Load(forecast=p_load, observed=r_load, peak=peak,
                 limited_by="ReactiveFloor" if r_load > p_load else "None")
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """What step 2 sizes for: `load` × `factor` of capacity."""
+
+    load: float  # max(P, R), or R plus the trusted share of P's rise above it
+    factor: float  # 1 + headroom, or the calibrated multiplier
+    trust: float  # the share of P's rise above R followed (1 = full trust)
+    multiplier: float | None  # the calibrated multiplier, when the service level sized the load
+    limited_by: LimitedBy  # ReactiveBlend when the trust held the count below the forecast's
+    note: str  # the blend and the calibration in words ("" when neither applied)
+
+
+def is_calibrated(policy: ScalingPolicy, calibration: Calibration | None) -> bool:
+    """True when a service level is set and the calibration can size it."""
+    return policy.service_level is not None and calibration is not None and calibration.ready
+
+
+def sizing_quantile(policy: ScalingPolicy, calibration: Calibration | None) -> Quantile:
+    """Where P is read: the point forecast when the calibration sizes it (the multiplier is the quantile)."""
+    return "yhat" if is_calibrated(policy, calibration) else policy.quantile
+
+
+def size_load(policy: ScalingPolicy, load: Load, calibration: Calibration | None, lead: timedelta) -> Sizing:
+    """Step 1b: the blend with reactive and the service level's multiplier, or max(P, R) with headroom.
+
+    `lead` is how far ahead of the forecast's generation the capacity will be ready (now + leadTime −
+    generated_at): the calibration's errors grow with it. The blend needs the reactive floor: without it
+    there is nothing to lean on, and the forecast keeps full trust.
+    """
+    value, trust, limited_by, notes = load.value, 1.0, load.limited_by, []
+    if calibration is not None and policy.reactive_floor and calibration.trust.leans_on_reactive:
+        trust = calibration.trust.weight
+        value = load.observed + trust * max(0.0, load.forecast - load.observed)
+        if load.forecast > load.observed:
+            limited_by = "ReactiveBlend"
+            notes.append(f"{calibration.trust.reason}: sizing for {_fmt_load(value, policy)}")
+    if calibration is not None and is_calibrated(policy, calibration):
+        multiplier = calibration.multiplier(lead)
+        assert multiplier is not None  # a ready calibration has buckets
+        notes.append(calibration.describe(lead))
+        return Sizing(value, multiplier, trust, multiplier, limited_by, "; ".join(notes))
+    if policy.service_level is not None:
+        have = calibration.samples if calibration is not None else 0
+        notes.append(f"service level {policy.service_level:g}% not calibrated yet ({have} samples): "
+                     f"{policy.quantile} + {policy.headroom_percent:g}% headroom")
+    return Sizing(value, policy.headroom_factor, trust, None, limited_by, "; ".join(notes))
+
+
+def replicas_array(policy: ScalingPolicy, load: np.ndarray, factor: np.ndarray | float) -> np.ndarray:
+    """`ScalingPolicy.replicas_at` for arrays, the same arithmetic in the same order (the backtest's replay)."""
+    load = np.asarray(load, dtype=float)
+    with np.errstate(invalid="ignore"):
+        raw = np.ceil(load * factor / policy.capacity - _EPS)
+    return np.where((load > 0) & ~np.isnan(load), raw, 0).astype(np.int64)
 
 
 def apply_bounds(policy: ScalingPolicy, replicas: int) -> tuple[int, LimitedBy | None]:
@@ -277,8 +370,13 @@ def plan(
     forecast_generated_at: datetime | None,
     observed_load: float | None,
     recent: Sequence[Recommendation] = (),
+    calibration: Calibration | None = None,
 ) -> Decision:
-    """Decide the replica count for `now`. `recent` carries the stabilisation window between calls."""
+    """Decide the replica count for `now`. `recent` carries the stabilisation window between calls.
+
+    `calibration` (from `prescaler.calibration`, on the scaler's own recent record) brings the trust in the
+    forecast and, with the policy's service level, the multipliers that size for it.
+    """
     current = max(0, int(current_replicas))
     observed = None if observed_load is None or math.isnan(observed_load) else max(0.0, float(observed_load))
     horizon_end = now + policy.lead_time + policy.tick
@@ -288,15 +386,18 @@ def plan(
         return _fallback(policy, now, current, observed, stale_reason, recent)
     assert forecast is not None  # _staleness returns a reason when it is None
 
-    load = peak_load(policy, forecast, now=now, end=horizon_end, observed=observed)
-    raw = policy.replicas_for(load.value)
+    assert forecast_generated_at is not None
+    load = peak_load(policy, forecast, now=now, end=horizon_end, observed=observed,
+                     quantile=sizing_quantile(policy, calibration))
+    sized = size_load(policy, load, calibration, now + policy.lead_time - forecast_generated_at)
+    raw = policy.replicas_at(sized.load, sized.factor)
     recommended, bound = apply_bounds(policy, raw)
     stabilised, recs = stabilize_recommendation(recommended, now=now, recent=recent,
                                                 window=policy.scale_down_window)
     desired, limit = normalize_desired(policy, current=current, recommended=recommended, stabilised=stabilised)
 
     why = _explain(policy, load, observed, raw=raw, recommended=recommended, current=current,
-                   stabilised=stabilised, desired=desired)
+                   stabilised=stabilised, desired=desired, note=sized.note)
     return Decision(
         desired=desired,
         current=current,
@@ -309,7 +410,9 @@ def plan(
         peak_at=load.peak.at if load.peak is not None else None,
         peak_load=load.peak.load if load.peak is not None else None,
         recommendations=recs,
-        limited_by=limit or bound or load.limited_by,
+        limited_by=limit or bound or sized.limited_by,
+        trust=sized.trust,
+        multiplier=sized.multiplier,
     )
 
 
@@ -323,6 +426,7 @@ def _explain(
     current: int,
     stabilised: int,
     desired: int,
+    note: str = "",
 ) -> str:
     """The human reason for a fresh-forecast decision, step by step."""
     lead = format_duration(policy.lead_time) if policy.lead_time > timedelta(0) else "0s"
@@ -334,6 +438,8 @@ def _explain(
                "(reactive floor)")
     else:
         why = f"forecast {_fmt_load(p_load, policy)} within lead {lead}"
+    if note:
+        why += f"; {note}"
     if raw != recommended:
         bound = "minReplicas" if raw < recommended else "maxReplicas"
         why += f"; {raw} replicas clamped to {bound} {recommended}"

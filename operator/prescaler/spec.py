@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any, Literal, cast
 
+from prescaler.calibration import parse_service_level
 from prescaler.durations import format_duration, parse_duration
 from prescaler.errors import InputError
 from prescaler.forecasting import MODEL_NAMES
@@ -61,6 +62,8 @@ class ScalerSpec:
     max_step_percent: int
     stale_after: timedelta
     fallback: Fallback
+    # Percent of requests to serve; None sizes by quantile and headroomPercent (see `prescaler.planning`).
+    service_level: float | None = None
 
     @property
     def capacity_per_step(self) -> float:
@@ -83,6 +86,7 @@ class ScalerSpec:
             fallback=self.fallback,
             display_factor=self.per / self.step,
             display_unit=f"req/{format_duration(self.per)}",
+            service_level=self.service_level,
         )
 
     def forecast_key(self) -> str:
@@ -183,9 +187,20 @@ def parse_spec(spec: Mapping[str, Any]) -> ScalerSpec:
         stale_after=_dur(fallback, "staleAfter", "spec.fallback.staleAfter", "2h"),
         fallback=cast(Fallback, _enum(fallback, "action", "spec.fallback.action", "HoldCurrent",
                                       ("HoldCurrent", "ScaleToMax"))),
+        service_level=_service_level(scaling),
     )
     _check_relations(parsed)
     return parsed
+
+
+def _service_level(scaling: Mapping[str, Any]) -> float | None:
+    value = scaling.get("serviceLevel")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        # No floats in spec: "99.9%" is a string, as the CRD requires.
+        raise InputError(f"spec.scaling.serviceLevel must be a string such as \"99.9%\", got {value!r}")
+    return parse_service_level(value, "spec.scaling.serviceLevel")
 
 
 def _check_relations(s: ScalerSpec) -> None:

@@ -1,0 +1,244 @@
+"""Service-level calibration and the trust blend: worked examples and the invariants, as properties."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from prescaler.calibration import (
+    MAX_MULTIPLIER,
+    MIN_MULTIPLIER,
+    MIN_SAMPLES,
+    Samples,
+    blended,
+    calibrate,
+    calibrate_from_forecasts,
+    choose_trust,
+    needed_multiplier,
+    parse_service_level,
+    realized,
+    samples_from_forecasts,
+    shortfall,
+)
+from prescaler.errors import InputError
+from prescaler.forecasting import Forecast
+
+H = timedelta(hours=1)
+NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+
+
+def samples(actual: list[float] | np.ndarray, forecast: list[float] | np.ndarray,
+            observed: list[float] | np.ndarray | None = None, lead_h: float | np.ndarray = 1.0) -> Samples:
+    a = np.asarray(actual, dtype=float)
+    lead = np.broadcast_to(np.asarray(lead_h, dtype=float) * 3600, a.shape).copy()
+    r = np.zeros_like(a) if observed is None else np.asarray(observed, dtype=float)
+    return Samples(lead_s=lead, actual=a, forecast=np.asarray(forecast, dtype=float), observed=r)
+
+
+# ---- parsing ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "value"), [("99.9%", 99.9), ("99.9", 99.9), (" 95 % ", 95.0), ("0.5%", 0.5)])
+def test_service_level_parses_a_percentage(text: str, value: float) -> None:
+    assert parse_service_level(text) == value
+
+
+@pytest.mark.parametrize("text", ["100%", "0%", "0", "-1%", "101", "abc", "", "nan%", "99.9%%"])
+def test_service_level_outside_0_100_is_rejected_naming_the_field(text: str) -> None:
+    with pytest.raises(InputError, match=r"spec\.scaling\.serviceLevel"):
+        parse_service_level(text, "spec.scaling.serviceLevel")
+
+
+# ---- the multiplier -----------------------------------------------------------------------------------
+
+
+def test_needed_multiplier_worked_example() -> None:
+    # Forecast 100 everywhere; loads 90..130. Served 99% of 4,400 allows 44 unserved (× (n+1)/n = 48.4):
+    # m·100 must leave at most that above it: only the 130 bucket misses, by 130 − 100m ≤ 48.4 → m ≥ 0.816,
+    # and then 120 − 81.6 = 38.4 too: two buckets, 250 − 200m ≤ 48.4 → m ≥ 1.008.
+    a = [90, 100, 110, 120, 130] * 8
+    m = needed_multiplier(np.array(a, dtype=float), np.full(40, 100.0), 99.0)
+    budget = 0.01 * sum(a) * 41 / 40
+    assert shortfall(np.array(a, dtype=float), m * np.full(40, 100.0)) == pytest.approx(budget)
+    assert shortfall(np.array(a, dtype=float), (m - 1e-3) * np.full(40, 100.0)) > budget
+    assert 1.2 < m < 1.3
+
+
+def test_needed_multiplier_edges() -> None:
+    # A perfect forecast needs no more than itself (floored at MIN_MULTIPLIER when biased high).
+    assert 0.99 < needed_multiplier(np.full(50, 100.0), np.full(50, 100.0), 99.9) <= 1.0
+    assert needed_multiplier(np.full(50, 100.0), np.full(50, 400.0), 99.9) == MIN_MULTIPLIER
+    # Load where the signal is zero cannot be reached by any multiplier.
+    assert needed_multiplier(np.array([100.0] * 49 + [1000.0]), np.array([100.0] * 49 + [0.0]), 99.9) \
+        == MAX_MULTIPLIER
+    assert needed_multiplier(np.zeros(10), np.ones(10), 99.9) == MIN_MULTIPLIER
+
+
+pairs = st.lists(
+    st.tuples(st.floats(0, 1e4, allow_nan=False), st.floats(0.01, 1e4, allow_nan=False)), min_size=1, max_size=80
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(pairs, st.floats(50, 99.99), st.floats(50, 99.99))
+def test_a_higher_service_level_never_needs_a_lower_multiplier(
+    data: list[tuple[float, float]], s1: float, s2: float
+) -> None:
+    a, s = (np.array(x) for x in zip(*data, strict=True))
+    lo, hi = sorted((s1, s2))
+    assert needed_multiplier(a, s, hi) >= needed_multiplier(a, s, lo) - 1e-12
+
+
+@settings(max_examples=200, deadline=None)
+@given(pairs, st.floats(50, 99.99))
+def test_the_multiplier_meets_the_level_in_sample_and_is_the_smallest(data: list[tuple[float, float]],
+                                                                      level: float) -> None:
+    a, s = (np.array(x) for x in zip(*data, strict=True))
+    m = needed_multiplier(a, s, level)
+    total = float(a.sum())
+    budget = (1 - level / 100) * total * (len(a) + 1) / len(a)
+    if m < MAX_MULTIPLIER:
+        assert shortfall(a, m * s) <= budget * (1 + 1e-9) + 1e-9
+    if MIN_MULTIPLIER < m < MAX_MULTIPLIER:
+        assert shortfall(a, m * s * (1 - 1e-6)) >= budget * (1 - 1e-6) - 1e-6
+
+
+# ---- trust --------------------------------------------------------------------------------------------
+
+
+def test_blended_is_the_floor_plus_the_trusted_rise() -> None:
+    assert blended(300.0, 100.0, 1.0) == pytest.approx(300.0)
+    assert blended(300.0, 100.0, 0.5) == pytest.approx(200.0)
+    assert blended(300.0, 100.0, 0.0) == pytest.approx(100.0)
+    assert blended(50.0, 100.0, 0.5) == pytest.approx(100.0)  # never below the floor
+
+
+def _daily(days: int, rng: np.random.Generator, noise: float) -> np.ndarray:
+    hod = np.arange(24 * days) % 24
+    base = np.where((hod >= 8) & (hod < 20), 1000.0, 100.0)
+    return base * (1 + noise * rng.standard_normal(len(base)))
+
+
+def test_a_good_forecast_keeps_full_trust() -> None:
+    rng = np.random.default_rng(1)
+    actual = _daily(14, rng, 0.05)
+    forecast = _daily(14, np.random.default_rng(2), 0.0)
+    observed = np.roll(actual, 2)  # two steps late, as an hourly floor with an hour's start-up
+    s = samples(actual, forecast, observed)
+    for level in (None, 99.9):
+        trust = choose_trust(s, service_level=level, headroom_percent=10)
+        assert trust.weight == 1.0 and not trust.leans_on_reactive, trust.reason
+
+
+def test_a_forecast_worse_than_reactive_is_leaned_away_from() -> None:
+    # The forecast promises spikes at random hours that never come; the load is flat and the floor knows it.
+    rng = np.random.default_rng(3)
+    actual = np.full(24 * 14, 1000.0) * (1 + 0.02 * rng.standard_normal(24 * 14))
+    forecast = np.where(rng.random(24 * 14) < 0.3, 3000.0, 1000.0)
+    s = samples(actual, forecast, np.roll(actual, 1))
+    for level in (None, 99.9):
+        trust = choose_trust(s, service_level=level, headroom_percent=10)
+        assert trust.weight < 1.0 and trust.leans_on_reactive
+        assert "forecast trust" in trust.reason
+        # The rule's claim, on the record it was chosen on: the blend beats full trust there.
+        scores = dict(trust.scores)
+        assert scores[trust.weight] < scores[1.0]
+
+
+def test_too_short_a_record_trusts_the_forecast_and_calibrates_nothing() -> None:
+    s = samples([100.0] * (MIN_SAMPLES - 1), [100.0] * (MIN_SAMPLES - 1))
+    cal = calibrate(s, service_level=99.9)
+    assert cal.trust.weight == 1.0 and not cal.ready and cal.multiplier(H) is None
+    assert "samples" in cal.trust.reason
+
+
+# ---- lead buckets -------------------------------------------------------------------------------------
+
+
+def test_each_lead_bucket_is_calibrated_on_its_own_errors() -> None:
+    n = 200
+    rng = np.random.default_rng(4)
+    forecast = np.full(2 * n, 100.0)
+    # Short leads err by ±5%, leads of a day by ±30%.
+    actual = np.concatenate([100 * (1 + 0.05 * rng.standard_normal(n)), 100 * (1 + 0.3 * rng.standard_normal(n))])
+    lead = np.concatenate([np.full(n, 0.5), np.full(n, 20.0)])
+    cal = calibrate(samples(actual, forecast, lead_h=lead), service_level=99.0)
+    short, long_ = cal.multiplier(timedelta(minutes=30)), cal.multiplier(timedelta(hours=20))
+    assert short is not None and long_ is not None and short < long_
+    assert cal.bucket(timedelta(minutes=30)).samples == n  # type: ignore[union-attr]
+    # A bucket without its own samples widens to the longer leads (which err more: the safe side).
+    between = cal.bucket(timedelta(hours=4))
+    assert between is not None and between.multiplier == pytest.approx(long_)
+    assert "for 99% served" in cal.describe(timedelta(minutes=30))
+    np.testing.assert_allclose(cal.multipliers(np.array([1800.0, 72000.0, -5.0])), [short, long_, short])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.floats(90, 99.99), st.floats(90, 99.99), st.sampled_from([0.0, 0.5, 1.0]))
+def test_a_higher_service_level_never_provisions_less_at_any_lead(seed: int, s1: float, s2: float,
+                                                                  trust: float) -> None:
+    rng = np.random.default_rng(seed)
+    n = 150
+    forecast = rng.uniform(50, 500, n)
+    actual = forecast * rng.lognormal(0, 0.2, n)
+    s = samples(actual, forecast, rng.uniform(0, 500, n), lead_h=rng.uniform(0, 30, n))
+    lo, hi = sorted((s1, s2))
+    c_lo, c_hi = (calibrate(s, service_level=level, trust=trust) for level in (lo, hi))
+    for lead in (0.0, 2.0, 5.0, 11.0, 23.0, 40.0):
+        assert c_hi.multiplier(lead * H) >= c_lo.multiplier(lead * H)  # type: ignore[operator]
+
+
+# ---- the operator's record ----------------------------------------------------------------------------
+
+
+def _forecast(generated: datetime, values: list[float]) -> Forecast:
+    ds = pd.date_range(generated, periods=len(values), freq="1h", tz="UTC")
+    y = np.asarray(values, dtype=float)
+    return Forecast(ds=ds, yhat=y, lower=y * 0.9, upper=y * 1.1, model="test")
+
+
+def test_samples_pair_each_bucket_with_the_forecast_in_force_at_its_decision() -> None:
+    start = NOW - 10 * H
+    old = _forecast(start, [100.0] * 30)
+    new = _forecast(start + 5 * H, [200.0] * 30)
+    actuals = pd.Series(np.arange(12, dtype=float) * 10,
+                        index=pd.date_range(start - 2 * H, periods=12, freq="1h", tz="UTC"))
+    s = samples_from_forecasts([(start + 5 * H, new), (start, old)], actuals, now=NOW, lead_time=H)
+    # Buckets from `start` (the first with a forecast in force an hour before) to the last complete one.
+    assert len(s) == 10 - 1
+    # The bucket at start + 5h was decided at start + 4h: the old forecast, lead 5h.
+    i = 4
+    assert s.forecast[i] == 100.0 and s.lead_s[i] == 5 * 3600
+    # From start + 6h the new one, lead 1h.
+    assert s.forecast[i + 1] == 200.0 and s.lead_s[i + 1] == 3600
+    # The floor saw the bucket before the decision: for the bucket at start + 5h, the one at start + 3h.
+    assert s.observed[i] == actuals[start + 3 * H]
+    assert s.actual[i] == actuals[start + 5 * H]
+
+
+def test_calibration_from_stored_forecasts_end_to_end() -> None:
+    start = NOW - 14 * 24 * H
+    rng = np.random.default_rng(5)
+    hours = pd.date_range(start, NOW, freq="1h", tz="UTC", inclusive="left")
+    truth = 1000 * (1 + 0.5 * np.sin(np.arange(len(hours)) * 2 * math.pi / 24))
+    actuals = pd.Series(truth * (1 + 0.05 * rng.standard_normal(len(hours))), index=hours)
+    stored = [(t, _forecast(t, list(truth[i : i + 30]) + [1000.0] * 30))
+              for i, t in enumerate(hours) if i % 24 == 0]
+    cal = calibrate_from_forecasts(stored, actuals, now=NOW, lead_time=H, service_level=99.9)
+    assert cal.ready and cal.trust.weight == 1.0
+    m = cal.multiplier(2 * H)
+    assert m is not None and 1.0 < m < 1.3
+    served, coverage = realized(actuals.to_numpy(), m * truth)
+    assert served is not None and served > 99.5 and coverage is not None and coverage > 90
+
+
+def test_realized_served_and_coverage() -> None:
+    served, coverage = realized(np.array([100.0, 100.0, math.nan, 300.0]), np.array([100.0, 50.0, 10.0, 300.0]))
+    assert served == pytest.approx(100 * (1 - 50 / 500)) and coverage == pytest.approx(100 * 2 / 3)
+    assert realized(np.array([math.nan]), np.array([1.0])) == (None, None)
