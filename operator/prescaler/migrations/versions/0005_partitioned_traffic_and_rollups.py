@@ -101,22 +101,31 @@ _CHANGES = {
 }
 
 
+# An upsert fires the INSERT and then the UPDATE statement trigger: two rounds of rollup row locks that two
+# writers could take in opposite orders. A transaction-scoped lock per service, taken in name order before
+# any rollup row, serialises writers of one service instead (short transactions: the collector writes one
+# series per transaction); writers of different services never wait for each other.
+_SERVICE_LOCK_CLASS = 0x70726566  # "pref"
+
+
 def _apply_deltas(changes: str) -> str:
-    """One statement adding a write's deltas to the three rollups.
+    """One statement adding a write's deltas to the three rollups; it counts the buckets left with no rows.
 
     Deltas (not recomputation) keep concurrent writers exact: each adds its own rows under the rollup row's
-    lock, whatever its snapshot saw. Rows are upserted in key order, so writers of several services lock
-    shared rollup rows in one order. Minutes before the raw horizon belong to rollups that retention has made
-    final, so they leave them alone.
+    lock, whatever its snapshot saw. `locked` takes the service locks from the already aggregated deltas
+    (not another pass over the rows); every upsert reads it, so no rollup row is touched before they are
+    held. Rows are upserted in key order. Minutes before the raw horizon belong to rollups that retention
+    has made final, so they are left out.
     """
     def upsert(table: str, bucket: str, per_endpoint: bool) -> str:
         endpoint, keys = (", endpoint", "1, 2, 3") if per_endpoint else ("", "1, 2")
         return (
             f"INSERT INTO {table} AS r (service, bucket{endpoint}, requests, row_count) "
-            f"SELECT service, {bucket}{endpoint}, sum(requests), sum(row_count) FROM e "
+            f"SELECT service, {bucket}{endpoint}, sum(requests), sum(row_count) FROM e CROSS JOIN locked "
             f"GROUP BY {keys} HAVING sum(requests) <> 0 OR sum(row_count) <> 0 ORDER BY {keys} "
             f"ON CONFLICT (service, bucket{endpoint}) DO UPDATE "
-            "SET requests = r.requests + EXCLUDED.requests, row_count = r.row_count + EXCLUDED.row_count"
+            "SET requests = r.requests + EXCLUDED.requests, row_count = r.row_count + EXCLUDED.row_count "
+            "RETURNING r.row_count"
         )
 
     return f"""
@@ -127,54 +136,43 @@ def _apply_deltas(changes: str) -> str:
             WHERE ts >= coalesce((SELECT raw_kept_from FROM traffic_horizon WHERE relation = 'traffic_log'),
                                  '-infinity')
             GROUP BY 1, 2, 3),
+        locked AS MATERIALIZED (
+            SELECT count(*) AS services FROM (
+                SELECT pg_advisory_xact_lock({_SERVICE_LOCK_CLASS}, hashtext(service))
+                FROM (SELECT DISTINCT service FROM e ORDER BY 1) s) l),
         m AS ({upsert("traffic_rollup_5m", "bucket", False)}),
-        h AS ({upsert("traffic_rollup_hourly", f"date_bin('1 hour', bucket, {_ORIGIN})", True)})
-        {upsert("traffic_rollup_daily", f"date_bin('1 day', bucket, {_ORIGIN})", True)};"""
+        h AS ({upsert("traffic_rollup_hourly", f"date_bin('1 hour', bucket, {_ORIGIN})", True)}),
+        d AS ({upsert("traffic_rollup_daily", f"date_bin('1 day', bucket, {_ORIGIN})", True)})
+        SELECT count(*) INTO emptied
+        FROM (SELECT row_count FROM m UNION ALL SELECT row_count FROM h UNION ALL SELECT row_count FROM d) x
+        WHERE row_count = 0;"""
 
 
-def _drop_emptied() -> str:
-    """Buckets whose raw rows are all gone disappear, so a deleted range reads as a gap, not as zero."""
-    parts = []
-    for table, width, endpoint in (("traffic_rollup_5m", "5 minutes", ""),
-                                   ("traffic_rollup_hourly", "1 hour", ", endpoint"),
-                                   ("traffic_rollup_daily", "1 day", ", endpoint")):
-        match = "r.service = k.service AND r.bucket = k.bucket" + (" AND r.endpoint = k.endpoint" if endpoint else "")
-        parts.append(
-            f"DELETE FROM {table} r USING (SELECT DISTINCT service{endpoint}, "
-            f"date_bin('{width}', ts, {_ORIGIN}) AS bucket FROM old_rows) k "
-            f"WHERE {match} AND r.row_count = 0;")
-    return "\n        ".join(parts)
-
-
-# An upsert fires the INSERT and then the UPDATE statement trigger, two rounds of rollup row locks that two
-# writers could take in opposite orders. A transaction-scoped lock per service, taken in name order before
-# either round, serialises writers of one service instead (short transactions: the collector writes a series
-# per transaction); writers of different services never wait for each other.
-_SERVICE_LOCK_CLASS = 0x70726566  # "pref"
-
-
-def _lock_services(source: str) -> str:
-    return (f"PERFORM pg_advisory_xact_lock({_SERVICE_LOCK_CLASS}, hashtext(service)) "
-            f"FROM (SELECT DISTINCT service FROM ({source}) x ORDER BY 1) s;")
-
+# Only a delete, or an update that moves rows to another key, can leave a bucket with no rows; the scan for
+# such buckets runs only then (an upsert's update keeps every count).
+_DROP_EMPTIED = """
+        IF emptied > 0 THEN
+            DELETE FROM traffic_rollup_5m WHERE row_count = 0;
+            DELETE FROM traffic_rollup_hourly WHERE row_count = 0;
+            DELETE FROM traffic_rollup_daily WHERE row_count = 0;
+        END IF;"""
 
 _FUNCTION = f"""
 CREATE FUNCTION traffic_log_rollup() RETURNS trigger LANGUAGE plpgsql
 SET search_path FROM CURRENT
 SET work_mem = '64MB'
 AS $fn$
+DECLARE
+    emptied bigint;
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        {_lock_services("SELECT service FROM new_rows")}
         {_apply_deltas(_CHANGES["INSERT"])}
     ELSIF TG_OP = 'UPDATE' THEN
-        {_lock_services("SELECT service FROM new_rows UNION ALL SELECT service FROM old_rows")}
         {_apply_deltas(_CHANGES["UPDATE"])}
-        {_drop_emptied()}
+        {_DROP_EMPTIED}
     ELSE
-        {_lock_services("SELECT service FROM old_rows")}
         {_apply_deltas(_CHANGES["DELETE"])}
-        {_drop_emptied()}
+        {_DROP_EMPTIED}
     END IF;
     RETURN NULL;
 END
