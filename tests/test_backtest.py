@@ -15,8 +15,13 @@ import pytest
 
 from prescaler import backtest, cli, forecasting
 from prescaler.backtest import ForecastQuality, compare_frontiers, format_table, ready_from_requests, run_backtest
+from prescaler.backtest.policies import Fit, predictive_requests, sizing
 from prescaler.backtest.results import forecast_quality
+from prescaler.backtest.track import Track, build_track, calibrations, samples_by_bucket, sizing_of
+from prescaler.calibration import Samples, calibrate
 from prescaler.errors import InputError
+from prescaler.forecasting import Forecast
+from prescaler.planning import ScalingPolicy, forecast_peak, plan
 
 H = timedelta(hours=1)
 WARM_DAYS = 2
@@ -40,6 +45,8 @@ def bt(series: pd.Series, **kw: object) -> backtest.BacktestResult:
     kw.setdefault("headroom_percent", 0.0)
     kw.setdefault("progress", False)
     kw.setdefault("frontier_headrooms", (0, 50))
+    # In this process's children, so the tests' monkeypatched forecasters apply; the pool has its own test.
+    kw.setdefault("workers", 1)
     return run_backtest(series, **kw)  # type: ignore[arg-type]
 
 
@@ -152,7 +159,9 @@ def test_frontier_reuses_fits_and_compares_at_equal_cost() -> None:
                  frontier_headrooms=(0, 10, 20, 50, 100))
     finally:
         mp.undo()
-    assert calls["n"] == 4  # one per daily origin, not one per headroom
+    # One per daily origin (the evaluated days and the calibration's warm-up days), not one per headroom.
+    assert calls["n"] == res.settings["refits"] + res.settings["calibration_refits"]
+    assert (res.settings["refits"], res.settings["calibration_refits"]) == (4, 2)
     for name in ("reactive", "predictive"):
         points = res.frontier[name]
         assert [p.headroom_pct for p in points] == [0, 10, 20, 50, 100]
@@ -186,7 +195,8 @@ def test_json_shape_and_no_nan_with_gaps() -> None:
     res = bt(series, last=timedelta(days=3), headroom_percent=10.0)
     doc = res.to_json()
     text = json.dumps(doc, allow_nan=False)
-    assert set(doc) == {"policies", "forecast", "frontier", "settings"}
+    # Keys are only ever added.
+    assert set(doc) == {"policies", "forecast", "frontier", "settings", "service_level", "blend"}
     # Keys are only ever added: the four core policies stay, peers come as new keys.
     assert set(doc["policies"]) == {"static", "reactive", "predictive", "oracle", "ehpa", "phpa"}
     for kpis in doc["policies"].values():
@@ -355,7 +365,7 @@ def test_table_and_json_of_a_mixed_run(monkeypatch: pytest.MonkeyPatch) -> None:
         return replace(res, model=next(names))
 
     monkeypatch.setattr(forecasting, "fit_predict", renamed)
-    res = bt(daily_wave(8), last=timedelta(days=4), model="auto")
+    res = bt(daily_wave(8), last=timedelta(days=4), model="auto", calibration_warmup=timedelta(0))
     table = format_table(res)
     assert "forecast auto: holt-winters 50%, prophet 25%, seasonal-naive 25% of 4 refits (3 mixes, by leading model):" \
         in table
@@ -446,3 +456,163 @@ def test_equal_cost_compares_every_policy_at_predictive_replica_hours() -> None:
         for name in ("reactive", *peers.PEERS):
             assert row.unserved_pct[name] == peers.unserved_at(res, name, point.replica_hours)
     assert "ehpa" in peers.equal_cost_summary(res)
+
+
+# ---- the fast replay, the pool, the service level and the blend ------------------------------------------
+
+
+def _plan_per_bucket(times: list, prev_load: np.ndarray, track: Track, cals: list, off: int, policy: ScalingPolicy,
+                     span: pd.DatetimeIndex, fits: list) -> np.ndarray:
+    """The reference: `plan` called at every bucket with the forecast and calibration in force."""
+    out, cur, recent = [], 0, ()
+    for t, now in enumerate(times):
+        i = int(track.fit_of[off + t])
+        fit = fits[i]
+        obs = None if math.isnan(prev_load[t]) else float(prev_load[t])
+        d = plan(policy, now=now, current_replicas=cur, forecast=fit.forecast,
+                 forecast_generated_at=span[track.starts[i]].to_pydatetime() if fit.forecast is not None else None,
+                 observed_load=obs, recent=recent, calibration=cals[i])
+        cur, recent = d.desired, d.recommendations
+        out.append(cur)
+    return np.array(out)
+
+
+@pytest.mark.parametrize(("level", "quantile", "delay"), [(None, "yhat", 2), (99.0, "yhat", 2), (None, "upper", 0),
+                                                          (99.9, "upper", 3)])
+def test_the_replay_equals_the_planner_called_at_every_bucket(level: float | None, quantile: str,
+                                                              delay: int) -> None:
+    rng = np.random.default_rng(7)
+    step = timedelta(minutes=5)
+    n, refit = 12 * 24 * 5, 12 * 24
+    span = pd.date_range("2024-01-01", periods=n, freq="5min", tz="UTC")
+    hod = (np.arange(n) % 288) / 288
+    load = 1000 * (1.2 + np.sin(2 * np.pi * hod)) * rng.lognormal(0, 0.15, n)
+    load[rng.random(n) < 0.02] = np.nan
+    fits = []
+    for i, o in enumerate(range(0, n, refit)):
+        if i == 2:  # a failed fit: a day of the planner's fallback
+            fits.append(Fit(o, None, None, 0.0, "no"))
+            continue
+        ds = pd.date_range(span[o], periods=refit + delay + 1, freq="5min")
+        y = 1000 * (1.2 + np.sin(2 * np.pi * ((np.arange(o, o + len(ds)) % 288) / 288 + (0.05 if i == 3 else 0))))
+        # Day 3's forecast is an hour off: the record should cost it trust.
+        fits.append(Fit(o, Forecast(ds, y, 0.8 * y, 1.25 * y, "test"), "test", 0.0, None))
+    starts = list(range(0, n, refit))
+    track = build_track(span, fits, starts, delay)
+    prev = np.concatenate([[1000.0], load[:-1]])
+    samples = samples_by_bucket(track, load, prev, delay, "yhat" if level is not None else quantile)  # type: ignore[arg-type]
+    cals = calibrations(track, samples, window_steps=refit * 2, service_level=level, headroom_percent=10.0)
+    # Lower the bar so the short record calibrates from the second day on.
+    cals = [calibrate(Samples(samples.lead_s[max(0, s - 2 * refit):s], samples.actual[max(0, s - 2 * refit):s],
+                              samples.forecast[max(0, s - 2 * refit):s], samples.observed[max(0, s - 2 * refit):s]),
+                      service_level=level, headroom_percent=10.0, min_samples=48) for s in starts]
+    sized = sizing_of(track, cals, quantile=quantile, headroom_percent=10.0)  # type: ignore[arg-type]
+    pol = sizing(50.0, delay * step, step, 10.0, quantile, backtest.HPA_WINDOW, level)  # type: ignore[arg-type]
+    off = refit  # replay from the second day, as after a calibration warm-up
+    times = list(span[off:].to_pydatetime())
+    fast = predictive_requests(times, prev[off:], sized.peak[off:], track.stale[off:], sized.factor[off:],
+                               sized.trust[off:], pol)
+    slow = _plan_per_bucket(times, prev[off:], track, cals, off, pol, span, fits)
+    assert fast.tolist() == slow.tolist()
+    if level is not None:
+        assert any(c.ready for c in cals)
+
+
+def test_track_peaks_are_the_planners_step_one() -> None:
+    span = pd.date_range("2024-01-01", periods=48, freq="1h", tz="UTC")
+    y = np.arange(60, dtype=float) % 17
+    fc = Forecast(pd.date_range(span[0], periods=60, freq="1h"), y, y, y + 1, "t")
+    track = build_track(span, [Fit(0, fc, "t", 0.0, None)], [0], 2)
+    pol = sizing(1.0, 2 * H, H, 0.0, "yhat", backtest.HPA_WINDOW)
+    for t in range(48):
+        now = span[t].to_pydatetime()
+        peak = forecast_peak(fc, now, now + pol.lead_time + pol.tick, "upper")
+        assert peak is not None and track.peak["upper"][t] == peak.load
+        assert track.lead_s[t] == (t + 2) * 3600
+    assert not track.stale[:48].any()
+
+
+def test_pooled_refits_equal_refits_in_this_process() -> None:
+    kw: dict[str, object] = dict(last=timedelta(days=3), headroom_percent=10.0, model="holt-winters")
+    one = bt(daily_wave(7), **kw)
+    two = bt(daily_wave(7), workers=2, **kw)
+    assert two.settings["workers"] == 2
+    np.testing.assert_allclose(one.yhat, two.yhat)
+    for name in ("predictive", "reactive"):
+        assert one.requested[name].tolist() == two.requested[name].tolist()
+
+
+def noisy_wave(days: int, seed: int = 11) -> pd.Series:
+    rng = np.random.default_rng(seed)
+    base = daily_wave(days).to_numpy()
+    return hourly(base * rng.lognormal(0, 0.08, len(base)))
+
+
+def test_a_service_level_is_met_and_reported() -> None:
+    res = bt(noisy_wave(30), last=timedelta(days=14), service_level=99.5, headroom_percent=10.0)
+    sl = res.service_level
+    assert sl is not None and sl.target_pct == 99.5
+    assert sl.calibrated_pct == 100.0  # the warm-up week left a record long enough from the first decision
+    assert sl.served_pct == pytest.approx(100 - res.kpis["predictive"].unserved_pct)
+    assert sl.served_pct >= 99.0
+    assert sl.coverage_pct is not None and 50 < sl.coverage_pct <= 100
+    assert sl.multiplier_mean is not None and sl.multiplier_mean > 1.0
+    doc = json.loads(json.dumps(res.to_json(), allow_nan=False))
+    assert doc["service_level"]["target_pct"] == 99.5 and doc["settings"]["service_level"] == 99.5
+    assert set(doc["service_level"]) >= {"served_pct", "coverage_pct", "calibrated_quantile_pct"}
+    assert "service level 99.5%: served" in format_table(res)
+    # The frontier still sweeps the headroom, on the same refits.
+    assert [p.headroom_pct for p in res.frontier["predictive"]] == [0, 50]
+
+
+def test_a_higher_service_level_costs_more_and_serves_more() -> None:
+    lo, hi = (bt(noisy_wave(30), last=timedelta(days=14), service_level=s) for s in (95.0, 99.9))
+    assert lo.kpis["predictive"].replica_hours <= hi.kpis["predictive"].replica_hours
+    assert lo.kpis["predictive"].unserved_pct >= hi.kpis["predictive"].unserved_pct
+
+
+def flash_crowds(days: int) -> pd.Series:
+    """Flat load with three unscheduled one-hour crowds a day: the seasonal forecast replays last period's
+    crowds at hours they do not come back, and pays for them; the reactive floor does not."""
+    rng = np.random.default_rng(5)
+    values = 1000 * rng.lognormal(0, 0.03, 24 * days)
+    for day in range(days):
+        values[day * 24 + rng.choice(24, 3, replace=False)] *= 3
+    return hourly(values)
+
+
+def test_the_blend_leans_on_reactive_when_the_forecast_loses_to_it() -> None:
+    res = bt(flash_crowds(24), last=timedelta(days=14), headroom_percent=20.0, frontier_headrooms=(0, 20, 50, 100))
+    blend = res.blend
+    assert blend is not None and blend.refits_leaning > 0 and blend.trust_mean < 1.0
+    assert "forecast trust" in blend.reason
+    assert "blend: leaned on reactive" in format_table(res)
+    # At equal replica-hours predictive is no worse than reactive (within what one refit's lag allows).
+    for c in compare_frontiers(res):
+        if c.reactive_unserved_pct is not None:
+            assert c.predictive_unserved_pct <= c.reactive_unserved_pct * 1.1 + 0.05
+
+
+def test_a_good_forecast_is_never_drowned_by_the_blend() -> None:
+    res = bt(daily_wave(12), last=timedelta(days=5), headroom_percent=10.0)
+    assert res.blend is not None and res.blend.refits_leaning == 0 and res.blend.trust_mean == 1.0
+
+
+def test_cli_service_level(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    csv = tmp_path / "trace.csv"
+    _write_trace(csv, noisy_wave(20))
+    out_json = tmp_path / "out.json"
+    for bad in ("100", "0", "-3", "abc", "100%"):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["backtest", "--input", str(csv), "--capacity", "100", "--service-level", bad,
+                      "--json", str(out_json), "--no-progress"])
+        assert exit_.value.code == 2
+        assert "--service-level" in capsys.readouterr().err
+    assert not out_json.exists()
+    rc = cli.main(["backtest", "--input", str(csv), "--capacity", "100", "--startup-delay", "1h",
+                   "--model", "seasonal-naive", "--last", "7d", "--service-level", "99.9%", "--workers", "1",
+                   "--json", str(out_json), "--no-progress"])
+    assert rc == 0
+    doc = json.loads(out_json.read_text())
+    assert doc["service_level"]["target_pct"] == 99.9
+    assert "service level 99.9%" in capsys.readouterr().out

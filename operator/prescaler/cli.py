@@ -39,6 +39,19 @@ def _positive_float(field: str):  # type: ignore[no-untyped-def]
     return parse
 
 
+def _service_level(field: str):  # type: ignore[no-untyped-def]
+    def parse(text: str) -> float:
+        try:
+            value = float(text.strip().removesuffix("%"))
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{field}: {text!r} is not a percentage") from exc
+        if not (0 < value < 100):
+            raise argparse.ArgumentTypeError(f"{field} must be greater than 0 and less than 100, got {text}")
+        return value
+
+    return parse
+
+
 def _timestamp(text: str) -> datetime:
     try:
         value = datetime.fromisoformat(text)
@@ -119,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", type=Path, dest="json_out")
     b.add_argument("--report", type=Path)
     b.add_argument("--no-progress", action="store_true")
+    b.add_argument("--service-level", type=_service_level("--service-level"), default=None, metavar="PERCENT",
+                   help="percent of requests to serve, e.g. 99.9: predictive sizes by its calibrated errors "
+                        "instead of --headroom (which stays the frontier's sweep and the fallback)")
+    b.add_argument("--workers", type=int, default=None,
+                   help="refits in this many parallel processes (default: one per usable core)")
     b.set_defaults(func=cmd_backtest)
 
     c = sub.add_parser("collect", help="keep traffic tables current from the feeds in --config (Prometheus)")
@@ -271,7 +289,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     result = backtest.run_backtest(
         series, capacity=args.capacity, startup_delay=args.startup_delay, step=args.step, model=args.model,
         headroom_percent=args.headroom, last=args.last, progress=not args.no_progress,
-        events=calendar,
+        events=calendar, service_level=args.service_level, workers=args.workers,
     )
     print(backtest.format_table(result))
     if args.json_out:

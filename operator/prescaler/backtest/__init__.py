@@ -9,30 +9,36 @@ Time model, per bucket t of the step grid (the load y[t] arrives during bucket t
 Replica-hours count every running pod, starting or ready: a starting pod costs as much as a ready one.
 
 Modules: `policies` (the four policies and the startup delay), `results` (KPIs, frontier, JSON shape and
-the terminal table), `run` (input on a regular grid, refits on a rolling origin, the replay).
+the terminal table), `refits` (the rolling origin's fits, in parallel processes), `track` (what the
+forecasts said at each decision, and the calibration at each refit), `run` (input on a regular grid, the
+replays).
 """
 
 from prescaler.backtest.policies import HPA_WINDOW, POLICIES, ready_from_requests
+from prescaler.backtest.refits import FIT_TIMEOUT_S
 from prescaler.backtest.results import (
     BacktestResult,
+    BlendReport,
     ForecastQuality,
     FrontierComparison,
     FrontierPoint,
     PolicyKpis,
+    ServiceLevelReport,
     compare_frontiers,
     format_table,
     frontier_summary,
 )
 from prescaler.backtest.run import (
+    CALIBRATION_WARMUP,
     DEFAULT_QUANTILE,
     DEFAULT_WARMUP,
-    FIT_TIMEOUT_S,
     FIT_WINDOW,
     MIN_WARMUP,
     run_backtest,
 )
 
 __all__ = [
+    "CALIBRATION_WARMUP",
     "DEFAULT_QUANTILE",
     "DEFAULT_WARMUP",
     "FIT_TIMEOUT_S",
@@ -41,10 +47,12 @@ __all__ = [
     "MIN_WARMUP",
     "POLICIES",
     "BacktestResult",
+    "BlendReport",
     "ForecastQuality",
     "FrontierComparison",
     "FrontierPoint",
     "PolicyKpis",
+    "ServiceLevelReport",
     "compare_frontiers",
     "format_table",
     "frontier_summary",

@@ -2,7 +2,9 @@
 
 - `static`: one fleet sized for the evaluated window's peak, the baseline of the original demo;
 - `reactive`: HPA-like, sized from the last observed bucket, with HPA's scale-down stabilisation;
-- `predictive`: the operator's own planner, fed with forecasts refit on a rolling origin;
+- `predictive`: the operator's own planner, fed with forecasts refit on a rolling origin (and, at each
+  refit, the calibration of its own record so far: the trust in the forecast and the service level's
+  multipliers);
 - `oracle`: sized from the true load of the bucket itself, with no delay: the lower bound on replica-hours.
 
 `ready_from_requests` turns requests into ready replicas (the startup delay); the KPIs live in `results`.
@@ -14,11 +16,12 @@ import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
 
+from prescaler.calibration import blended
 from prescaler.forecasting.interface import Forecast
 from prescaler.planning import (
     Quantile,
@@ -27,6 +30,7 @@ from prescaler.planning import (
     apply_bounds,
     normalize_desired,
     plan,
+    replicas_array,
     stabilize_recommendation,
 )
 
@@ -78,10 +82,17 @@ def ready_from_requests(requested: np.ndarray, delay_steps: int) -> np.ndarray:
 
 
 def sizing(
-    capacity: float, lead: timedelta, step: timedelta, headroom: float, quantile: Quantile, window: timedelta
+    capacity: float,
+    lead: timedelta,
+    step: timedelta,
+    headroom: float,
+    quantile: Quantile,
+    window: timedelta,
+    service_level: float | None = None,
 ) -> ScalingPolicy:
     """The planner policy every sized policy shares: bounds that never bind, no step limit, never stale."""
     return ScalingPolicy(
+        service_level=service_level,
         min_replicas=1,
         max_replicas=_MAX_REPLICAS,
         capacity=capacity,
@@ -148,30 +159,43 @@ class Fit:
 
 
 def predictive_requests(
-    ds: pd.DatetimeIndex,
+    times: Sequence[datetime],
     prev_load: np.ndarray,
-    fits: Sequence[Fit],
-    fit_of: np.ndarray,
+    peak: np.ndarray,
+    stale: np.ndarray,
+    factor: np.ndarray,
+    trust: np.ndarray,
     policy: ScalingPolicy,
 ) -> np.ndarray:
-    out = np.zeros(len(ds), dtype=np.int64)
+    """The planner's decision at every bucket, with step 1 precomputed for the whole replay.
+
+    `peak` is the forecast's highest value over each decision's lead window (what `peak_load` reads; NaN:
+    none), `stale` marks decisions without a forecast in force (a failed fit: the planner's fallback),
+    `factor` the headroom factor or calibrated multiplier and `trust` the blend weight `size_load` applies.
+    The rest goes through the planner's own steps, so a replay equals `plan` called per bucket (a test holds
+    the two together) at a fraction of its cost: the frontier replays it once per headroom.
+    """
+    observed = np.where(np.isnan(prev_load), 0.0, np.maximum(prev_load, 0.0))
+    forecast = np.where(np.isnan(peak), 0.0, np.maximum(peak, 0.0))
+    # Full trust is max(P, R) exactly as the planner computes it; only a lower trust blends.
+    load = np.maximum(forecast, observed)
+    leaning = trust < 1.0
+    load[leaning] = blended(forecast[leaning], observed[leaning], trust[leaning])
+    raw = replicas_array(policy, load, factor)
+    out = np.zeros(len(times), dtype=np.int64)
     cur = 0
     recent: tuple[Recommendation, ...] = ()
-    for t in range(len(ds)):
-        fit = fits[fit_of[t]]
-        now = ds[t].to_pydatetime()
-        observed = None if math.isnan(prev_load[t]) else float(prev_load[t])
-        dec = plan(
-            policy,
-            now=now,
-            current_replicas=cur,
-            forecast=fit.forecast,
-            forecast_generated_at=ds[fit.origin].to_pydatetime() if fit.forecast is not None else None,
-            observed_load=observed,
-            recent=recent,
-        )
-        cur = dec.desired
-        recent = dec.recommendations
+    window = policy.scale_down_window
+    for t, now in enumerate(times):
+        if stale[t]:
+            obs = None if math.isnan(prev_load[t]) else float(prev_load[t])
+            dec = plan(policy, now=now, current_replicas=cur, forecast=None, forecast_generated_at=None,
+                       observed_load=obs, recent=recent)
+            cur, recent = dec.desired, dec.recommendations
+        else:
+            rec, _ = apply_bounds(policy, int(raw[t]))
+            stabilised, recent = stabilize_recommendation(rec, now=now, recent=recent, window=window)
+            cur, _ = normalize_desired(policy, current=cur, recommended=rec, stabilised=stabilised)
         out[t] = cur
     return out
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -68,6 +68,30 @@ class FrontierComparison:
     reactive_unserved_pct: float | None  # None when outside reactive's swept replica-hours range
 
 
+@dataclass(frozen=True)
+class ServiceLevelReport:
+    """How the service-level mode did over the evaluated window (its predictive policy)."""
+
+    target_pct: float
+    served_pct: float  # realized: 100 − predictive's unserved %, on whole ready replicas
+    coverage_pct: float | None  # buckets whose load stayed within the calibrated sizing (m × S), out of sample
+    calibrated_served_pct: float | None  # served % of that sizing before whole replicas and the startup delay
+    calibrated_quantile_pct: float | None  # the quantile the calibrations aimed at, on average
+    multiplier_mean: float | None
+    calibrated_pct: float  # evaluated decisions sized by a calibration (the rest: the headroom fallback)
+
+
+@dataclass(frozen=True)
+class BlendReport:
+    """The trust-weighted blend with reactive over the evaluated window (its predictive policy)."""
+
+    trust_mean: float
+    leaning_pct: float  # evaluated decisions made with less than full trust
+    refits_leaning: int  # evaluated refits whose record chose less than full trust
+    refits: int
+    reason: str  # the last such refit's reason (or the last refit's, when none leaned)
+
+
 @dataclass
 class BacktestResult:
     ds: pd.DatetimeIndex  # evaluated buckets (UTC starts)
@@ -82,6 +106,8 @@ class BacktestResult:
     frontier: dict[str, list[FrontierPoint]]
     settings: dict[str, Any]
     refit_at: pd.DatetimeIndex = field(default_factory=lambda: pd.DatetimeIndex([], tz="UTC"))
+    service_level: ServiceLevelReport | None = None  # None: sized by headroom
+    blend: BlendReport | None = None
 
     @property
     def capacity(self) -> float:
@@ -132,6 +158,10 @@ class BacktestResult:
                 for name, points in self.frontier.items()
             },
             "settings": {k: _jsonable(v) for k, v in self.settings.items()},
+            "service_level": None if self.service_level is None else {
+                k: _jsonable(v) for k, v in asdict(self.service_level).items()
+            },
+            "blend": None if self.blend is None else {k: _jsonable(v) for k, v in asdict(self.blend).items()},
         }
 
 
@@ -316,6 +346,10 @@ def format_table(result: BacktestResult) -> str:
     rows.append(
         f"forecast {q.label}: sMAPE {_fmt_opt(q.smape)}%  MAPE {_fmt_opt(q.mape)}%  MASE {_fmt_opt(q.mase, 3)}"
     )
+    if result.service_level is not None:
+        rows.append(service_level_line(result.service_level))
+    if result.blend is not None:
+        rows.append(blend_line(result.blend))
     st = result.settings
     rows.append(
         f"{st['evaluated_steps']} steps of {format_duration(st['step'])} from {st['evaluated_from']:%Y-%m-%d %H:%M}"
@@ -324,6 +358,25 @@ def format_table(result: BacktestResult) -> str:
         f"{format_duration(st['refit_every'])}"
     )
     return "\n".join(rows)
+
+
+def service_level_line(r: ServiceLevelReport) -> str:
+    """E.g. "service level 99.9%: served 99.93%; calibrated q96.1 (×1.14) covered 96.4% of buckets …"."""
+    text = f"service level {r.target_pct:g}%: served {r.served_pct:.3f}%"
+    if r.calibrated_quantile_pct is not None:
+        text += (f"; calibrated quantile q{r.calibrated_quantile_pct:.1f} (×{_fmt_opt(r.multiplier_mean, 3)}) "
+                 f"covered {_fmt_opt(r.coverage_pct, 1)}% of buckets")
+    if r.calibrated_pct < 100:
+        text += f"; {r.calibrated_pct:.0f}% of decisions calibrated (headroom before)"
+    return text
+
+
+def blend_line(b: BlendReport) -> str:
+    """E.g. "blend: leaned on reactive at 3 of 60 refits (5.0% of decisions, mean trust 0.96)"."""
+    if b.refits_leaning == 0:
+        return f"blend: forecast fully trusted at all {b.refits} refits"
+    return (f"blend: leaned on reactive at {b.refits_leaning} of {b.refits} refits ({b.leaning_pct:.1f}% of "
+            f"decisions, mean trust {b.trust_mean:.2f}); e.g. {b.reason}")
 
 
 def _fmt_opt(x: float | None, digits: int = 2) -> str:

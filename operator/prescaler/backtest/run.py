@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-import sys
+import time
 from collections import Counter
 from collections.abc import Sequence
 from datetime import timedelta
@@ -26,7 +26,25 @@ from prescaler.backtest.policies import (
     sizing,
     static_requests,
 )
-from prescaler.backtest.results import BacktestResult, FrontierPoint, PolicyKpis, forecast_quality, kpis
+from prescaler.backtest.refits import default_workers, refit_all
+from prescaler.backtest.results import (
+    BacktestResult,
+    BlendReport,
+    FrontierPoint,
+    PolicyKpis,
+    ServiceLevelReport,
+    forecast_quality,
+    kpis,
+)
+from prescaler.backtest.track import (
+    Sizing,
+    build_track,
+    calibrations,
+    realized_coverage,
+    samples_by_bucket,
+    sizing_of,
+)
+from prescaler.calibration import CALIBRATION_WINDOW, Calibration, check_service_level
 from prescaler.durations import format_duration
 from prescaler.errors import InputError
 from prescaler.planning import Quantile
@@ -37,7 +55,9 @@ FIT_WINDOW = timedelta(days=56)
 MIN_WARMUP = timedelta(days=2)
 DEFAULT_WARMUP = timedelta(days=14)
 DEFAULT_QUANTILE: Quantile = "yhat"
-FIT_TIMEOUT_S = 120.0
+# Refits before the evaluated window whose forecasts only feed the calibration (as far as history allows):
+# the record an operator that has run for a week carries into the window.
+CALIBRATION_WARMUP = timedelta(days=7)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -133,67 +153,12 @@ def _fmt_span(td: pd.Timedelta) -> str:
 # Refits
 
 
-def _refit(
-    s: pd.Series,
-    e0: int,
-    origins: Sequence[int],
-    *,
-    model: str,
-    horizon: timedelta,
-    fit_steps: int,
-    events: pd.DataFrame | None,
-    progress: bool,
-) -> list[Fit]:
-    """One forecast per origin; each fit sees only the buckets before its origin."""
-    fits: list[Fit] = []
-    iterator: Any = origins
-    if progress:
-        from tqdm import tqdm
-
-        # tqdm's monitor thread would make the process multi-threaded, and fits with a timeout then start
-        # through a forkserver instead of a plain fork: seconds per refit instead of milliseconds.
-        tqdm.monitor_interval = 0
-        iterator = tqdm(origins, desc=f"backtest {model}", unit="refit", file=sys.stderr, leave=False)
-    for o in iterator:
-        g = e0 + o
-        hist = s.iloc[max(0, g - fit_steps) : g]
-        try:
-            # Events move every model: fit on the history with event windows masked, lift the forecast.
-            res = event_lift.fit_predict(
-                model, hist, horizon, events=events, timeout_s=FIT_TIMEOUT_S, select_horizon=horizon
-            )
-            fits.append(Fit(o, res.forecast, res.model, float(res.fit_seconds), None))
-        except forecasting.ForecastUnavailable as exc:
-            fits.append(Fit(o, None, None, 0.0, str(exc)))
-    return fits
-
-
 def _last_lifts(fits: Sequence[Fit]) -> dict[str, float]:
     """Per event kind, the lift the latest refit that learned one applied (kinds seen earlier keep theirs)."""
     out: dict[str, float] = {}
     for fit in fits:
         out.update(event_lift.lifts_of(fit.forecast))
     return {k: round(v, 3) for k, v in sorted(out.items())}
-
-
-def _forecast_arrays(
-    ds: pd.DatetimeIndex, fits: Sequence[Fit], fit_of: np.ndarray, refit_steps: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """yhat, lower and upper of the forecast in force at each evaluated bucket (NaN where there was none)."""
-    n = len(ds)
-    yhat, lower, upper = (np.full(n, np.nan) for _ in range(3))
-    for i, fit in enumerate(fits):
-        if fit.forecast is None:
-            continue
-        span = slice(fit.origin, min(n, fit.origin + refit_steps))
-        pos = fit.forecast.ds.get_indexer(ds[span])
-        ok = pos >= 0
-        for dst, src in ((yhat, fit.forecast.yhat), (lower, fit.forecast.lower), (upper, fit.forecast.upper)):
-            seg = np.full(len(pos), np.nan)
-            seg[ok] = np.asarray(src, dtype=float)[pos[ok]]
-            dst[span] = seg
-        assert fit_of[fit.origin] == i
-    return yhat, lower, upper
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -215,18 +180,29 @@ def run_backtest(
     frontier_headrooms: Sequence[float] = (0, 5, 10, 20, 30, 50, 75, 100),
     quantile: Quantile = DEFAULT_QUANTILE,
     events: pd.DataFrame | None = None,
+    service_level: float | None = None,
+    workers: int | None = None,
+    calibration_warmup: timedelta = CALIBRATION_WARMUP,
 ) -> BacktestResult:
     """Replay `series` (requests per step, UTC index, NaN = missing) through the four policies.
 
     `capacity` is the requests one ready replica serves per step. Only the final `last` is evaluated;
     without it, the first `warmup` (default min(14 days, 25% of the series)) is history only. With both,
     history starts `warmup` before the evaluated window. Predictive forecasts are refit every
-    `refit_every` (default 1 day) on at most FIT_WINDOW of history. `events` are passed to the
-    forecaster: they stand for scheduled launches known in advance.
+    `refit_every` (default 1 day) on at most FIT_WINDOW of history, in `workers` processes (default: one
+    per usable core). `events` are passed to the forecaster: they stand for scheduled launches known in
+    advance.
+
+    At each refit the predictive policy calibrates on its own record so far (`prescaler.calibration`): the
+    trust in the forecast always, and with `service_level` (percent of requests to serve) the multipliers
+    that size for it instead of the headroom, which remains the fallback while the record is too short.
+    Refits within `calibration_warmup` before the evaluated window build that record. The frontier sweeps
+    the headroom (the manual sizing, with the trust blend) on the same forecasts.
 
     The default quantile is `yhat`: on the appserver trace its headroom frontier matched or beat `upper`
     at equal replica-hours, and at 10% headroom it costs less (see the bench).
     """
+    started = time.perf_counter()
     if not capacity > 0 or not math.isfinite(capacity):
         raise InputError(f"capacity must be greater than zero, got {capacity}")
     if startup_delay < timedelta(0):
@@ -235,6 +211,11 @@ def run_backtest(
         raise InputError("headroom must not be negative")
     if quantile not in ("yhat", "upper"):
         raise InputError(f"quantile must be yhat or upper, got {quantile!r}")
+    if service_level is not None:
+        check_service_level(service_level, "service level")
+    n_workers = default_workers() if workers is None else int(workers)
+    if n_workers < 1:
+        raise InputError(f"workers must be at least 1, got {workers}")
     forecasting.check_model_name(model)
 
     s, grid_step = _regularise(series, step)
@@ -255,29 +236,53 @@ def run_backtest(
     step_hours = step_td / timedelta(hours=1)
     initial_load = float(pd.Series(values[:e0]).ffill().iloc[-1])
 
-    # Forecasts on a rolling origin, reused by every headroom of the frontier.
+    # Forecasts on a rolling origin, reused by every replay. Origins before the window (negative) only
+    # feed the calibration; each needs the forecasters' minimum history before it.
+    min_history = math.ceil(MIN_WARMUP / step_td)
+    ahead = max(0, min(int(calibration_warmup / step_td), e0 - min_history)) // refit_steps
+    origins = list(range(-ahead * refit_steps, n, refit_steps))
     horizon = refit_steps * step_td + lead + step_td
-    fits = _refit(s, e0, list(range(0, n, refit_steps)), model=model, horizon=horizon,
-                  fit_steps=max(1, int(FIT_WINDOW / step_td)), events=events, progress=progress)
-    fit_of = np.arange(n) // refit_steps
-    yhat, lower, upper = _forecast_arrays(ds, fits, fit_of, refit_steps)
+    fit_started = time.perf_counter()
+    fits = refit_all(s, e0, origins, model=model, horizon=horizon, fit_steps=max(1, int(FIT_WINDOW / step_td)),
+                     events=events, progress=progress, workers=n_workers)
+    fit_wall = time.perf_counter() - fit_started
+
+    # The replay span: from the first origin to the end; the evaluated window starts at `off`.
+    off = ahead * refit_steps
+    span_load = values[e0 - off :]
+    span_prev = values[e0 - off - 1 : len(values) - 1]
+    track = build_track(pd.DatetimeIndex(s.index[e0 - off :]), fits, [o + off for o in origins], delay_steps)
+    window_steps = max(1, int(CALIBRATION_WINDOW / step_td))
+    samples = {q: samples_by_bucket(track, span_load, span_prev, delay_steps, q) for q in ("yhat", "upper")}
+    times = list(ds.to_pydatetime())
+
+    def calibrated(headroom: float, level: float | None) -> tuple[Sizing, list[Calibration]]:
+        base: Quantile = "yhat" if level is not None else quantile
+        cals = calibrations(track, samples[base], window_steps=window_steps, service_level=level,
+                            headroom_percent=headroom)
+        return sizing_of(track, cals, quantile=quantile, headroom_percent=headroom), cals
+
+    def run_predictive_with(sized: Sizing, headroom: float, level: float | None) -> np.ndarray:
+        ev = slice(off, off + n)
+        return predictive_requests(
+            times, prev_load, sized.peak[ev], track.stale[ev], sized.factor[ev], sized.trust[ev],
+            sizing(capacity, lead, step_td, headroom, quantile, HPA_WINDOW, level),
+        )
 
     def run_predictive(headroom: float) -> np.ndarray:
-        return predictive_requests(
-            ds, prev_load, fits, fit_of,
-            sizing(capacity, lead, step_td, headroom, quantile, HPA_WINDOW),
-        )
+        return run_predictive_with(calibrated(headroom, None)[0], headroom, None)
 
     def run_reactive(headroom: float) -> np.ndarray:
         return reactive_requests(
             ds, prev_load, initial_load, sizing(capacity, lead, step_td, headroom, quantile, HPA_WINDOW)
         )
 
+    main_sized, main_cals = calibrated(headroom_percent, service_level)
     main_sizing = sizing(capacity, lead, step_td, headroom_percent, quantile, HPA_WINDOW)
     requested = {
         "static": static_requests(load, main_sizing),
         "reactive": run_reactive(headroom_percent),
-        "predictive": run_predictive(headroom_percent),
+        "predictive": run_predictive_with(main_sized, headroom_percent, service_level),
         "oracle": oracle_requests(load, capacity),
     }
     ready = {
@@ -314,14 +319,41 @@ def run_backtest(
     frontier: dict[str, list[FrontierPoint]] = {"reactive": [], "predictive": [], **{p: [] for p in peers.PEERS}}
     for h in sorted(set(float(x) for x in frontier_headrooms)):
         for name, runner in (("reactive", run_reactive), ("predictive", run_predictive), *peer_runners):
-            req = requested[name] if h == headroom_percent else runner(h)
+            # The main run is this frontier point only when it sized by headroom too.
+            reuse = h == headroom_percent and not (name == "predictive" and service_level is not None)
+            req = requested[name] if reuse else runner(h)
             rdy = ready_from_requests(req, delay_steps)
             rh, un, _, _ = kpis(load, req, rdy, capacity, step_hours)
             frontier[name].append(FrontierPoint(h, rh, un))
 
-    failed = sum(1 for f in fits if f.forecast is None)
-    used = Counter(f.model for f in fits if f.model is not None)
+    evaluated_fits = [f for f in fits if f.origin >= 0]
+    failed = sum(1 for f in evaluated_fits if f.forecast is None)
+    used = Counter(f.model for f in evaluated_fits if f.model is not None)
+    yhat, lower, upper = (a[off : off + n] for a in (track.yhat, track.lower, track.upper))
     quality = forecast_quality(model, used, failed, load, yhat, values[:e0], grid_step)
+    level_report = None
+    if service_level is not None:
+        served, coverage = realized_coverage(main_sized, span_load, span_prev, delay_steps, off)
+        ev = slice(off, off + n)
+        sized_here = ~np.isnan(main_sized.multiplier[ev])
+        level_report = ServiceLevelReport(
+            target_pct=float(service_level),
+            served_pct=100.0 - measured["predictive"].unserved_pct,
+            coverage_pct=coverage,
+            calibrated_served_pct=served,
+            calibrated_quantile_pct=(100 * float(np.mean(main_sized.quantile[ev][sized_here]))
+                                     if sized_here.any() else None),
+            multiplier_mean=float(np.mean(main_sized.multiplier[ev][sized_here])) if sized_here.any() else None,
+            calibrated_pct=100 * float(np.mean(sized_here)),
+        )
+    leaning = [c for c, f in zip(main_cals, fits, strict=True) if f.origin >= 0 and c.trust.leans_on_reactive]
+    blend = BlendReport(
+        trust_mean=float(np.mean(main_sized.trust[off : off + n])),
+        leaning_pct=100 * float(np.mean(main_sized.trust[off : off + n] < 1)),
+        refits_leaning=len(leaning),
+        refits=len(evaluated_fits),
+        reason=(leaning[-1] if leaning else main_cals[-1]).trust.reason,
+    )
     settings: dict[str, Any] = {
         "capacity": float(capacity),
         "startup_delay": startup_delay,
@@ -338,17 +370,23 @@ def run_backtest(
         "evaluated_to": ds[-1] + grid_step,
         "evaluated_steps": n,
         "missing_steps": int(np.isnan(load).sum()),
-        "refits": len(fits),
+        "refits": len(evaluated_fits),
+        "calibration_refits": len(fits) - len(evaluated_fits),
         "failed_fits": failed,
         "fit_seconds_total": float(sum(f.seconds for f in fits)),
+        "workers": n_workers,
+        "service_level": None if service_level is None else float(service_level),
+        "calibration_window": CALIBRATION_WINDOW,
         "frontier_headrooms": [float(h) for h in frontier_headrooms],
         "events": 0 if events is None else len(events),
         "event_lifts": _last_lifts(fits),
         "event_windows": event_lift.windows_within(events, ds[0], ds[-1] + grid_step),
         "peers": dict(peers.TITLES),
     }
+    settings["seconds"] = {"fits": round(fit_wall, 1), "total": round(time.perf_counter() - started, 1)}
     return BacktestResult(
         ds=ds, load=load, yhat=yhat, lower=lower, upper=upper, requested=requested, ready=ready,
         kpis=measured, forecast=quality, frontier=frontier, settings=settings,
-        refit_at=pd.DatetimeIndex([ds[f.origin] for f in fits]),
+        refit_at=pd.DatetimeIndex([ds[f.origin] for f in evaluated_fits]),
+        service_level=level_report, blend=blend,
     )

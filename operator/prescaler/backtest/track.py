@@ -1,0 +1,155 @@
+"""What the predictive policy knew at each decision of the replay, computed once for every replay.
+
+- `Track`: per decision bucket, the forecast in force (the latest refit), its values, its highest value over
+  the decision's lead window (the planner's step 1, `peak_load`, for the whole replay at once), the lead of
+  the capacity it sizes and whether the planner would find it stale;
+- `calibrations`: at each refit, `prescaler.calibration` on the record so far (the past refits' forecasts
+  against what came): the trust in the forecast and, with a service level, its multipliers;
+- `Sizing`: per bucket, what the planner sizes from (peak), by how much (factor) and with which trust.
+
+The span starts before the evaluated window when there are calibration warm-up refits: an operator that has
+run for a while has its record, and the evaluated window should not begin with an uncalibrated one.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from prescaler.backtest.policies import Fit
+from prescaler.calibration import Calibration, Samples, blended, calibrate, realized
+from prescaler.planning import Quantile
+
+
+@dataclass(frozen=True)
+class Track:
+    """Per bucket of the replay span (span index 0 = the first refit's origin)."""
+
+    starts: tuple[int, ...]  # span index of each fit's origin
+    yhat: np.ndarray  # the forecast in force, at the bucket
+    lower: np.ndarray
+    upper: np.ndarray
+    peak: dict[str, np.ndarray]  # per quantile: highest value over [t, t + lead] (NaN: none)
+    lead_s: np.ndarray  # seconds from the forecast's generation to t + lead, when the capacity is ready
+    stale: np.ndarray  # no forecast in force, or one that does not reach t + lead + one step
+    fit_of: np.ndarray  # index of the fit in force
+
+
+def build_track(span: pd.DatetimeIndex, fits: Sequence[Fit], starts: Sequence[int], delay_steps: int) -> Track:
+    """The track of `fits` (in origin order, fit i in force from span index starts[i]) over `span`."""
+    n, d = len(span), delay_steps
+    step = pd.Timedelta(span[1] - span[0]) if n > 1 else pd.Timedelta(0)
+    # The last decisions look up to d steps beyond the span.
+    grid = pd.DatetimeIndex(span[0] + step * np.arange(n + d + 1))
+    yhat, lower, upper = (np.full(n, np.nan) for _ in range(3))
+    peak = {q: np.full(n, np.nan) for q in ("yhat", "upper")}
+    lead_s = np.full(n, np.nan)
+    stale = np.ones(n, dtype=bool)
+    fit_of = np.zeros(n, dtype=np.int64)
+    bounds = [*starts, n]
+    for i, fit in enumerate(fits):
+        lo, hi = bounds[i], min(bounds[i + 1], n)
+        if hi <= lo:
+            continue
+        fit_of[lo:hi] = i
+        fc = fit.forecast
+        if fc is None or len(fc.ds) == 0:
+            continue
+        ahead = grid[lo : hi + d]
+        pos = fc.ds.get_indexer(ahead)
+        ok = pos >= 0
+        for name, src in (("yhat", fc.yhat), ("lower", fc.lower), ("upper", fc.upper)):
+            vals = np.full(len(ahead), np.nan)
+            vals[ok] = np.asarray(src, dtype=float)[pos[ok]]
+            {"yhat": yhat, "lower": lower, "upper": upper}[name][lo:hi] = vals[: hi - lo]
+            if name in peak:
+                windows = np.lib.stride_tricks.sliding_window_view(vals, d + 1)[: hi - lo]
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN window is "no peak"
+                    peak[name][lo:hi] = np.nanmax(windows, axis=1)
+        born = span[lo]
+        lead_s[lo:hi] = ((span[lo:hi] + step * d) - born).total_seconds()
+        # The planner's `covers`: the forecast starts by now and reaches past now + lead + one tick.
+        first, last = fc.ds[0], fc.ds[-1]
+        stale[lo:hi] = ~((first <= span[lo:hi]) & (last + step > span[lo:hi] + step * (d + 1)))
+    return Track(tuple(starts), yhat, lower, upper, peak, lead_s, stale, fit_of)
+
+
+def samples_by_bucket(track: Track, load: np.ndarray, prev_load: np.ndarray, delay_steps: int,
+                      quantile: Quantile) -> Samples:
+    """One sample per span bucket u: A(u) against what the decision at u − delay sized from."""
+    n, d = len(load), delay_steps
+    t = np.arange(n) - d
+    has = t >= 0
+    tt = np.where(has, t, 0)
+    fresh = has & ~track.stale[tt]
+    forecast = np.where(fresh, track.peak[quantile][tt], np.nan)
+    observed = np.where(has, prev_load[tt], np.nan)
+    lead = np.where(fresh, track.lead_s[tt], np.nan)
+    return Samples(lead_s=lead, actual=np.asarray(load, dtype=float), forecast=forecast, observed=observed)
+
+
+def calibrations(track: Track, samples: Samples, *, window_steps: int, service_level: float | None,
+                 headroom_percent: float) -> list[Calibration]:
+    """At each refit, the calibration of the trailing `window_steps` buckets that had come by then."""
+    out = []
+    for start in track.starts:
+        lo = max(0, start - window_steps)
+        part = Samples(lead_s=samples.lead_s[lo:start], actual=samples.actual[lo:start],
+                       forecast=samples.forecast[lo:start], observed=samples.observed[lo:start])
+        out.append(calibrate(part, service_level=service_level, headroom_percent=headroom_percent))
+    return out
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """Per span bucket, the planner's sizing inputs (see `predictive_requests`) and the calibration's."""
+
+    peak: np.ndarray  # what P is read from: yhat when calibrated, else the policy's quantile
+    factor: np.ndarray  # the calibrated multiplier, or 1 + headroom
+    trust: np.ndarray
+    multiplier: np.ndarray  # NaN where the service level was not calibrated yet
+    quantile: np.ndarray  # the calibrated quantile of the bucket's lead (NaN: not calibrated)
+
+
+def sizing_of(track: Track, cals: Sequence[Calibration], *, quantile: Quantile, headroom_percent: float) -> Sizing:
+    n = len(track.lead_s)
+    peak = track.peak[quantile].copy()
+    factor = np.full(n, 1 + headroom_percent / 100)
+    trust = np.ones(n)
+    multiplier, q = np.full(n, np.nan), np.full(n, np.nan)
+    bounds = [*track.starts, n]
+    for i, cal in enumerate(cals):
+        lo, hi = bounds[i], min(bounds[i + 1], n)
+        trust[lo:hi] = cal.trust.weight
+        if cal.ready:
+            peak[lo:hi] = track.peak["yhat"][lo:hi]
+            multiplier[lo:hi] = cal.multipliers(track.lead_s[lo:hi])
+            q[lo:hi] = cal.quantiles(track.lead_s[lo:hi])
+            factor[lo:hi] = multiplier[lo:hi]
+    return Sizing(peak, factor, trust, multiplier, q)
+
+
+def realized_coverage(sizing: Sizing, load: np.ndarray, prev_load: np.ndarray, delay_steps: int,
+                      first: int) -> tuple[float | None, float | None]:
+    """Served % and coverage % of the calibrated sizing (m × S, before whole replicas) over buckets from
+    span index `first` whose deciding bucket was calibrated: out of sample, since each calibration saw only
+    buckets before its refit."""
+    n, d = len(load), delay_steps
+    u = np.arange(first, n)
+    t = u - d
+    ok = t >= 0
+    u, t = u[ok], t[ok]
+    calibrated = ~np.isnan(sizing.multiplier[t])
+    u, t = u[calibrated], t[calibrated]
+    if len(u) == 0:
+        return None, None
+    forecast = np.where(np.isnan(sizing.peak[t]), 0.0, np.maximum(sizing.peak[t], 0.0))
+    observed = np.where(np.isnan(prev_load[t]), 0.0, np.maximum(prev_load[t], 0.0))
+    signal = np.where(sizing.trust[t] < 1, blended(forecast, observed, sizing.trust[t]),
+                      np.maximum(forecast, observed))
+    return realized(load[u], sizing.multiplier[t] * signal)
