@@ -1,6 +1,6 @@
-"""`make bench`: the backtest bench, the forecaster bench, then the operator fleet bench.
+"""`make bench`: the backtest bench, the forecaster bench, the operator fleet bench, then the storage bench.
 
-Both print their measurements; results are written to bench/results/ (gitignored). The targets are
+Each prints its measurements; results are written to bench/results/ (gitignored). The targets are
 reported as PASS/FAIL for information: the exit code only says whether the benches ran.
 """
 
@@ -32,7 +32,8 @@ def _load(name: str) -> ModuleType | None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     status = 0
-    for name, bench_args in (("bench_backtest", args), ("bench_forecast", []), ("fleet", [])):
+    for name, bench_args in (("bench_backtest", args), ("bench_forecast", []), ("fleet", []),
+                             ("bench_storage", [])):
         module = _load(name)
         if module is None:
             print(f"({name}.py not present: skipped)")

@@ -350,6 +350,16 @@ def _epoch_us(index: pd.DatetimeIndex | pd.Series) -> np.ndarray:
     return np.asarray(values, dtype=np.int64)
 
 
+def write_traffic(engine: Engine, traffic: pd.DataFrame, *, what: str = "traffic") -> int:
+    """Merge a frame of ts (UTC), service, endpoint, requests rows into traffic_log in one transaction;
+    returns rows inserted or changed. The bulk path of `simulate` and `import`, for other loaders too."""
+    rows = _Rows.of(_epoch_us(traffic["ts"]), traffic["service"].to_numpy(), traffic["endpoint"].to_numpy(),
+                    traffic["requests"].to_numpy())
+    _prepare(engine, rows, what)
+    with unavailable_on_error(f"writing {what}"), _driver_errors(f"writing {what}"), engine.begin() as conn:
+        return _write_rows(conn, rows)
+
+
 def simulate(engine: Engine, *, start: datetime, days: float, step: timedelta, seed: int,
              service: str = "workout-api") -> SimulateResult:
     """Simulate fitness traffic and its events into PostgreSQL (idempotent: a re-run overwrites)."""

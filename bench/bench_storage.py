@@ -1,0 +1,358 @@
+"""Traffic storage at scale: ingest, the 14-day history read, the dashboard's analytics, rollup upkeep.
+
+    python bench/bench_storage.py [--scale 1.0] [--baseline] [--keep]
+
+Builds traffic_log with 100 services × 5 endpoints × 69 days at one minute (49.7M rows; `--scale 0.1` keeps
+10 services) in a throwaway database on the local PostgreSQL server (prescaler_dev.pgserver), ending at
+today's midnight UTC, and measures:
+
+- ingest: rows/s of `ingest.write_traffic` (the path of `prescaler simulate` and `import`: partitions, binary
+  COPY, rollups by trigger), one service (496,800 rows) per transaction; then the merge path (every value
+  changed) on a few services;
+- the 14-day history read at a 5-minute step (`history.read_history`, the operator's read), p50/p90/p99 over
+  200 reads of random services ending at random minutes of the last day;
+- each dashboard analytics panel's SQL (from the dashboard JSON, for one scaler's service over the whole
+  range), median of 5 runs, plus the whole views unfiltered;
+- rollup upkeep: one new minute for all 500 series (one upsert transaction per series, as `prescaler collect`
+  writes; the rollups follow in the same transactions), a `prescaler maintain` run, and a full rebuild of
+  every rollup from the rows (the repair of last resort, and about what migration 0005 spends on them).
+
+`--baseline` builds the same data on the schema before partitioning (migration 0004) with the previous
+write path (CSV COPY into a staging table, then INSERT ... ON CONFLICT) and measures the same reads and
+panels on it: the "before" column.
+
+Reports, never asserts (targets: ingest >= 200k rows/s, read p99 < 100 ms, panels < 200 ms); results go
+to bench/results/storage[-baseline].json. The exit code is non-zero only when the benchmark could not run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import random
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy.engine import Engine
+
+from prescaler import db, ingest, storage
+from prescaler.history import TrafficSource, default_source, read_history
+from prescaler_dev import pgserver
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+DASHBOARD = REPO / "charts" / "prescaler" / "dashboards" / "prescaler.json"
+SERVICES, DAYS = 100, 69
+READS = 200
+TARGETS = {"ingest_rows_per_s": 200_000, "read_p99_ms": 100.0, "panel_ms": 200.0}
+SCALER_KEY = "bench/storage"
+COLLECTOR_UPSERT = (
+    "INSERT INTO traffic_log AS t (ts, service, endpoint, requests) "
+    "SELECT TIMESTAMPTZ 'epoch' + x.s * INTERVAL '1 second', %(service)s, %(endpoint)s, x.v "
+    "FROM unnest(%(starts)s::bigint[], %(values)s::bigint[]) AS x(s, v) "
+    "ON CONFLICT (service, endpoint, ts) DO UPDATE SET requests = EXCLUDED.requests "
+    "WHERE t.requests IS DISTINCT FROM EXCLUDED.requests")
+
+
+def service_name(i: int) -> str:
+    return f"svc-{i:03d}"
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=float), q))
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    started = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - started, out
+
+
+def log(message: str) -> None:
+    print(f"[{datetime.now():%H:%M:%S}] {message}", flush=True)
+
+
+# --- loading -----------------------------------------------------------------------------------------------
+
+def frame(i: int, start: datetime, seed_offset: int = 0) -> pd.DataFrame:
+    traffic, _ = ingest.simulate_frame(start=start, days=DAYS, step=timedelta(minutes=1), seed=i + seed_offset,
+                                       service=service_name(i))
+    return traffic
+
+
+def write_baseline(engine: Engine, traffic: pd.DataFrame) -> None:
+    """The write path before partitioning: CSV COPY into a staging table, INSERT ... ON CONFLICT."""
+    buf = io.StringIO()
+    us = traffic["ts"].dt.tz_convert(UTC).astype("int64") // 1000
+    pd.DataFrame({"us": us, "service": traffic["service"], "endpoint": traffic["endpoint"],
+                  "requests": traffic["requests"]}).to_csv(buf, index=False, header=False)
+    buf.seek(0)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TEMP TABLE stage (us bigint NOT NULL, service text NOT NULL, "
+                             "endpoint text NOT NULL, requests bigint NOT NULL) ON COMMIT DROP")
+        raw: Any = conn.connection.driver_connection
+        with raw.cursor() as cur:
+            cur.copy_expert("COPY stage FROM STDIN WITH (FORMAT csv)", buf)
+        conn.exec_driver_sql(
+            "INSERT INTO traffic_log AS t (ts, service, endpoint, requests) "
+            "SELECT TIMESTAMPTZ 'epoch' + us * INTERVAL '1 microsecond', service, endpoint, requests FROM stage "
+            "ON CONFLICT (service, endpoint, ts) DO UPDATE SET requests = EXCLUDED.requests "
+            "WHERE t.requests IS DISTINCT FROM EXCLUDED.requests")
+
+
+def load(engine: Engine, services: int, start: datetime, baseline: bool) -> dict[str, Any]:
+    rows, write_s, frame_s = 0, 0.0, 0.0
+    for i in range(services):
+        started = time.perf_counter()
+        traffic = frame(i, start)
+        written = time.perf_counter()
+        if baseline:
+            write_baseline(engine, traffic)
+        else:
+            ingest.write_traffic(engine, traffic, what=f"bench traffic {i}")
+        frame_s += written - started
+        write_s += time.perf_counter() - written
+        rows += len(traffic)
+        if i % 10 == 9 or i == services - 1:
+            log(f"loaded {i + 1}/{services} services, {rows:,} rows, {rows / write_s:,.0f} rows/s")
+    return {"rows": rows, "write_s": write_s, "rows_per_s": rows / write_s, "frame_s": frame_s,
+            "rows_per_s_with_generation": rows / (write_s + frame_s)}
+
+
+def merge(engine: Engine, services: int, start: datetime) -> dict[str, Any]:
+    """The same services again with other values: the staging + ON CONFLICT DO UPDATE path."""
+    rows, changed, spent = 0, 0, 0.0
+    for i in range(services):
+        traffic = frame(i, start, seed_offset=1000)
+        started = time.perf_counter()
+        changed += ingest.write_traffic(engine, traffic)
+        spent += time.perf_counter() - started
+        rows += len(traffic)
+    return {"rows": rows, "seconds": spent, "rows_per_s": rows / spent, "changed": changed}
+
+
+# --- reads -------------------------------------------------------------------------------------------------
+
+def reads(engine: Engine, services: int, end: datetime, source: TrafficSource, n: int) -> dict[str, float]:
+    rng = random.Random(7)
+    times = []
+    for _ in range(n):
+        service = service_name(rng.randrange(services))
+        now = end - timedelta(minutes=rng.randrange(24 * 60))
+        started = time.perf_counter()
+        series = read_history(engine, source, service, now - timedelta(days=14), now, timedelta(minutes=5))
+        times.append((time.perf_counter() - started) * 1000)
+        assert series.notna().sum() > 14 * 280
+    return {"n": n, "p50_ms": percentile(times, 50), "p90_ms": percentile(times, 90),
+            "p99_ms": percentile(times, 99), "max_ms": max(times)}
+
+
+def analytics_panels() -> dict[str, str]:
+    """The dashboard panels that read the traffic analytics views, by title."""
+    doc = json.loads(DASHBOARD.read_text())
+    found: dict[str, str] = {}
+
+    def walk(panels: list[dict[str, Any]]) -> None:
+        for panel in panels:
+            for target in panel.get("targets", []):
+                sql = target.get("rawSql", "")
+                if re.search(r"\btraffic_(hourly|daily|profile|top_endpoints)\b", sql):
+                    found[panel["title"]] = sql
+            walk(panel.get("panels", []))
+
+    walk(doc["panels"])
+    return found
+
+
+def render(sql: str, start: datetime, end: datetime) -> str:
+    namespace, scaler = SCALER_KEY.split("/")
+    sql = sql.replace("$namespace", namespace).replace("$scaler", scaler)
+    return re.sub(r"\$__timeFilter\(([^)]+)\)",
+                  lambda m: f"{m.group(1)} BETWEEN '{start.isoformat()}' AND '{end.isoformat()}'", sql)
+
+
+def panels(engine: Engine, start: datetime, end: datetime, service: str) -> dict[str, Any]:
+    with engine.begin() as conn:
+        conn.execute(db.forecasts.insert(), {
+            "scaler_key": SCALER_KEY, "series": service, "model": "bench", "params_hash": "bench",
+            "generated_at": end, "step_seconds": 300, "horizon_seconds": 0})
+    out: dict[str, Any] = {}
+    for title, sql in analytics_panels().items():
+        text = render(sql, start, end)
+        runs = []
+        with engine.connect() as conn:
+            rows = len(conn.exec_driver_sql(text.replace("%", "%%")).all())  # warm-up, and the row count
+            for _ in range(5):
+                started = time.perf_counter()
+                conn.exec_driver_sql(text.replace("%", "%%")).all()
+                runs.append((time.perf_counter() - started) * 1000)
+        out[title] = {"median_ms": statistics.median(runs), "max_ms": max(runs), "rows": rows}
+        log(f"panel {title!r}: {out[title]['median_ms']:.1f} ms ({rows} rows)")
+    for view in db.VIEWS:
+        with engine.connect() as conn:
+            started = time.perf_counter()
+            everything = conn.exec_driver_sql(f"SELECT * FROM {view}").all()
+            took = time.perf_counter() - started
+        out[f"whole view {view}"] = {"median_ms": took * 1000, "max_ms": took * 1000, "rows": len(everything)}
+        log(f"whole view {view}: {took * 1000:.0f} ms ({len(everything):,} rows)")
+    return out
+
+
+# --- rollup upkeep -----------------------------------------------------------------------------------------
+
+def collector_minute(engine: Engine, services: int, at: datetime) -> dict[str, float]:
+    """One new minute for every series, one upsert transaction per series, as the collector writes."""
+    rng = np.random.default_rng(3)
+    raw: Any = engine.raw_connection()
+    try:
+        started = time.perf_counter()
+        with raw.cursor() as cur:
+            for i in range(services):
+                for endpoint in ingest.ENDPOINT_SHARES:
+                    cur.execute(COLLECTOR_UPSERT, {"service": service_name(i), "endpoint": endpoint,
+                                                   "starts": [int(at.timestamp())],
+                                                   "values": [int(rng.integers(0, 1000))]})
+                    raw.commit()
+        took = time.perf_counter() - started
+    finally:
+        raw.close()
+    series = services * len(ingest.ENDPOINT_SHARES)
+    return {"series": series, "seconds": took, "ms_per_series": took * 1000 / series}
+
+
+def sizes(engine: Engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        parts = conn.exec_driver_sql(
+            "SELECT coalesce(sum(pg_total_relation_size(inhrelid)), 0) FROM pg_inherits "
+            "WHERE inhparent = 'traffic_log'::regclass").scalar_one()
+        out = {"traffic_log": int(parts) or int(conn.exec_driver_sql(
+            "SELECT pg_total_relation_size('traffic_log')").scalar_one())}
+        for table in ("traffic_rollup_5m", "traffic_rollup_hourly", "traffic_rollup_daily"):
+            if conn.exec_driver_sql("SELECT to_regclass(%(t)s)", {"t": table}).scalar() is not None:
+                out[table] = int(conn.exec_driver_sql("SELECT pg_total_relation_size(%(t)s)",
+                                                      {"t": table}).scalar_one())
+    return out
+
+
+# --- main --------------------------------------------------------------------------------------------------
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    services = max(1, round(SERVICES * args.scale))
+    end = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    start = end - timedelta(days=DAYS)
+    name = f"bench_storage_{os.getpid()}"
+    pgserver.ensure_running()
+    url = pgserver.create_database(name)
+    engine = db.make_engine(url)
+    result: dict[str, Any] = {"services": services, "endpoints": len(ingest.ENDPOINT_SHARES), "days": DAYS,
+                              "baseline": args.baseline, "start": start.isoformat(), "end": end.isoformat()}
+    try:
+        db.migrate(engine, "0004" if args.baseline else "head")
+        log(f"database {name}: {services} services x 5 endpoints x {DAYS} days at 1 minute"
+            f"{' (baseline schema 0004)' if args.baseline else ''}")
+        result["ingest"] = load(engine, services, start, args.baseline)
+        took, _ = timed(lambda: _analyze(engine, args.baseline))
+        result["analyze_s"] = took
+        log(f"ANALYZE (and VACUUM of the rollups): {took:.0f}s")
+        result["sizes"] = sizes(engine)
+
+        source = TrafficSource(table="public.traffic_log") if args.baseline else default_source()
+        result["read_14d_5m"] = reads(engine, services, end, source, READS)
+        log(f"14-day 5-minute read: {result['read_14d_5m']}")
+        if not args.baseline:
+            raw_reads = reads(engine, services, end, TrafficSource(table="public.traffic_log"), 40)
+            result["read_14d_5m_from_rows"] = raw_reads
+            log(f"the same read from the rows (no rollup): {raw_reads}")
+        result["panels"] = panels(engine, start, end, service_name(services // 2))
+
+        if not args.baseline:
+            result["collector_minute"] = collector_minute(engine, services, end)
+            log(f"collector minute: {result['collector_minute']}")
+            took, report = timed(lambda: storage.maintain(engine, {"default": default_source()}, now=end))
+            result["maintain_s"] = took
+            log(f"maintain: {took:.1f}s; " + "; ".join(report.lines()))
+            took, written = timed(lambda: storage.rebuild_rollups(engine, start, end))
+            result["rebuild_rollups"] = {"seconds": took, "rollup_rows": written,
+                                         "rows_per_s": result["ingest"]["rows"] / took}
+            log(f"full rollup rebuild: {took:.0f}s ({written:,} rollup rows)")
+            merged = merge(engine, max(1, services // 20), start)
+            result["merge"] = merged
+            log(f"merge path (every value changed): {merged}")
+    finally:
+        engine.dispose()
+        if args.keep:
+            log(f"kept database {name}: {url}")
+        else:
+            pgserver.drop_database(name)
+    return result
+
+
+def _analyze(engine: Engine, baseline: bool) -> None:
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql("ANALYZE traffic_log")
+        if not baseline:
+            for table in ("traffic_rollup_5m", "traffic_rollup_hourly", "traffic_rollup_daily"):
+                conn.exec_driver_sql(f"VACUUM ANALYZE {table}")
+
+
+def report(result: dict[str, Any]) -> str:
+    ing, rd = result["ingest"], result["read_14d_5m"]
+    lines = [
+        f"| rows | {result['ingest']['rows']:,} ({result['services']} services x 5 endpoints x {result['days']} "
+        "days x 1 min) |",
+        f"| ingest | {ing['rows_per_s']:,.0f} rows/s ({ing['rows_per_s_with_generation']:,.0f} rows/s with the "
+        "simulator generating them) |",
+        f"| 14-day read at 5 min | p50 {rd['p50_ms']:.1f} ms, p90 {rd['p90_ms']:.1f} ms, p99 {rd['p99_ms']:.1f} ms |",
+    ]
+    if "read_14d_5m_from_rows" in result:
+        raw = result["read_14d_5m_from_rows"]
+        lines.append(f"| same read from the rows | p50 {raw['p50_ms']:.0f} ms, p99 {raw['p99_ms']:.0f} ms |")
+    for title, p in result["panels"].items():
+        lines.append(f"| {title} | {p['median_ms']:.1f} ms (max {p['max_ms']:.1f}, {p['rows']:,} rows) |")
+    if "collector_minute" in result:
+        c = result["collector_minute"]
+        lines.append(f"| collector minute ({c['series']} series upserted) | {c['seconds']:.2f} s "
+                     f"({c['ms_per_series']:.2f} ms per series, rollups included) |")
+        lines.append(f"| prescaler maintain | {result['maintain_s']:.1f} s |")
+        rb = result["rebuild_rollups"]
+        lines.append(f"| full rollup rebuild | {rb['seconds']:.0f} s ({rb['rows_per_s']:,.0f} rows/s) |")
+        lines.append(f"| merge path (values changed) | {result['merge']['rows_per_s']:,.0f} rows/s |")
+    lines.append("| sizes | " + ", ".join(f"{k} {v / 2**20:,.0f} MiB" for k, v in result["sizes"].items()) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--scale", type=float, default=1.0, help="fraction of the 100 services (0.1: 10)")
+    p.add_argument("--baseline", action="store_true", help="schema and write path before partitioning")
+    p.add_argument("--keep", action="store_true", help="keep the database (prints its URL)")
+    args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if not 0 < args.scale <= 1:
+        p.error("--scale must be in (0, 1]")
+    result = run(args)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"storage{'-baseline' if args.baseline else ''}.json"
+    out.write_text(json.dumps(result, indent=2, default=str))
+    print("\n" + report(result))
+    ing, rd = result["ingest"], result["read_14d_5m"]
+    slowest = max(v["median_ms"] for k, v in result["panels"].items() if not k.startswith("whole view"))
+    for what, ok in (("ingest >= 200k rows/s", ing["rows_per_s"] >= TARGETS["ingest_rows_per_s"]),
+                     ("14-day read p99 < 100 ms", rd["p99_ms"] < TARGETS["read_p99_ms"]),
+                     ("dashboard panels < 200 ms", slowest < TARGETS["panel_ms"])):
+        print(f"{'PASS' if ok else 'FAIL'}: {what}")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
