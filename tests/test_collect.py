@@ -514,7 +514,7 @@ def test_config_file_shape_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="'a' is used by another feed"):
         load_config(path)
     path.write_text("feeds:\n  - name: a\n")
-    with pytest.raises(InputError, match=r"needs exactly one of \['prometheus'\]"):
+    with pytest.raises(InputError, match=r"needs exactly one of \['kafka', 'prometheus'\]"):
         load_config(path)
 
 

@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="refits in this many parallel processes (default: one per usable core)")
     b.set_defaults(func=cmd_backtest)
 
-    c = sub.add_parser("collect", help="keep traffic tables current from the feeds in --config (Prometheus)")
+    c = sub.add_parser("collect", help="keep traffic tables current from the feeds in --config (Prometheus, Kafka)")
     c.add_argument("--config", type=Path, required=True, help="administrator config: sources: and feeds:")
     c.add_argument("--once", action="store_true",
                    help="collect every complete minute (backfill included), then exit")
@@ -149,6 +149,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--settle", type=_duration("--settle"), default=timedelta(seconds=20),
                    help="how long after a minute ends it counts as complete (scrape and ingestion delay)")
     c.add_argument("--concurrency", type=int, default=4, help="series collected in parallel per feed")
+    c.add_argument("--leader-election", action=argparse.BooleanOptionalAction, default=None,
+                   help="hold a Lease so only one replica collects the Prometheus feeds (default: on in a pod)")
+    c.add_argument("--lease-name", default="prescaler-collector", help="the Lease's name")
+    c.add_argument("--lease-namespace", help="the Lease's namespace (default: the pod's own)")
+    c.add_argument("--lease-duration", type=_duration("--lease-duration"), default=timedelta(seconds=15),
+                   help="how long a silent leader keeps the Lease before a standby takes it")
+    c.add_argument("--renew-deadline", type=_duration("--renew-deadline"), default=timedelta(seconds=10),
+                   help="a leader that has not renewed for this long stops writing (shorter than the duration)")
+    c.add_argument("--retry-period", type=_duration("--retry-period"), default=timedelta(seconds=2),
+                   help="how often the Lease is renewed or tried")
     c.set_defaults(func=cmd_collect)
 
     r = sub.add_parser("run", help="run the operator (kopf)")
@@ -303,15 +313,23 @@ def cmd_backtest(args: argparse.Namespace) -> int:
 
 def cmd_collect(args: argparse.Namespace) -> int:
     from prescaler import collect, db
+    from prescaler.collect import leader
 
     config = collect.load_config(args.config)
     if not 0 <= args.metrics_port < 65536:
         raise InputError(f"--metrics-port: {args.metrics_port} is not a TCP port")
     if args.concurrency < 1:
         raise InputError(f"--concurrency: must be at least 1, got {args.concurrency}")
+    election = None
+    in_pod = leader.pod_namespace()
+    if not args.once and (args.leader_election or (args.leader_election is None and in_pod)):
+        election = leader.ElectionSettings(
+            lease_name=args.lease_name, namespace=args.lease_namespace or in_pod or "",
+            lease_duration=args.lease_duration, renew_deadline=args.renew_deadline, retry_period=args.retry_period)
+        election.check()
     engine = db.make_engine(db.database_url(args.collect_database_url or args.database_url))
     return collect.main(config, engine, once=args.once, settle=args.settle, port=args.metrics_port or None,
-                        concurrency=args.concurrency)
+                        concurrency=args.concurrency, election=election)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -3,8 +3,10 @@
 - `config`: `feeds:` beside `sources:` in the one administrator file, checked up front;
 - `promql`: query templates where a service name is only ever an escaped label value;
 - `prometheus`: the Prometheus feed (backfill in chunks, then every new minute);
-- `store`: rows and watermarks in one transaction; `metrics`: the collector's /metrics;
-- `runner`: `--once`, or the one-minute loop with /healthz, SIGTERM and the leader-election seam.
+- `kafka`: the Kafka feed (request events or per-minute counts, added exactly once per minute);
+- `store`: rows with watermarks, or counts with Kafka offsets, in one transaction; `metrics`: /metrics;
+- `leader`: leader election on a Kubernetes Lease;
+- `runner`: `--once`, or the one-minute loop with /healthz, SIGTERM and the leader gate.
 
 The operator never imports this package: PostgreSQL is the history it reads.
 """

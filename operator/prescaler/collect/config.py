@@ -1,8 +1,8 @@
 """The collector's configuration: `feeds:` beside `sources:` in the administrator's one YAML file.
 
 Every problem is an InputError of one line naming the file, the feed and the field, raised before anything
-is collected (`prescaler collect` exits 2). A feed is one kind of traffic source (today `prometheus`; Kafka
-comes next) under a common header: a unique `name` and the `source` whose table it fills.
+is collected (`prescaler collect` exits 2). A feed is one kind of traffic source (`prometheus` or `kafka`)
+under a common header: a unique `name` and the `source` whose table it fills.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from prescaler import history
@@ -23,6 +23,8 @@ from prescaler.errors import InputError
 
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")  # Kafka's own rule for topic names
+_HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})$")
 MAX_POINTS = 11_000  # Prometheus refuses a range query with more points per series
 MINUTE = timedelta(minutes=1)
 
@@ -67,6 +69,55 @@ class PrometheusSpec:
 
 
 @dataclass(frozen=True)
+class KafkaTls:
+    """TLS to the brokers: a CA bundle (else the system's), and a client certificate for mutual TLS."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    key_password: Secret | None = None
+
+
+@dataclass(frozen=True)
+class KafkaSasl:
+    mechanism: str
+    username: str
+    password: Secret
+
+
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+MessageFormat = Literal["events", "counts"]
+
+
+@dataclass(frozen=True)
+class KafkaSpec:
+    """A topic of request events (one JSON object per request) or of per-minute counts."""
+
+    bootstrap_servers: tuple[str, ...]
+    topic: str
+    group: str
+    format: MessageFormat = "events"
+    services: frozenset[str] | None = None  # when set, messages of other services are dropped
+    start: Literal["earliest", "latest"] = "earliest"  # where a partition never collected begins
+    grace: timedelta = timedelta(minutes=2)
+    max_future: timedelta = timedelta(minutes=5)
+    batch_messages: int = 50_000
+    batch_time: timedelta = timedelta(seconds=5)
+    timeout: timedelta = timedelta(seconds=30)
+    tls: KafkaTls | None = None
+    sasl: KafkaSasl | None = None
+
+    @property
+    def security_protocol(self) -> str:
+        if self.sasl is not None:
+            return "SASL_SSL" if self.tls is not None else "SASL_PLAINTEXT"
+        return "SSL" if self.tls is not None else "PLAINTEXT"
+
+
+FeedSettings = PrometheusSpec | KafkaSpec
+
+
+@dataclass(frozen=True)
 class FeedSpec:
     """One feed: a header common to every kind, and the kind's own settings."""
 
@@ -74,6 +125,7 @@ class FeedSpec:
     source: str
     kind: str
     prometheus: PrometheusSpec | None = None
+    kafka: KafkaSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +168,20 @@ class _Fields:
         if whole_minutes and delta % MINUTE:
             raise self.error(key, f"{value!r} must be a whole number of minutes")
         return delta
+
+    def integer(self, key: str, default: int, *, minimum: int, maximum: int) -> int:
+        value = self.mapping.get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+            raise self.error(key, f"expected a whole number from {minimum:,} to {maximum:,}, got {value!r}")
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.mapping.get(key, default)
+        if value not in choices:
+            raise self.error(key, f"expected one of {list(choices)}, got {value!r}")
+        return str(value)
 
     def path(self, key: str) -> Path | None:
         text = self.string(key)
@@ -212,9 +278,73 @@ def parse_prometheus(where: str, mapping: object, environ: Mapping[str, str]) ->
                           ca_file=f.path("ca_file"))
 
 
-# Each feed kind parses its own settings; a Kafka feed adds its parser here.
-FEED_KINDS: dict[str, Callable[[str, object, Mapping[str, str]], PrometheusSpec]] = {
+def _bootstrap(f: _Fields) -> tuple[str, ...]:
+    value = f.mapping.get("bootstrap_servers")
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list) or not items:
+        raise f.error("bootstrap_servers", "expected host:port, or a list of them")
+    servers = []
+    for i, item in enumerate(items):
+        text = item.strip() if isinstance(item, str) else ""
+        match = _HOST_PORT.match(text)
+        if not match or not 0 < int(match.group(2)) < 65536:
+            raise f.error(f"bootstrap_servers[{i}]", f"{item!r} is not host:port")
+        servers.append(text)
+    return tuple(servers)
+
+
+def _tls(where: str, value: object, environ: Mapping[str, str]) -> KafkaTls:
+    t = _Fields(where, value if value is not None else {}, ("ca_file", "cert_file", "key_file",
+                                                           "key_password_file", "key_password_env"))
+    cert, key = t.path("cert_file"), t.path("key_file")
+    if (cert is None) != (key is None):
+        raise t.error("cert_file" if cert is None else "key_file", "a client certificate needs both cert_file "
+                                                                   "and key_file")
+    return KafkaTls(ca_file=t.path("ca_file"), cert_file=cert, key_file=key,
+                    key_password=t.secret("key_password_file", "key_password_env", environ))
+
+
+def _sasl(where: str, value: object, environ: Mapping[str, str]) -> KafkaSasl:
+    s = _Fields(where, value, ("mechanism", "username", "password_file", "password_env"))
+    mechanism = s.choice("mechanism", SASL_MECHANISMS, "SCRAM-SHA-512")
+    username = s.string("username", required=True)
+    password = s.secret("password_file", "password_env", environ)
+    if username is None or password is None:
+        raise s.error("password_file", "SASL needs password_file or password_env")
+    return KafkaSasl(mechanism=mechanism, username=username, password=password)
+
+
+def parse_kafka(where: str, mapping: object, environ: Mapping[str, str]) -> KafkaSpec:
+    f = _Fields(where, mapping, ("bootstrap_servers", "topic", "group", "format", "services", "start", "grace",
+                                 "max_future", "batch_messages", "batch_time", "timeout", "tls", "sasl"))
+    servers = _bootstrap(f)
+    topic = f.string("topic", required=True)
+    assert topic is not None
+    if not _TOPIC.match(topic) or topic in (".", ".."):
+        raise f.error("topic", f"{topic!r} is not a Kafka topic name (letters, digits, '.', '_', '-')")
+    group = f.string("group", required=True)
+    assert group is not None
+    fmt: MessageFormat = "counts" if f.choice("format", ("events", "counts"), "events") == "counts" else "events"
+    services = frozenset(_services(f)) if f.mapping.get("services") is not None else None
+    start: Literal["earliest", "latest"] = "latest" if f.choice("start", ("earliest", "latest"),
+                                                                "earliest") == "latest" else "earliest"
+    # A grace of zero is legitimate (every minute closes as soon as a later event is seen).
+    grace = timedelta(0) if str(f.mapping.get("grace")).strip() in ("0", "0s") else \
+        f.duration("grace", timedelta(minutes=2))
+    return KafkaSpec(
+        bootstrap_servers=servers, topic=topic, group=group, format=fmt, services=services, start=start,
+        grace=grace, max_future=f.duration("max_future", timedelta(minutes=5)),
+        batch_messages=f.integer("batch_messages", 50_000, minimum=1, maximum=10_000_000),
+        batch_time=f.duration("batch_time", timedelta(seconds=5)), timeout=f.duration("timeout", timedelta(seconds=30)),
+        tls=_tls(f"{where}.tls", f.mapping["tls"], environ) if "tls" in f.mapping else None,
+        sasl=_sasl(f"{where}.sasl", f.mapping["sasl"], environ) if "sasl" in f.mapping else None,
+    )
+
+
+# Each feed kind parses its own settings into the FeedSpec field of the same name.
+FEED_KINDS: dict[str, Callable[[str, object, Mapping[str, str]], FeedSettings]] = {
     "prometheus": parse_prometheus,
+    "kafka": parse_kafka,
 }
 
 
@@ -224,7 +354,7 @@ def parse_feeds(doc: Mapping[str, Any], sources: Mapping[str, history.TrafficSou
     if section is None:
         return ()
     if not isinstance(section, list):
-        raise InputError("feeds: expected a list of feeds (- name: ..., source: ..., prometheus: {...})")
+        raise InputError("feeds: expected a list of feeds (- name: ..., source: ..., prometheus|kafka: {...})")
     feeds: list[FeedSpec] = []
     names: set[str] = set()
     for i, item in enumerate(section):
@@ -243,7 +373,9 @@ def parse_feeds(doc: Mapping[str, Any], sources: Mapping[str, history.TrafficSou
         if len(kinds) != 1:
             raise InputError(f"{where}: needs exactly one of {sorted(FEED_KINDS)}, got {kinds or 'none'}")
         settings = FEED_KINDS[kinds[0]](f"{where}: {kinds[0]}", f.mapping[kinds[0]], environ)
-        feeds.append(FeedSpec(name=name, source=source, kind=kinds[0], prometheus=settings))
+        feeds.append(FeedSpec(name=name, source=source, kind=kinds[0],
+                              prometheus=settings if isinstance(settings, PrometheusSpec) else None,
+                              kafka=settings if isinstance(settings, KafkaSpec) else None))
     return tuple(feeds)
 
 

@@ -28,9 +28,30 @@ SKIPPED = Counter(
 )
 ERRORS = Counter(
     "prescaler_collector_errors",
-    "Failed series collections by kind (unreachable, query, multiple_series, auth, tls, timeout, bad_response, "
-    "database, database_unavailable).",
+    "Failed series collections or Kafka cycles by kind (unreachable, query, multiple_series, auth, tls, timeout, "
+    "bad_response, unknown_topic, group, kafka, database, database_unavailable).",
     ["feed", "kind"], registry=REGISTRY,
+)
+MESSAGES = Counter(
+    "prescaler_collector_messages",
+    "Kafka messages consumed and committed with their counts (dropped ones included).", ["feed"],
+    registry=REGISTRY,
+)
+DROPPED = Counter(
+    "prescaler_collector_messages_dropped",
+    "Kafka messages not counted, by reason (late, not_json, not_an_object, missing_field, bad_field, "
+    "bad_timestamp, bad_count, negative_count, future, unknown_service, expired).",
+    ["feed", "reason"], registry=REGISTRY,
+)
+CONSUMER_LAG = Gauge(
+    "prescaler_collector_consumer_lag_messages",
+    "Kafka messages of the assigned partitions not yet counted, at the end of the last cycle.", ["feed"],
+    registry=REGISTRY,
+)
+LEADER = Gauge(
+    "prescaler_collector_leader",
+    "1 while this replica holds the collector's lease (or runs without leader election), else 0.",
+    registry=REGISTRY,
 )
 NEWEST_MINUTE = Gauge(
     "prescaler_collector_newest_minute_timestamp_seconds",
@@ -70,6 +91,10 @@ METRIC_NAMES: tuple[str, ...] = (
     "prescaler_collector_series",
     "prescaler_collector_cycle_duration_seconds",
     "prescaler_collector_last_success_timestamp_seconds",
+    "prescaler_collector_messages",
+    "prescaler_collector_messages_dropped",
+    "prescaler_collector_consumer_lag_messages",
+    "prescaler_collector_leader",
 )
 
 
@@ -80,6 +105,12 @@ def record(report: FeedReport, *, now: float, seconds: float) -> None:
     MINUTES.labels(feed).inc(report.minutes)
     for reason, count in report.skipped.items():
         SKIPPED.labels(feed, reason).inc(count)
+    if report.messages is not None:
+        MESSAGES.labels(feed).inc(report.messages)
+    for reason, count in report.dropped.items():
+        DROPPED.labels(feed, reason).inc(count)
+    if report.backlog is not None:
+        CONSUMER_LAG.labels(feed).set(report.backlog)
     for _, error in report.errors:
         ERRORS.labels(feed, error.kind).inc()
     CYCLE_DURATION.labels(feed).observe(seconds)
@@ -91,7 +122,7 @@ def record(report: FeedReport, *, now: float, seconds: float) -> None:
         slowest = min(m.timestamp() for m in marks if m is not None)
         NEWEST_MINUTE.labels(feed).set(slowest)
         LAG.labels(feed).set(max(0.0, now - slowest))
-    if report.progress:
+    if report.progress and report.backlog is None:  # a Kafka feed has a backlog, not a backfill window
         BACKFILL_PROGRESS.labels(feed).set(sum(_done(p, report.newest) for p in report.progress)
                                            / len(report.progress))
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -21,7 +20,7 @@ import requests
 from sqlalchemy.engine import Engine
 
 from prescaler.collect.config import MINUTE, FeedSpec, PrometheusSpec
-from prescaler.collect.feed import CollectError, FeedReport, SeriesProgress
+from prescaler.collect.feed import CollectError, FeedReport, SeriesProgress, StopSignal
 from prescaler.collect.store import MinuteWriter, Watermark, load_watermarks
 from prescaler.errors import InputError
 from prescaler.history import TrafficSource
@@ -136,6 +135,8 @@ def minutes_of(result: list[dict[str, Any]], first: int, last: int) -> tuple[lis
 
 
 class PrometheusFeed:
+    needs_leader = True  # two writers would query Prometheus twice and race on the watermarks
+
     def __init__(self, spec: FeedSpec, source: TrafficSource, engine: Engine, *,
                  concurrency: int = 4, session: requests.Session | None = None) -> None:
         assert spec.prometheus is not None
@@ -150,7 +151,7 @@ class PrometheusFeed:
     def close(self) -> None:
         self.client.session.close()
 
-    def collect(self, newest: datetime, stop: threading.Event) -> FeedReport:
+    def collect(self, newest: datetime, stop: StopSignal) -> FeedReport:
         report = FeedReport(feed=self.spec.name, newest=newest)
         try:
             marks = load_watermarks(self.engine, self.spec.name, self.spec.source)
@@ -169,7 +170,7 @@ class PrometheusFeed:
         return report
 
     def collect_series(self, service: str, mark: Watermark | None, newest: datetime,
-                       stop: threading.Event) -> FeedReport:
+                       stop: StopSignal) -> FeedReport:
         """Every minute of one service up to `newest` after its watermark, chunk by chunk."""
         report = FeedReport(feed=self.spec.name, newest=newest)
         stored = mark is not None
@@ -182,6 +183,8 @@ class PrometheusFeed:
                 until = min(done + chunk, newest)
                 first, last = int((done + MINUTE).timestamp()), int(until.timestamp())
                 result = self.client.query_range(self._queries[service], first, last)
+                if stop.is_set():  # a query can outlast the lease: check again right before writing
+                    break
                 starts, values, skipped = minutes_of(result, first, last)
                 report.rows_written += self.writer.write(
                     feed=self.spec.name, source_name=self.spec.source, service=service, endpoint=ENDPOINT,

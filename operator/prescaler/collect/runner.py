@@ -1,8 +1,10 @@
 """Driving the feeds: once (`--once`), or forever on a one-minute cadence with /metrics, /healthz and SIGTERM.
 
 A cycle wakes `settle` after each whole minute, so the minute that just ended has had time to be scraped,
-and asks every feed for the minutes that are complete up to then. Only a leader collects: `LeaderGate` is the
-seam where a Lease-based election goes; today every process is its own leader (run one replica).
+and asks every feed for the minutes that are complete up to then. Feeds that need one writer (Prometheus) run
+only on the replica that holds the lease (`LeaderGate`: `leader.LeaseElector`, or `AlwaysLeader` without
+election) and stop before their next write once it may have lost it; a replica that becomes leader runs a
+cycle at once. Kafka feeds run on every replica: the consumer group shares their partitions out.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from prescaler import db
 from prescaler.clock import Clock
 from prescaler.collect import metrics
 from prescaler.collect.config import MINUTE, CollectorConfig
-from prescaler.collect.feed import CollectError, Feed, FeedReport
+from prescaler.collect.feed import CollectError, Feed, FeedReport, StopSignal
+from prescaler.collect.kafka import KafkaFeed
+from prescaler.collect.leader import ElectionSettings, LeaseElector, coordination_api
 from prescaler.collect.prometheus import PrometheusFeed, floor_minute
 from prescaler.errors import DataUnavailable
 
@@ -49,11 +53,26 @@ class AlwaysLeader:
         return True
 
 
-def build_feeds(config: CollectorConfig, engine: Engine, *, concurrency: int = 4) -> list[Feed]:
+class LeaderStop:
+    """Reads as set once the process stops or this replica may no longer be sure it holds the lease."""
+
+    def __init__(self, stop: threading.Event, leader: LeaderGate) -> None:
+        self.stop = stop
+        self.leader = leader
+
+    def is_set(self) -> bool:
+        return self.stop.is_set() or not self.leader.is_leader()
+
+
+def build_feeds(config: CollectorConfig, engine: Engine, *, concurrency: int = 4,
+                clock: Clock | None = None, once: bool = False) -> list[Feed]:
     feeds: list[Feed] = []
     for spec in config.feeds:
+        source = config.sources[spec.source]
         if spec.kind == "prometheus":
-            feeds.append(PrometheusFeed(spec, config.sources[spec.source], engine, concurrency=concurrency))
+            feeds.append(PrometheusFeed(spec, source, engine, concurrency=concurrency))
+        elif spec.kind == "kafka":
+            feeds.append(KafkaFeed(spec, source, engine, clock=clock, once=once))
         else:  # the config parser only accepts kinds that are built here
             raise AssertionError(f"no collector for feed kind {spec.kind!r}")
     return feeds
@@ -68,13 +87,20 @@ def next_wake(now: datetime, settle: timedelta) -> datetime:
     return newest_complete(now, settle) + MINUTE + settle
 
 
-def run_cycle(feeds: list[Feed], newest: datetime, stop: threading.Event) -> list[FeedReport]:
+def run_cycle(feeds: list[Feed], newest: datetime, stop: threading.Event,
+              leader: LeaderGate | None = None) -> list[FeedReport]:
+    """Every feed once; feeds that need the lease only while this replica holds it."""
     reports = []
     for feed in feeds:
         if stop.is_set():
             break
+        signal_: StopSignal = stop
+        if feed.needs_leader and leader is not None:
+            if not leader.is_leader():
+                continue
+            signal_ = LeaderStop(stop, leader)
         started = time.monotonic()
-        report = feed.collect(newest, stop)
+        report = feed.collect(newest, signal_)
         metrics.record(report, now=time.time(), seconds=time.monotonic() - started)
         reports.append(report)
     return reports
@@ -98,6 +124,12 @@ def describe_errors(report: FeedReport) -> list[str]:
 def summary(report: FeedReport) -> str:
     marks = [p.collected_until for p in report.progress if p.collected_until is not None]
     until = f"; collected until {min(marks):%Y-%m-%d %H:%M}Z" if marks else ""
+    if report.messages is not None:
+        dropped = sum(report.dropped.values())
+        why = f" ({', '.join(f'{r}: {n:,}' for r, n in sorted(report.dropped.items()))})" if dropped else ""
+        return (f"feed {report.feed!r}: {len(report.progress)} partitions, {report.messages:,} messages, "
+                f"{report.rows_written:,} rows written, {dropped:,} messages dropped{why}, "
+                f"{report.backlog or 0:,} behind{until}")
     skipped = f", {sum(report.skipped.values()):,} samples skipped ({dict(report.skipped)})" if report.skipped else ""
     return (f"feed {report.feed!r}: {len(report.progress)} series, {report.minutes:,} minutes evaluated, "
             f"{report.rows_written:,} rows written{skipped}{until}")
@@ -117,9 +149,10 @@ def collect_once(config: CollectorConfig, engine: Engine, *, settle: timedelta, 
     """Everything complete up to now (backfill included); the exit code of `prescaler collect --once`."""
     out = out or sys.stdout
     err = err or sys.stderr
-    feeds = build_feeds(config, engine, concurrency=concurrency)
+    clock = clock or Clock()
+    feeds = build_feeds(config, engine, concurrency=concurrency, clock=clock, once=True)
     try:
-        newest = newest_complete((clock or Clock()).now(), settle)
+        newest = newest_complete(clock.now(), settle)
         reports = run_cycle(feeds, newest, threading.Event())
     finally:
         for feed in feeds:
@@ -176,12 +209,17 @@ def serve_http(port: int, health: Health, host: str = "0.0.0.0") -> ThreadingHTT
 
 def run_forever(config: CollectorConfig, engine: Engine, *, settle: timedelta, port: int | None,
                 clock: Clock | None = None, leader: LeaderGate | None = None, concurrency: int = 4,
-                stop: threading.Event | None = None,
+                stop: threading.Event | None = None, wake: threading.Event | None = None,
                 on_cycle: Callable[[list[FeedReport]], None] | None = None) -> int:
-    """Collect every minute until SIGTERM/SIGINT (or `stop`); returns 0 after a clean stop."""
+    """Collect every minute until SIGTERM/SIGINT (or `stop`); returns 0 after a clean stop.
+
+    `wake` set from another thread (the elector, on acquiring the lease) starts a cycle at once."""
     clock = clock or Clock()
-    leader = leader or AlwaysLeader()
+    if leader is None:
+        leader = AlwaysLeader()
+        metrics.LEADER.set(1)
     stop = stop or threading.Event()
+    wake = wake or threading.Event()
     health = Health()
     health.touch()
     if threading.current_thread() is threading.main_thread():
@@ -192,7 +230,7 @@ def run_forever(config: CollectorConfig, engine: Engine, *, settle: timedelta, p
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
     server = serve_http(port, health) if port else None
-    feeds = build_feeds(config, engine, concurrency=concurrency)
+    feeds = build_feeds(config, engine, concurrency=concurrency, clock=clock)
     migrated = False
     log.info("collecting %d feeds every minute (settle %ss)", len(feeds), settle.total_seconds())
     try:
@@ -204,10 +242,11 @@ def run_forever(config: CollectorConfig, engine: Engine, *, settle: timedelta, p
                     migrated = True
                 except DataUnavailable as exc:  # the database may come up after us: retry next minute
                     log.warning("%s", exc)
-            if migrated and leader.is_leader():
-                reports = run_cycle(feeds, newest_complete(clock.now(), settle), stop)
+            wake.clear()
+            if migrated:
+                reports = run_cycle(feeds, newest_complete(clock.now(), settle), stop, leader)
                 for report in reports:
-                    if report.rows_written or report.errors:
+                    if report.rows_written or report.errors or report.dropped:
                         log.info("%s", summary(report))
                     for line in describe_errors(report):
                         log.warning("%s", line)
@@ -215,7 +254,7 @@ def run_forever(config: CollectorConfig, engine: Engine, *, settle: timedelta, p
                     on_cycle(reports)
             health.touch()
             now = clock.now()
-            stop.wait(max(0.0, clock.real_seconds(next_wake(now, settle) - now)))
+            _sleep(clock.real_seconds(next_wake(now, settle) - now), stop, wake)
     finally:
         for feed in feeds:
             feed.close()
@@ -226,11 +265,33 @@ def run_forever(config: CollectorConfig, engine: Engine, *, settle: timedelta, p
     return EXIT_OK
 
 
+def _sleep(seconds: float, stop: threading.Event, wake: threading.Event) -> None:
+    deadline = time.monotonic() + max(0.0, seconds)
+    while not stop.is_set() and not wake.is_set():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        stop.wait(min(left, 0.25))
+
+
 def main(config: CollectorConfig, engine: Engine, *, once: bool, settle: timedelta, port: int | None,
-         concurrency: int = 4) -> int:
+         concurrency: int = 4, election: ElectionSettings | None = None) -> int:
+    """`prescaler collect`: `--once` never takes part in the election (feeds are idempotent, or fenced)."""
     clock = Clock.from_env()
     if once:
         db.migrate(engine)
         return collect_once(config, engine, settle=settle, clock=clock, concurrency=concurrency)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return run_forever(config, engine, settle=settle, port=port, clock=clock, concurrency=concurrency)
+    if election is None:
+        return run_forever(config, engine, settle=settle, port=port, clock=clock, concurrency=concurrency)
+    election.check()
+    wake = threading.Event()
+    elector = LeaseElector(coordination_api(), election, on_acquired=wake.set).start()
+    log.info("leader election on lease %s/%s as %s (duration %ss, renew deadline %ss)", election.namespace,
+             election.lease_name, elector.identity, election.lease_duration.total_seconds(),
+             election.renew_deadline.total_seconds())
+    try:
+        return run_forever(config, engine, settle=settle, port=port, clock=clock, leader=elector,
+                           concurrency=concurrency, wake=wake)
+    finally:
+        elector.stop(release=True)
