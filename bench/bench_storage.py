@@ -19,7 +19,7 @@ today's midnight UTC, and measures:
 
 `--baseline` builds the same data on the schema before partitioning (migration 0004) with the previous
 write path (CSV COPY into a staging table, then INSERT ... ON CONFLICT) and measures the same reads and
-panels on it: the "before" column.
+panels on it (the "before" column), then times migration 0005 of that table and checks rows and sums.
 
 Reports, never asserts (targets: ingest >= 200k rows/s, read p99 < 100 ms, panels < 200 ms); results go
 to bench/results/storage[-baseline].json. The exit code is non-zero only when the benchmark could not run.
@@ -79,7 +79,40 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def log(message: str) -> None:
-    print(f"[{datetime.now():%H:%M:%S}] {message}", flush=True)
+    load = os.getloadavg()[0]
+    print(f"[{datetime.now():%H:%M:%S} load {load:.1f}] {message}", flush=True)
+
+
+def server_cpu_s(engine: Engine) -> float:
+    """CPU seconds used so far by this database's client backends (from /proc: same machine)."""
+    with engine.connect() as conn:
+        pids = conn.exec_driver_sql(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND backend_type = 'client backend'").scalars().all()
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """Client and server CPU over a phase: on a machine shared with other work, rows per CPU-second say
+    what the code costs when wall-clock rates mostly say how busy the machine was."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.client, self.server, self.wall = time.process_time(), server_cpu_s(engine), time.perf_counter()
+        self.load = os.getloadavg()[0]
+
+    def stop(self) -> dict[str, float]:
+        return {"client_cpu_s": time.process_time() - self.client,
+                "server_cpu_s": server_cpu_s(self.engine) - self.server,
+                "wall_s": time.perf_counter() - self.wall, "loadavg_start": self.load,
+                "loadavg_end": os.getloadavg()[0]}
 
 
 # --- loading -----------------------------------------------------------------------------------------------
@@ -112,33 +145,47 @@ def write_baseline(engine: Engine, traffic: pd.DataFrame) -> None:
 
 def load(engine: Engine, services: int, start: datetime, baseline: bool) -> dict[str, Any]:
     rows, write_s, frame_s = 0, 0.0, 0.0
+    engine.dispose()  # one pooled connection from here on, so the server's CPU is that backend's
+    meter: CpuMeter | None = None
+    write_cpu = 0.0
     for i in range(services):
         started = time.perf_counter()
         traffic = frame(i, start)
         written = time.perf_counter()
+        if meter is None:
+            meter = CpuMeter(engine)
+        client_before = time.process_time()
         if baseline:
             write_baseline(engine, traffic)
         else:
             ingest.write_traffic(engine, traffic, what=f"bench traffic {i}")
         frame_s += written - started
         write_s += time.perf_counter() - written
+        write_cpu += time.process_time() - client_before
         rows += len(traffic)
         if i % 10 == 9 or i == services - 1:
             log(f"loaded {i + 1}/{services} services, {rows:,} rows, {rows / write_s:,.0f} rows/s")
+    assert meter is not None
+    cpu = meter.stop()
     return {"rows": rows, "write_s": write_s, "rows_per_s": rows / write_s, "frame_s": frame_s,
-            "rows_per_s_with_generation": rows / (write_s + frame_s)}
+            "rows_per_s_with_generation": rows / (write_s + frame_s), "client_write_cpu_s": write_cpu,
+            **cpu, "rows_per_cpu_s": rows / (write_cpu + cpu["server_cpu_s"])}
 
 
 def merge(engine: Engine, services: int, start: datetime) -> dict[str, Any]:
     """The same services again with other values: the staging + ON CONFLICT DO UPDATE path."""
-    rows, changed, spent = 0, 0, 0.0
+    rows, changed, spent, client = 0, 0, 0.0, 0.0
+    meter = CpuMeter(engine)
     for i in range(services):
         traffic = frame(i, start, seed_offset=1000)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         changed += ingest.write_traffic(engine, traffic)
         spent += time.perf_counter() - started
+        client += time.process_time() - cpu
         rows += len(traffic)
-    return {"rows": rows, "seconds": spent, "rows_per_s": rows / spent, "changed": changed}
+    used = meter.stop()
+    return {"rows": rows, "seconds": spent, "rows_per_s": rows / spent, "changed": changed, **used,
+            "rows_per_cpu_s": rows / (client + used["server_cpu_s"])}
 
 
 # --- reads -------------------------------------------------------------------------------------------------
@@ -146,6 +193,8 @@ def merge(engine: Engine, services: int, start: datetime) -> dict[str, Any]:
 def reads(engine: Engine, services: int, end: datetime, source: TrafficSource, n: int) -> dict[str, float]:
     rng = random.Random(7)
     times = []
+    meter = CpuMeter(engine)
+    client = time.process_time()
     for _ in range(n):
         service = service_name(rng.randrange(services))
         now = end - timedelta(minutes=rng.randrange(24 * 60))
@@ -153,8 +202,12 @@ def reads(engine: Engine, services: int, end: datetime, source: TrafficSource, n
         series = read_history(engine, source, service, now - timedelta(days=14), now, timedelta(minutes=5))
         times.append((time.perf_counter() - started) * 1000)
         assert series.notna().sum() > 14 * 280
+    client = time.process_time() - client
+    used = meter.stop()
     return {"n": n, "p50_ms": percentile(times, 50), "p90_ms": percentile(times, 90),
-            "p99_ms": percentile(times, 99), "max_ms": max(times)}
+            "p99_ms": percentile(times, 99), "max_ms": max(times),
+            "server_cpu_ms_per_read": used["server_cpu_s"] * 1000 / n, "client_cpu_ms_per_read": client * 1000 / n,
+            "loadavg": used["loadavg_end"]}
 
 
 def analytics_panels() -> dict[str, str]:
@@ -230,6 +283,19 @@ def collector_minute(engine: Engine, services: int, at: datetime) -> dict[str, f
     return {"series": series, "seconds": took, "ms_per_series": took * 1000 / series}
 
 
+def migrate_loaded(engine: Engine) -> dict[str, Any]:
+    """Migrate the loaded unpartitioned table to head, timed; rows and request sums before and after."""
+    totals = "SELECT count(*), sum(requests) FROM traffic_log"
+    with engine.connect() as conn:
+        before = tuple(conn.exec_driver_sql(totals).one())
+    took, _ = timed(lambda: db.migrate(engine))
+    with engine.connect() as conn:
+        after = tuple(conn.exec_driver_sql(totals).one())
+        in_default = conn.exec_driver_sql("SELECT count(*) FROM traffic_log_default").scalar_one()
+    return {"seconds": took, "rows_before": int(before[0]), "rows_after": int(after[0]),
+            "requests_equal": before[1] == after[1], "rows_in_default_partition": int(in_default)}
+
+
 def sizes(engine: Engine) -> dict[str, int]:
     with engine.connect() as conn:
         parts = conn.exec_driver_sql(
@@ -245,6 +311,31 @@ def sizes(engine: Engine) -> dict[str, int]:
 
 
 # --- main --------------------------------------------------------------------------------------------------
+
+def remeasure(name: str) -> dict[str, Any]:
+    """Reads and panels again on a database kept by --keep (e.g. once the machine is quieter)."""
+    pgserver.ensure_running()
+    engine = db.make_engine(pgserver.url(database=name))
+    try:
+        with engine.connect() as conn:
+            services = int(conn.exec_driver_sql("SELECT count(DISTINCT service) FROM traffic_rollup_daily "
+                                                "WHERE service LIKE 'svc-%%'").scalar_one())
+            # The data end at a midnight; the bench's collector minute is the only row after it.
+            end = conn.exec_driver_sql("SELECT date_bin('1 day', max(bucket), TIMESTAMPTZ '2000-01-01+00') "
+                                       "FROM traffic_rollup_5m").scalar_one().astimezone(UTC)
+            conn.execute(db.forecasts.delete().where(db.forecasts.c.scaler_key == SCALER_KEY))
+            conn.commit()
+        start = end - timedelta(days=DAYS)
+        result: dict[str, Any] = {"database": name, "services": services}
+        result["read_14d_5m"] = reads(engine, services, end, default_source(), READS)
+        log(f"14-day 5-minute read: {result['read_14d_5m']}")
+        result["read_14d_5m_from_rows"] = reads(engine, services, end, TrafficSource(table="public.traffic_log"), 40)
+        log(f"the same read from the rows (no rollup): {result['read_14d_5m_from_rows']}")
+        result["panels"] = panels(engine, start, end, service_name(services // 2))
+    finally:
+        engine.dispose()
+    return result
+
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     services = max(1, round(SERVICES * args.scale))
@@ -288,6 +379,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             merged = merge(engine, max(1, services // 20), start)
             result["merge"] = merged
             log(f"merge path (every value changed): {merged}")
+        else:
+            result["migration"] = migrate_loaded(engine)
+            log(f"migration 0005 of the loaded table: {result['migration']}")
     finally:
         engine.dispose()
         if args.keep:
@@ -310,15 +404,20 @@ def report(result: dict[str, Any]) -> str:
     lines = [
         f"| rows | {result['ingest']['rows']:,} ({result['services']} services x 5 endpoints x {result['days']} "
         "days x 1 min) |",
-        f"| ingest | {ing['rows_per_s']:,.0f} rows/s ({ing['rows_per_s_with_generation']:,.0f} rows/s with the "
-        "simulator generating them) |",
-        f"| 14-day read at 5 min | p50 {rd['p50_ms']:.1f} ms, p90 {rd['p90_ms']:.1f} ms, p99 {rd['p99_ms']:.1f} ms |",
+        f"| ingest | {ing['rows_per_s']:,.0f} rows/s wall clock at load {ing['loadavg_start']:.0f}-"
+        f"{ing['loadavg_end']:.0f}; {ing['rows_per_cpu_s']:,.0f} rows per CPU-second (client + server) |",
+        f"| 14-day read at 5 min | p50 {rd['p50_ms']:.1f} ms, p90 {rd['p90_ms']:.1f} ms, p99 {rd['p99_ms']:.1f} ms "
+        f"(CPU per read: {rd['server_cpu_ms_per_read']:.1f} ms server, {rd['client_cpu_ms_per_read']:.1f} ms client) |",
     ]
     if "read_14d_5m_from_rows" in result:
         raw = result["read_14d_5m_from_rows"]
         lines.append(f"| same read from the rows | p50 {raw['p50_ms']:.0f} ms, p99 {raw['p99_ms']:.0f} ms |")
     for title, p in result["panels"].items():
         lines.append(f"| {title} | {p['median_ms']:.1f} ms (max {p['max_ms']:.1f}, {p['rows']:,} rows) |")
+    if "migration" in result:
+        mg = result["migration"]
+        lines.append(f"| migration 0005 of this table | {mg['seconds'] / 60:.1f} min, {mg['rows_after']:,} of "
+                     f"{mg['rows_before']:,} rows, request sums equal: {mg['requests_equal']} |")
     if "collector_minute" in result:
         c = result["collector_minute"]
         lines.append(f"| collector minute ({c['series']} series upserted) | {c['seconds']:.2f} s "
@@ -326,7 +425,8 @@ def report(result: dict[str, Any]) -> str:
         lines.append(f"| prescaler maintain | {result['maintain_s']:.1f} s |")
         rb = result["rebuild_rollups"]
         lines.append(f"| full rollup rebuild | {rb['seconds']:.0f} s ({rb['rows_per_s']:,.0f} rows/s) |")
-        lines.append(f"| merge path (values changed) | {result['merge']['rows_per_s']:,.0f} rows/s |")
+        lines.append(f"| merge path (values changed) | {result['merge']['rows_per_s']:,.0f} rows/s wall clock; "
+                     f"{result['merge']['rows_per_cpu_s']:,.0f} rows per CPU-second |")
     lines.append("| sizes | " + ", ".join(f"{k} {v / 2**20:,.0f} MiB" for k, v in result["sizes"].items()) + " |")
     return "\n".join(lines)
 
@@ -336,9 +436,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--scale", type=float, default=1.0, help="fraction of the 100 services (0.1: 10)")
     p.add_argument("--baseline", action="store_true", help="schema and write path before partitioning")
     p.add_argument("--keep", action="store_true", help="keep the database (prints its URL)")
+    p.add_argument("--remeasure", metavar="DATABASE", help="only the reads and panels, on a kept database")
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
     if not 0 < args.scale <= 1:
         p.error("--scale must be in (0, 1]")
+    if args.remeasure:
+        again = remeasure(args.remeasure)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "storage-remeasured.json").write_text(json.dumps(again, indent=2, default=str))
+        print(json.dumps(again, indent=2, default=str))
+        return 0
     result = run(args)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"storage{'-baseline' if args.baseline else ''}.json"

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 import yaml
@@ -227,14 +228,24 @@ def grid(start: datetime, end: datetime, step: timedelta) -> pd.DatetimeIndex:
 ROLLUP_STEP = timedelta(minutes=5)
 # A 5-minute multiple sums 5-minute rollup buckets; a final bucket cut by `end` inside 5 minutes takes its
 # minutes from traffic_log. The rollup has a bucket exactly where traffic_log has rows, so gaps stay NaN.
-_FROM_ROLLUP = sa.text(
-    "SELECT date_bin(:step, b, :origin) AS bucket, sum(v)::double precision AS v FROM ("
-    " SELECT bucket AS b, requests AS v FROM traffic_rollup_5m"
+# Summed as doubles (exact for whole numbers below 2**53, so the same values as the rows' numeric sum),
+# which halves the server's time for the aggregate.
+_FROM_ROLLUP = (
+    "SELECT date_bin(:step, b, :origin) AS bucket, sum(v) AS v FROM ("
+    " SELECT bucket AS b, requests::double precision AS v FROM traffic_rollup_5m"
     " WHERE service = :service AND bucket >= :start AND bucket < :cut"
     " UNION ALL"
-    " SELECT ts, requests FROM traffic_log WHERE service = :service AND ts >= :cut AND ts < :end"
-    ") x GROUP BY 1 ORDER BY 1"
+    " SELECT ts, requests::double precision FROM traffic_log"
+    " WHERE service = :service AND ts >= :cut AND ts < :end"
+    ") x GROUP BY 1"
 )
+
+
+def _as_arrays(buckets: str) -> sa.TextClause:
+    """The buckets as one row of two arrays (microseconds since the epoch, values): parsing two arrays costs
+    the client a quarter of what thousands of rows of timestamps do."""
+    return sa.text("SELECT array_agg((extract(epoch FROM bucket) * 1000000)::bigint ORDER BY bucket), "
+                   f"array_agg(v ORDER BY bucket) FROM ({buckets}) buckets")
 
 
 def read_history(engine: Engine, source: TrafficSource, service: str, start: datetime, end: datetime,
@@ -252,21 +263,24 @@ def read_history(engine: Engine, source: TrafficSource, service: str, start: dat
     params: dict[str, Any] = {"step": step, "origin": _EPOCH, "service": service,
                               "start": index[0].to_pydatetime(), "end": end_utc.to_pydatetime()}
     if uses_rollups(source) and step % ROLLUP_STEP == timedelta(0):
-        stmt = _FROM_ROLLUP
+        buckets = _FROM_ROLLUP
         params["cut"] = max(index[0], end_utc.floor(ROLLUP_STEP)).to_pydatetime()
     else:
         q = source.quoted(engine.dialect.identifier_preparer)
-        stmt = sa.text(
+        buckets = (
             f"SELECT date_bin(:step, {q['ts']}, :origin) AS bucket, sum({q['value']})::double precision AS v "
             f"FROM {q['table']} WHERE {q['service']} = :service AND {q['ts']} >= :start AND {q['ts']} < :end "
-            "GROUP BY 1 ORDER BY 1"
+            "GROUP BY 1"
         )
     with (unavailable_on_error(f"reading history of {service!r}"), _source_errors(source),
           engine.connect() as conn):
-        rows = conn.execute(stmt, params).all()
-    buckets = pd.to_datetime([r[0] for r in rows], utc=True)
-    values = pd.Series([r[1] for r in rows], index=buckets, dtype=float)
-    return values.reindex(index).rename(service)
+        micros, values = conn.execute(_as_arrays(buckets), params).one()
+    out = np.full(len(index), np.nan)
+    if micros:
+        # Buckets come from the same epoch-anchored grid, so each lands on one position.
+        step_us = step // timedelta(microseconds=1)
+        out[(np.asarray(micros, dtype=np.int64) - index[0].value // 1000) // step_us] = np.asarray(values, dtype=float)
+    return pd.Series(out, index=index, name=service)
 
 
 def last_timestamp(engine: Engine, source: TrafficSource, service: str) -> datetime | None:
