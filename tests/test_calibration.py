@@ -15,6 +15,7 @@ from prescaler.calibration import (
     MAX_MULTIPLIER,
     MIN_MULTIPLIER,
     MIN_SAMPLES,
+    ForecastRecord,
     Samples,
     blended,
     calibrate,
@@ -25,6 +26,7 @@ from prescaler.calibration import (
     realized,
     samples_from_forecasts,
     shortfall,
+    status_fields,
 )
 from prescaler.errors import InputError
 from prescaler.forecasting import Forecast
@@ -242,3 +244,70 @@ def test_realized_served_and_coverage() -> None:
     served, coverage = realized(np.array([100.0, 100.0, math.nan, 300.0]), np.array([100.0, 50.0, 10.0, 300.0]))
     assert served == pytest.approx(100 * (1 - 50 / 500)) and coverage == pytest.approx(100 * 2 / 3)
     assert realized(np.array([math.nan]), np.array([1.0])) == (None, None)
+
+
+def test_status_fields_are_strings_for_the_crd() -> None:
+    rng = np.random.default_rng(6)
+    forecast = rng.uniform(100, 1000, 300)
+    s = samples(forecast * rng.lognormal(0, 0.1, 300), forecast, lead_h=rng.uniform(0, 24, 300))
+    cal = calibrate(s, service_level=99.9)
+    fields = status_fields(cal, s, lead=2 * H)
+    assert fields["forecastTrust"] == "100%"
+    level = fields["serviceLevel"]
+    assert level["target"] == "99.9%" and level["samples"] == 300 and level["window"] == "14d"
+    assert all(isinstance(level[k], str) for k in ("realizedServedPercent", "coveragePercent",
+                                                   "calibratedQuantile", "multiplier"))
+    assert float(level["realizedServedPercent"].rstrip("%")) >= 99.8
+    assert status_fields(calibrate(s, service_level=None), s, lead=H) == {"forecastTrust": "100%"}
+
+
+def test_the_record_keeps_only_what_calibration_pairs() -> None:
+    record = ForecastRecord(keep_ahead=2 * H, window=timedelta(days=1))
+    start = NOW - timedelta(days=3)
+    for i in range(72):
+        assert record.add(start + i * H, _forecast(start + i * H, [100.0] * 48))
+    latest = start + 71 * H
+    assert not record.add(latest, _forecast(latest, [1.0] * 48))  # the same generation once
+    assert not record.add(start, _forecast(start, [1.0] * 48))  # nor one older than the window
+    # A day (plus what is in force ahead of its oldest) of hourly forecasts, two points each.
+    assert len(record.entries) == 24 + 2 + 1
+    assert all(len(f.ds) == 2 for _, f in record.entries)
+
+
+def test_the_keeper_calibrates_once_per_forecast_and_reports_status(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from prescaler import history
+    from prescaler.service_level import ServiceLevelKeeper
+    from prescaler.spec import parse_spec
+
+    hours = pd.date_range(NOW - timedelta(days=15), NOW, freq="1h", tz="UTC", inclusive="left")
+    truth = 1000 * (1 + 0.5 * np.sin(np.arange(len(hours)) * 2 * math.pi / 24))
+    actuals = pd.Series(truth * np.random.default_rng(8).lognormal(0, 0.05, len(hours)), index=hours)
+    reads: list[datetime] = []
+
+    def read_history(engine: object, source: object, service: str, start: datetime, end: datetime,
+                     step: timedelta) -> pd.Series:
+        reads.append(end)
+        return actuals[(actuals.index >= start) & (actuals.index < end)]
+
+    monkeypatch.setattr(history, "read_history", read_history)
+    spec = parse_spec({"scaleTargetRef": {"kind": "Deployment", "name": "web"}, "maxReplicas": 10,
+                       "series": {"service": "web"}, "capacity": {"requestsPerReplica": 100},
+                       "forecast": {"step": "1h", "history": "7d"}, "scaling": {"serviceLevel": "99.9%",
+                                                                                 "leadTime": "1h"}})
+    keeper = ServiceLevelKeeper(engine=None)  # type: ignore[arg-type]
+    cal = None
+    status: dict[str, object] = {}
+    for i in range(0, len(hours) - 30, 6):
+        t = hours[i].to_pydatetime()
+        fc = _forecast(t, list(truth[i : i + 30]))
+        for _ in range(2):  # two ticks with the same forecast read the traffic once
+            cal, status = asyncio.run(keeper.calibration_for("ns", "web", spec, None, fc, t,  # type: ignore[arg-type]
+                                                             t + timedelta(minutes=10)))
+    assert len(reads) == len(range(0, len(hours) - 30, 6))
+    assert cal is not None and cal.ready and cal.service_level == 99.9
+    level = status["serviceLevel"]
+    assert isinstance(level, dict) and level["target"] == "99.9%" and "realizedServedPercent" in level
+    keeper.forget("ns", "web")
+    assert asyncio.run(keeper.calibration_for("ns", "web", spec, None, None, None, NOW)) == (None, {})  # type: ignore[arg-type]

@@ -40,8 +40,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -166,6 +167,38 @@ def samples_from_forecasts(
         return _empty()
     arr = np.array(rows, dtype=float)
     return Samples(lead_s=arr[:, 0], actual=arr[:, 1], forecast=arr[:, 2], observed=arr[:, 3])
+
+
+@dataclass
+class ForecastRecord:
+    """The forecasts a scaler used, kept only as far as calibration pairs them with what came.
+
+    A forecast is in force from its generation until the next one (at most `keep_ahead`, the planner's
+    staleAfter + leadTime + a step); only that slice is kept, and only within `window` of the newest, so
+    the record stays a few hundred points per scaler however long the horizon.
+    """
+
+    keep_ahead: timedelta
+    window: timedelta = CALIBRATION_WINDOW
+    entries: list[tuple[datetime, Forecast]] = field(default_factory=list)
+
+    def add(self, generated_at: datetime, forecast: Forecast) -> bool:
+        """Keep `forecast` unless one generated at the same time is kept already (or it is older than the
+        window); True when added."""
+        if any(g == generated_at for g, _ in self.entries):
+            return False
+        if self.entries and generated_at < self.entries[-1][0] - self.window - self.keep_ahead:
+            return False
+        end = pd.Timestamp(generated_at) + pd.Timedelta(self.keep_ahead)
+        keep = np.asarray(forecast.ds < end)
+        sliced = Forecast(ds=forecast.ds[keep], yhat=np.asarray(forecast.yhat)[keep],
+                          lower=np.asarray(forecast.lower)[keep], upper=np.asarray(forecast.upper)[keep],
+                          model=forecast.model)
+        self.entries.append((generated_at, sliced))
+        self.entries.sort(key=lambda gf: gf[0])
+        newest = self.entries[-1][0]
+        self.entries = [(g, f) for g, f in self.entries if g >= newest - self.window - self.keep_ahead]
+        return True
 
 
 def _window_max(fc: Forecast, start: pd.Timestamp, end: pd.Timestamp) -> float:
@@ -396,6 +429,30 @@ def calibrate_from_forecasts(
     """The reconciler's entry point: stored forecasts and the traffic since, at `now`."""
     samples = samples_from_forecasts(forecasts, actuals, now=now, lead_time=lead_time, window=window)
     return calibrate(samples, service_level=service_level, headroom_percent=headroom_percent)
+
+
+def status_fields(calibration: Calibration, samples: Samples, *, lead: timedelta,
+                  window: timedelta = CALIBRATION_WINDOW) -> dict[str, Any]:
+    """The PredictiveScaler status fields of a calibration: `forecastTrust` and, with a service level,
+    `serviceLevel` {target, realizedServedPercent, coveragePercent, calibratedQuantile, multiplier, samples,
+    window}: how the calibrated sizing served the window's load and covered its buckets. Strings, since the
+    API conventions keep floats out of resources."""
+    out: dict[str, Any] = {"forecastTrust": f"{100 * calibration.trust.weight:.0f}%"}
+    if calibration.service_level is None:
+        return out
+    level: dict[str, Any] = {"target": f"{calibration.service_level:g}%", "samples": calibration.samples,
+                             "window": format_duration(window)}
+    bucket = calibration.bucket(lead)
+    usable = samples.usable()
+    if bucket is not None and len(usable):
+        sized = calibration.multipliers(usable.lead_s) * blended(usable.forecast, usable.observed,
+                                                                 calibration.trust.weight)
+        served, coverage = realized(usable.actual, sized)
+        level.update({"calibratedQuantile": f"{100 * bucket.quantile:.1f}%", "multiplier": f"{bucket.multiplier:.3f}"})
+        if served is not None and coverage is not None:
+            level.update({"realizedServedPercent": f"{served:.2f}%", "coveragePercent": f"{coverage:.1f}%"})
+    out["serviceLevel"] = level
+    return out
 
 
 def realized(actual: np.ndarray, provisioned: np.ndarray) -> tuple[float | None, float | None]:
