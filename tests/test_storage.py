@@ -104,6 +104,31 @@ def test_rows_of_a_week_without_partition_land_in_default_then_move(fresh: Engin
     _rollups_equal_rows(fresh)
 
 
+def test_a_partition_made_while_a_writer_fills_its_week_loses_nothing(fresh: Engine) -> None:
+    week = datetime(2032, 3, 1, tzinfo=UTC)
+    written: list[datetime] = []
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            for i in range(60):
+                _upsert(fresh, "busy", "*", [week + i * M], [i])
+                written.append(week + i * M)
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    while len(written) < 10 and thread.is_alive():
+        threading.Event().wait(0.01)
+    made = storage.ensure_partitions(fresh, [week])
+    thread.join()
+    assert not errors and made.created == ("traffic_log_p20320301",) and len(written) == 60
+    assert _scalar(fresh, "SELECT count(*) FROM traffic_log_p20320301") == 60
+    assert _scalar(fresh, "SELECT count(*) FROM traffic_log_default") == 0
+    _rollups_equal_rows(fresh)
+
+
 def test_import_makes_the_partitions_it_needs(fresh: Engine, tmp_path: Path) -> None:
     trace = tmp_path / "old.csv"
     trace.write_text("ds,y\n2019-02-03T23:59:00,4\n2019-02-04T00:00:00,6\n2021-07-01T12:00:00,1\n")

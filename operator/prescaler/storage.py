@@ -5,7 +5,9 @@ small (13 partitions for 90 days, 52 a year), so planning and the queries that c
 service's newest minute) stay cheap, while one partition stays small enough to drop, vacuum and index
 quickly (5M rows for 500 series at one minute). Retention drops whole weeks, so it keeps up to a week more
 than asked. Partitions are created ahead by `maintain` and on demand by the importers, as a standalone table
-then ATTACHed: ATTACH holds only a SHARE UPDATE EXCLUSIVE lock on traffic_log, so reads and writes go on.
+then ATTACHed: readers go on throughout (no ACCESS EXCLUSIVE lock on traffic_log); writers wait the few
+milliseconds it takes, since one that had already routed a row to the default partition would fail when the
+ATTACH narrows it.
 
 Rows of a week without a partition go to the DEFAULT partition instead of failing, so no writer (the
 collector, psql) ever loses a row to a missing partition. Its cost: every ATTACH scans the default partition
@@ -108,12 +110,13 @@ def raw_horizon(conn: Connection) -> datetime | None:
 
 def _retrying(action: str, work: Callable[[], T]) -> T:
     """DDL waits at most LOCK_TIMEOUT for its locks (so it never queues every reader behind a long query);
-    a timeout is retried a few times, then reported as transient."""
+    a timeout (or a deadlock with some other session) is retried a few times, then reported as transient."""
     for attempt in range(_ATTEMPTS):
         try:
             return work()
         except sa_exc.OperationalError as exc:
-            if "lock timeout" not in str(exc.orig) or attempt == _ATTEMPTS - 1:
+            transient = any(m in str(exc.orig) for m in ("lock timeout", "deadlock detected"))
+            if not transient or attempt == _ATTEMPTS - 1:
                 detail = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
                 raise DataUnavailable(f"{action}: {detail}") from exc
             time.sleep(0.5 * (attempt + 1))
@@ -140,13 +143,16 @@ def _attach_week(conn: Connection, start: datetime) -> int:
         return 0  # made meanwhile by another process
     name, end = partition_name(start), start + WEEK
     bounds = {"start": start, "end": end}
+    # Writers wait (readers do not) while the partition is made: a writer that had already routed a row to the
+    # default partition would otherwise fail once the ATTACH narrows it. The lock waits for writers in flight.
+    conn.exec_driver_sql(f"LOCK TABLE ONLY {TABLE} IN SHARE MODE")
+    conn.exec_driver_sql(f"LOCK TABLE {DEFAULT_PARTITION} IN ACCESS EXCLUSIVE MODE")
     conn.exec_driver_sql(f"CREATE TABLE {name} (LIKE {TABLE} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
     moved = 0
     stray = conn.exec_driver_sql(
         f"SELECT EXISTS (SELECT 1 FROM {DEFAULT_PARTITION} WHERE ts >= %(start)s AND ts < %(end)s)", bounds).scalar()
     if stray:
         # Straight into the partitions, past traffic_log's triggers: the rows move, the rollups already count them.
-        conn.exec_driver_sql(f"LOCK TABLE {DEFAULT_PARTITION} IN ACCESS EXCLUSIVE MODE")
         moved = conn.exec_driver_sql(
             f"WITH gone AS (DELETE FROM {DEFAULT_PARTITION} WHERE ts >= %(start)s AND ts < %(end)s RETURNING *) "
             f"INSERT INTO {name} SELECT * FROM gone", bounds).rowcount
