@@ -6,6 +6,7 @@ import importlib
 import subprocess
 import sys
 from datetime import timedelta
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -13,10 +14,14 @@ import pytest
 
 from prescaler import forecasting as fc
 from prescaler.errors import InputError
+from prescaler.forecasting.calibration import conformal_quantile, lead_bins
+from prescaler.forecasting.selection import fit_local
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 MODELS = ("prophet", "seasonal-naive", "holt-winters")
+# Every forecaster auto may use: the three a scaler can name and the internal ones.
+CANDIDATES = (*MODELS, "seasonal-median", "mstl", "harmonic")
 
 
 def traffic(days: float, step: timedelta = HOUR, *, noise: float = 0.03, seed: int = 1,
@@ -61,10 +66,10 @@ def test_every_public_name_resolves_to_its_module() -> None:
 
 # --- each model -------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", CANDIDATES)
 def test_forecast_grid_band_and_accuracy(series: pd.Series, name: str) -> None:
     train, test = split(series, 2 * DAY)
-    model = fc.make_forecaster(name, step=HOUR)
+    model = fc.make_candidate(name, step=HOUR)
     assert model.name == name
     forecast = model.fit(train).predict(2 * DAY)
 
@@ -81,7 +86,7 @@ def test_forecast_grid_band_and_accuracy(series: pd.Series, name: str) -> None:
     assert list(frame.columns) == ["ds", "yhat", "lower", "upper"]
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", CANDIDATES)
 def test_nan_gaps_do_not_break_a_fit(series: pd.Series, name: str) -> None:
     train, test = split(series, DAY)
     holes = train.copy()
@@ -89,7 +94,7 @@ def test_nan_gaps_do_not_break_a_fit(series: pd.Series, name: str) -> None:
     holes.iloc[rng.choice(len(holes), size=len(holes) // 10, replace=False)] = np.nan
     holes.iloc[200:212] = np.nan  # a half-day outage
     holes.iloc[-3:] = np.nan  # the newest buckets have not arrived yet
-    forecast = fc.make_forecaster(name, step=HOUR).fit(holes).predict(DAY)
+    forecast = fc.make_candidate(name, step=HOUR).fit(holes).predict(DAY)
     assert len(forecast.ds) == 24
     assert forecast.ds[0] == holes.index[-1] + HOUR
     assert np.isfinite(forecast.yhat).all() and np.isfinite(forecast.upper).all()
@@ -144,6 +149,13 @@ def test_unknown_model_is_an_input_error_naming_it(series: pd.Series) -> None:
         fc.make_forecaster("arima", step=HOUR)
     for name in fc.MODEL_NAMES:
         fc.check_model_name(name)
+    # auto's internal candidates are not names a scaler can use.
+    with pytest.raises(InputError, match="'mstl'"):
+        fc.check_model_name("mstl")
+    with pytest.raises(InputError, match="'seasonal-median'"):
+        fc.make_forecaster("seasonal-median", step=HOUR)
+    with pytest.raises(InputError, match="arima"):
+        fc.make_candidate("arima", step=HOUR)
 
 
 def test_short_history_falls_back_with_reason_then_nothing_fits(series: pd.Series) -> None:
@@ -192,7 +204,7 @@ def test_timeout_kills_the_fit_and_falls_back() -> None:
 def test_fit_in_a_child_process_returns_its_result(series: pd.Series) -> None:
     result = fc.fit_predict("holt-winters", series, DAY, timeout_s=300)
     assert result.model == "holt-winters"
-    assert result.reason == "holt-winters as configured"
+    assert result.reason == "holt-winters as configured; band calibrated on 3 backtest windows"
     assert result.smape is not None and result.smape < 15
     assert len(result.forecast.ds) == 24
 
@@ -254,50 +266,83 @@ def test_rolling_origin_uses_only_the_past(series: pd.Series) -> None:
 
 # --- auto -------------------------------------------------------------------------------------------------
 
-def test_auto_picks_the_lowest_backtest_error() -> None:
-    # Every hour of the week has its own random level, repeated exactly: only a weekly copy gets it right.
-    rng = np.random.default_rng(11)
+def repeated_week(days: int, seed: int = 11) -> tuple[pd.Series, np.ndarray]:
+    """Every hour of the week has its own random level, repeated exactly: only a weekly copy gets it right."""
+    rng = np.random.default_rng(seed)
     week = rng.uniform(100, 1000, size=168)
-    index = pd.date_range("2024-01-01", periods=168 * 4, freq="h", tz="UTC")
-    repeat = pd.Series(np.tile(week, 4), index=index)
+    index = pd.date_range("2024-01-01", periods=24 * days, freq="h", tz="UTC")
+    return pd.Series(np.resize(week, 24 * days), index=index), week
+
+
+def test_auto_picks_the_model_that_is_clearly_right() -> None:
+    # 12 days: seasonal-naive copies the week exactly; Holt-Winters takes a weekly season from two weeks on,
+    # seasonal-median's weekly medians need three.
+    repeat, week = repeated_week(12)
     result = fc.fit_predict("auto", repeat, DAY)
     assert result.model == "seasonal-naive"
     assert set(result.errors) == set(fc.CANDIDATES)
     assert result.smape == pytest.approx(0, abs=1e-9)
+    assert result.errors["seasonal-naive"]["pinball"] == pytest.approx(0, abs=1e-9)
     assert result.errors["prophet"]["smape"] > 5
-    # A weekly-season Holt-Winters nearly learns the repeated week, but only nearly.
-    assert result.errors["holt-winters"]["smape"] > 0
-    assert result.reason.startswith("auto: seasonal-naive sMAPE 0.0% < ")
-    np.testing.assert_allclose(result.forecast.yhat, week[:24])
+    assert min(result.errors[m]["pinball"] for m in fc.CANDIDATES if m != "seasonal-naive") > 1
+    assert result.reason.startswith("auto: seasonal-naive pinball 0.00% (sMAPE 0.0%) < ")
+    assert "(pinball loss at q0.9, 3 backtest folds of 1 day); using seasonal-naive" in result.reason
+    start = len(repeat) % 168
+    np.testing.assert_allclose(result.forecast.yhat, week[start:start + 24])
 
 
-def test_auto_drops_what_another_model_beat_in_every_fold() -> None:
-    rng = np.random.default_rng(11)
-    week = rng.uniform(100, 1000, size=168)
-    index = pd.date_range("2024-01-01", periods=168 * 4, freq="h", tz="UTC")
-    result = fc.fit_predict("auto", pd.Series(np.tile(week, 4), index=index), DAY)
-    assert "(3 backtest folds of 1 day); using seasonal-naive" in result.reason
-    assert "dropped prophet (worse than seasonal-naive in every fold)" in result.reason
-    assert "holt-winters (worse than seasonal-naive in every fold)" in result.reason
+def test_auto_picks_the_robust_median_where_one_off_bursts_repeat_in_copies() -> None:
+    repeat, week = repeated_week(35)
+    bursty = repeat.copy()
+    # Apart in the week: each bucket of the week has one burst at most among its four weeks.
+    for day, hour in ((4, 9), (11, 14), (19, 20), (25, 2), (26, 15), (27, 20)):
+        bursty.iloc[day * 24 + hour: day * 24 + hour + 3] *= 4
+    result = fc.fit_predict("auto", bursty, DAY)
+    assert result.model == "seasonal-median"
+    assert result.errors["seasonal-median"]["pinball"] == pytest.approx(0, abs=1e-6)
+    # A week-old copy brings each burst back a week later.
+    assert result.errors["seasonal-naive"]["pinball"] > 1
+    start = len(repeat) % 168
+    np.testing.assert_allclose(result.forecast.yhat, week[start:start + 24], rtol=1e-6)
 
 
-def test_auto_combines_models_that_no_other_beat_everywhere() -> None:
-    # Heavy noise: copying last week copies its noise; two smooth models win on different days.
+def test_auto_drops_the_models_far_from_the_best() -> None:
+    repeat, _ = repeated_week(12)
+    result = fc.fit_predict("auto", repeat, DAY)
+    for name in ("prophet", "holt-winters", "mstl", "seasonal-median", "harmonic"):
+        assert f"{name} (pinball {result.errors[name]['pinball']:.2f}% > 1.5× the best's)" in result.reason
+
+
+def test_auto_combines_the_models_close_to_the_best() -> None:
+    # Heavy noise: copying last week copies its noise; the smooth models are close to one another.
     noisy = traffic(28, noise=0.25, seed=5)
     result = fc.fit_predict("auto", noisy, DAY)
-    assert result.model == "auto(holt-winters+prophet)"
-    assert "dropped seasonal-naive (worse than holt-winters in every fold)" in result.reason
-    hw, prophet = result.errors["holt-winters"]["smape"], result.errors["prophet"]["smape"]
-    w_hw = (1 / hw) / (1 / hw + 1 / prophet)
-    assert f"combined {w_hw:.2f} holt-winters + {1 - w_hw:.2f} prophet" in result.reason
-    # The forecast is that weighted mean of the members refitted on the whole history.
-    members = [fc.make_forecaster(m, step=HOUR).fit(noisy).predict(DAY) for m in ("holt-winters", "prophet")]
-    np.testing.assert_allclose(result.forecast.yhat, w_hw * members[0].yhat + (1 - w_hw) * members[1].yhat)
+    assert result.model.startswith("auto(")
+    members = result.model[len("auto("):-1].split("+")
+    assert len(members) >= 2 and "seasonal-naive" not in members
+    scores = {m: result.errors[m]["pinball"] for m in members}
+    best = min(result.errors[m]["pinball"] for m in fc.CANDIDATES)
+    assert all(v <= 1.5 * best for v in scores.values())
+    weights = fc.combination_weights(scores)
+    mix = " + ".join(f"{weights[m]:.2f} {m}" for m in members)
+    assert f"combined {mix} (models within 1.5× the best pinball, weights ∝ 1/pinball" in result.reason
+    # The forecast is that weighted mean of the members refitted on the whole history, with a band
+    # calibrated on the mix's own backtest errors.
+    refits = [fc.make_candidate(m, step=HOUR).fit(noisy).predict(DAY) for m in members]
+    mixed = sum(weights[m] * f.yhat for m, f in zip(members, refits, strict=True))
+    np.testing.assert_allclose(result.forecast.yhat, mixed)
     assert np.all(result.forecast.lower <= result.forecast.yhat)
     assert np.all(result.forecast.yhat <= result.forecast.upper)
-    # The combination's own backtest error, with those weights, is below each member's.
-    assert result.smape is not None and result.smape < min(hw, prophet)
+    assert result.reason.endswith("band calibrated on 3 backtest windows")
     assert result.forecast.model == result.model
+
+
+def test_auto_ranks_by_pinball_loss_at_the_quantile_it_is_given() -> None:
+    noisy = traffic(16, noise=0.2, seed=4)
+    result = fit_local("auto", noisy, DAY, None, None, quantile=0.99)
+    assert "(pinball loss at q0.99, 3 backtest folds of 1 day)" in result.reason
+    ranked = sorted(result.errors, key=lambda m: result.errors[m]["pinball"])
+    assert result.reason.startswith(f"auto: {ranked[0]} pinball ")
 
 
 def test_combination_weights_favour_the_lower_error() -> None:
@@ -328,12 +373,12 @@ def test_combine_is_a_weighted_mean_whose_band_contains_it() -> None:
 def test_auto_backtests_on_the_forecast_horizon_when_history_allows() -> None:
     week = timedelta(days=7)
     long = fc.fit_predict("auto", traffic(35), week)
-    assert "(3 backtest folds of 7 days)" in long.reason
+    assert "3 backtest folds of 7 days)" in long.reason
     assert all(e["folds"] == 3 for e in long.errors.values())
     assert len(long.forecast.ds) == 168
     # 23 days leave 2 days before three 7-day windows: too short for prophet, so 1-day windows.
     short = fc.fit_predict("auto", traffic(23), week)
-    assert "(3 backtest folds of 1 day)" in short.reason
+    assert "3 backtest folds of 1 day)" in short.reason
     assert len(short.forecast.ds) == 168
 
 
@@ -395,3 +440,217 @@ def test_an_event_of_an_unseen_kind_applies_its_stated_lift(series: pd.Series) -
     ratio = with_events.yhat / without.yhat
     np.testing.assert_allclose(ratio[9:11], 1.5, rtol=1e-6)
     np.testing.assert_allclose(np.delete(ratio, [9, 10]), 1.0, rtol=1e-6)
+
+
+# --- auto's internal candidates ---------------------------------------------------------------------------
+
+def test_seasonal_median_ignores_a_one_off_burst_that_seasonal_naive_copies() -> None:
+    clean = traffic(28, noise=0.0)
+    burst = clean.copy()
+    burst.iloc[-168 + 10:-168 + 14] *= 5  # four hours of a flash crowd, one week before the forecast
+    naive = fc.SeasonalNaiveForecaster(step=HOUR).fit(burst).predict(DAY)
+    median = fc.SeasonalMedianForecaster(step=HOUR).fit(burst).predict(DAY)
+    assert median.note == "weekly"
+    truth = clean.iloc[-168:-144].to_numpy()  # the clean series repeats every week
+    assert np.all(naive.yhat[10:14] > 4 * truth[10:14])
+    np.testing.assert_allclose(median.yhat, truth, rtol=0.02)
+
+
+def test_seasonal_median_forecasts_weekends_from_weekends_on_short_history() -> None:
+    ten_days = traffic(10, noise=0.02)  # starts on a Monday: the forecast day is Thursday
+    eleven = traffic(13, noise=0.02)  # the forecast day is a Sunday
+    weekday = fc.SeasonalMedianForecaster(step=HOUR).fit(ten_days).predict(DAY)
+    weekend = fc.SeasonalMedianForecaster(step=HOUR).fit(eleven).predict(DAY)
+    assert weekday.note == "daily" and weekend.note == "daily"
+    assert weekend.ds[0].dayofweek == 6 and weekday.ds[0].dayofweek == 3
+    # traffic() runs weekends at 60% of weekdays.
+    ratio = weekend.yhat.mean() / weekday.yhat.mean()
+    assert 0.5 < ratio < 0.7
+
+
+def test_seasonal_median_follows_a_new_level_in_part() -> None:
+    base = traffic(28, noise=0.0)
+    shifted = base.copy()
+    shifted.iloc[-24:] *= 1.5  # the newest day runs 50% higher
+    flat = fc.SeasonalMedianForecaster(step=HOUR).fit(base).predict(DAY)
+    moved = fc.SeasonalMedianForecaster(step=HOUR, level_weight=0.5).fit(shifted).predict(DAY)
+    lift = np.log1p(moved.yhat) - np.log1p(flat.yhat)
+    np.testing.assert_allclose(lift, 0.5 * np.log(1.5), atol=0.01)
+
+
+def test_seasonal_median_smooths_five_minute_jitter() -> None:
+    five = traffic(15, timedelta(minutes=5), noise=0.2, seed=9)
+    train, test = split(five, DAY)
+    raw = fc.SeasonalMedianForecaster(step=timedelta(minutes=5), smooth=timedelta(0)).fit(train).predict(DAY)
+    smooth = fc.SeasonalMedianForecaster(step=timedelta(minutes=5)).fit(train).predict(DAY)
+    assert fc.smape(test.to_numpy(), smooth.yhat) < fc.smape(test.to_numpy(), raw.yhat)
+
+
+def test_mstl_takes_a_weekly_season_from_two_weeks_and_a_day() -> None:
+    three_weeks = traffic(21, noise=0.03)
+    train, test = split(three_weeks, DAY)
+    weekly = fc.MSTLForecaster(step=HOUR).fit(train).predict(DAY)
+    assert weekly.note == "daily+weekly"
+    assert fc.smape(test.to_numpy(), weekly.yhat) < 8
+    ten = three_weeks.iloc[: 24 * 10]
+    daily = fc.MSTLForecaster(step=HOUR).fit(ten).predict(DAY)
+    assert daily.note == "daily"
+    # Weekday levels stand in for the weekly season: Thursday (day 11) is forecast at a weekday level.
+    assert fc.smape(three_weeks.iloc[24 * 10: 24 * 11].to_numpy(), daily.yhat) < 8
+
+
+def test_harmonic_fits_the_median_not_the_bursts() -> None:
+    clean = traffic(21, noise=0.02)
+    bursty = clean.copy()
+    rng = np.random.default_rng(4)
+    for start in rng.choice(len(clean) - 48, size=12, replace=False):
+        bursty.iloc[start:start + 2] *= 6  # a dozen two-hour flash crowds
+    train, test = split(clean, DAY)
+    robust = fc.HarmonicForecaster(step=HOUR).fit(bursty.iloc[:-24]).predict(DAY)
+    assert robust.note == "daily+weekly"
+    assert fc.smape(test.to_numpy(), robust.yhat) < 5
+    # Least squares on the same terms follows the bursts up.
+    squares = fc.HarmonicForecaster(step=HOUR, iterations=1).fit(bursty.iloc[:-24]).predict(DAY)
+    assert robust.yhat.mean() < squares.yhat.mean()
+    assert len(train) == len(bursty) - 24
+
+
+def test_harmonic_level_follows_the_newest_weeks() -> None:
+    grown = traffic(28, noise=0.02)
+    grown.iloc[-7 * 24:] *= 1.3  # the last week runs 30% higher
+    recent = fc.HarmonicForecaster(step=HOUR).fit(grown).predict(DAY)
+    flat = fc.HarmonicForecaster(step=HOUR, half_life=timedelta(days=10_000)).fit(grown).predict(DAY)
+    truth = traffic(29, noise=0.0).iloc[-24:].to_numpy() * 1.3
+    assert fc.smape(truth, recent.yhat) < fc.smape(truth, flat.yhat)
+
+
+def test_internal_candidates_need_three_days(series: pd.Series) -> None:
+    two_days = series.iloc[: 2 * 24]
+    for model in (fc.SeasonalMedianForecaster(step=HOUR), fc.MSTLForecaster(step=HOUR),
+                  fc.HarmonicForecaster(step=HOUR)):
+        assert "< 3 days needed" in (model.requirement(two_days) or "")
+        assert model.requirement(series.iloc[: 3 * 24]) is None
+
+
+# --- exploding fits ---------------------------------------------------------------------------------------
+
+def test_exploded_names_the_peak_and_the_history_maximum(series: pd.Series) -> None:
+    forecast = fc.SeasonalNaiveForecaster(step=HOUR).fit(series).predict(DAY)
+    peak = float(series.max())
+    assert fc.exploded(forecast, series) is None
+    boom = fc.Forecast(forecast.ds, forecast.yhat * 4, forecast.lower, forecast.upper * 4, "x")
+    top = 4 * forecast.yhat.max()
+    assert fc.exploded(boom, series) == f"forecast peak {top:,.0f} > 3× the history's maximum {peak:,.0f}"
+    wide = fc.Forecast(forecast.ds, forecast.yhat, forecast.lower, np.full(24, 3.5 * peak), "x")
+    assert fc.exploded(wide, series) == f"forecast band {3.5 * peak:,.0f} > 3× the history's maximum {peak:,.0f}"
+    broken = fc.Forecast(forecast.ds, np.full(24, np.nan), forecast.lower, forecast.upper, "x")
+    assert fc.exploded(broken, series) == "forecast has values that are not finite"
+
+
+def _exploding(cls: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make forecaster class `cls` forecast ten times too much, as a fit gone wrong would."""
+    real = cls.predict
+
+    def predict(self: Any, horizon: timedelta) -> fc.Forecast:
+        f = real(self, horizon)
+        return fc.Forecast(f.ds, f.yhat * 10, f.lower * 10, f.upper * 10, f.model, f.note)
+
+    monkeypatch.setattr(cls, "predict", predict)
+
+
+def test_auto_rejects_a_candidate_whose_forecast_explodes(series: pd.Series, monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    _exploding(fc.MSTLForecaster, monkeypatch)
+    result = fc.fit_predict("auto", series, DAY)
+    assert "mstl" not in result.model
+    assert "mstl" not in result.errors
+    assert "; rejected mstl (forecast peak " in result.reason
+    assert "> 3× the history's maximum" in result.reason and "in the backtest window from " in result.reason
+    assert result.forecast.yhat.max() < 3 * series.max()
+
+
+def test_a_configured_model_whose_forecast_explodes_falls_back(series: pd.Series,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    _exploding(fc.HoltWintersForecaster, monkeypatch)
+    result = fc.fit_predict("holt-winters", series, DAY)
+    assert result.model == "seasonal-naive"
+    assert result.reason.startswith("holt-winters rejected: forecast peak ")
+    assert "> 3× the history's maximum" in result.reason
+    assert ": using seasonal-naive (weekly)" in result.reason
+
+
+# --- calibrated bands -------------------------------------------------------------------------------------
+
+def test_conformal_quantile_takes_the_finite_sample_rank() -> None:
+    values = np.arange(1.0, 10.0)  # 9 values: rank ⌈10·0.9⌉ = 9, ⌊10·0.1⌋ = 1
+    assert conformal_quantile(values, 0.9) == 9
+    assert conformal_quantile(values, 0.1) == 1
+    assert conformal_quantile(values, 0.5) == 5
+    assert conformal_quantile(np.append(values, np.nan), 0.9) == 9
+    assert conformal_quantile(np.array([np.nan]), 0.9) == 0
+
+
+def test_lead_bins_cover_every_lead_with_enough_residuals() -> None:
+    five = lead_bins(288, timedelta(minutes=5), 3)
+    assert five[0] == (0, 12) and five[-1][1] == 288
+    assert all(a < b for a, b in five) and all(five[i][1] == five[i + 1][0] for i in range(len(five) - 1))
+    assert all((b - a) * 3 >= 30 for a, b in five)
+    hourly = lead_bins(168, HOUR, 3)
+    assert hourly[0] == (0, 12) and hourly[-1] == (96, 168)
+    assert lead_bins(5, HOUR, 1) == [(0, 5)]
+
+
+def test_calibrated_band_holds_its_nominal_share_on_a_noisy_series() -> None:
+    """Traffic whose level wanders from day to day (as real traffic does) plus noise: the band of a forecast
+    calibrated on the three windows before it holds close to 80% of what comes, window after window."""
+    rng = np.random.default_rng(3)
+    days = 40
+    shape = traffic(days, noise=0.0)
+    day_level = np.repeat(np.exp(rng.normal(0, 0.08, days)), 24)
+    noisy = shape * day_level * np.exp(rng.normal(0, 0.08, len(shape)))
+    coverage = fc.rolling_origin_errors(noisy, "seasonal-naive", horizon=DAY, folds=20)["coverage"]
+    assert 74 <= coverage <= 86
+
+
+def test_calibration_widens_the_band_for_larger_errors() -> None:
+    rng = np.random.default_rng(1)
+    small = [rng.normal(0, 0.05, 288) for _ in range(3)]
+    large = [rng.normal(0, 0.2, 288) for _ in range(3)]
+    step = timedelta(minutes=5)
+    narrow, wide = fc.calibrate(small, step), fc.calibrate(large, step)
+    assert narrow is not None and wide is not None and wide.windows == 3
+    assert np.all(wide.upper > narrow.upper) and np.all(wide.lower < narrow.lower)
+    ds = pd.date_range("2024-01-01", periods=300, freq="5min", tz="UTC")
+    forecast = fc.Forecast(ds, np.full(300, 100.0), np.full(300, 99.0), np.full(300, 101.0), "x")
+    banded = wide.apply(forecast)
+    # Beyond the calibrated leads, the last lead bin's offsets hold.
+    assert banded.upper[-1] == pytest.approx(100 * np.exp(wide.upper[-1]) + np.exp(wide.upper[-1]) - 1)
+    assert np.all(banded.lower <= banded.yhat) and np.all(banded.yhat <= banded.upper)
+    assert fc.calibrate([np.full(10, np.nan)], step) is None
+
+
+def test_a_biased_model_gets_an_asymmetric_band() -> None:
+    rng = np.random.default_rng(2)
+    under = [rng.normal(0.2, 0.05, 288) for _ in range(3)]  # actual ~22% above the forecast
+    cal = fc.calibrate(under, timedelta(minutes=5))
+    assert cal is not None
+    assert np.all(cal.upper > 0.25)
+    assert np.all(cal.lower > 0.05)  # the lower offset stays positive: apply() clips it to yhat
+
+
+def test_pinball_on_hand_computed_examples() -> None:
+    # under-forecast by 10 at q0.9 costs 9; over-forecast by 10 costs 1
+    assert fc.pinball([100, 100], [90, 110], 0.9) == pytest.approx(5.0)
+    assert fc.pinball([100, np.nan], [90, 1], 0.9) == pytest.approx(9.0)
+    assert fc.relative_pinball([100, 100], [90, 110], 0.9) == pytest.approx(5.0)
+    assert np.isnan(fc.pinball([np.nan], [1.0], 0.5))
+    assert np.isnan(fc.relative_pinball([0.0], [1.0], 0.5))
+
+
+def test_rolling_origin_errors_scores_internal_candidates_and_the_band(series: pd.Series) -> None:
+    errors = fc.rolling_origin_errors(series, "seasonal-median", horizon=DAY, folds=2)
+    assert errors["folds"] == 2
+    assert set(errors) >= {"smape", "mape", "mase", "pinball", "coverage"}
+    assert 0 < errors["pinball"] < 5
+    with pytest.raises(InputError, match="'arima'"):
+        fc.rolling_origin_errors(series, "arima", horizon=DAY)

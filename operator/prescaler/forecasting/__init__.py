@@ -2,9 +2,12 @@
 
 - `interface`: `Forecast`, the `Forecaster` protocol, `FitResult` and the errors callers map;
 - `series`: history on a regular grid and the checks every model shares;
-- `models`: seasonal-naive, Holt-Winters, Prophet; `make_forecaster`, `check_model_name`;
-- `accuracy`: sMAPE, MAPE, MASE;
-- `selection`: rolling-origin backtest errors, `auto`'s plan and combination, in-process fits;
+- `models`: seasonal-naive, Holt-Winters, Prophet (a scaler can name them), seasonal-median, MSTL and
+  harmonic (`auto` uses them too); `make_forecaster`, `make_candidate`, `check_model_name`;
+- `accuracy`: sMAPE, MAPE, MASE, pinball loss;
+- `calibration`: bands calibrated on the model's own backtest errors (split-conformal by lead time);
+- `selection`: rolling-origin backtest errors, `auto`'s plan and combination (ranked by pinball loss at the
+  provisioning quantile; exploding fits rejected), in-process fits;
 - `isolation`: `mp_context`, worker processes that can be killed, `fit_predict` with a hard time limit;
 - `pool`: `FitPool`, the operator's workers, each fit killed at its deadline.
 
@@ -18,7 +21,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from prescaler.forecasting.accuracy import mape, mase, smape
+    from prescaler.forecasting.accuracy import mape, mase, pinball, relative_pinball, smape
+    from prescaler.forecasting.calibration import BAND_COVERAGE, UPPER_QUANTILE, BandCalibration, calibrate
     from prescaler.forecasting.interface import (
         MODEL_NAMES,
         FitResult,
@@ -29,20 +33,26 @@ if TYPE_CHECKING:
     )
     from prescaler.forecasting.isolation import fit_predict
     from prescaler.forecasting.models import (
+        HarmonicForecaster,
         HoltWintersForecaster,
+        MSTLForecaster,
         ProphetForecaster,
+        SeasonalMedianForecaster,
         SeasonalNaiveForecaster,
         check_model_name,
+        make_candidate,
         make_forecaster,
     )
     from prescaler.forecasting.pool import FitPool
     from prescaler.forecasting.selection import (
         AUTO_FOLDS,
         CANDIDATES,
+        EXPLOSION_FACTOR,
         SCORE_FOLDS,
         AutoPlan,
         combination_weights,
         combine,
+        exploded,
         plan_auto,
         rolling_origin_errors,
     )
@@ -54,21 +64,27 @@ _MODULE_OF = {
     "Forecaster": "interface", "ForecastUnavailable": "interface",
     "DAY": "series", "MIN_HISTORY": "series", "WEEK": "series",
     "HoltWintersForecaster": "models", "ProphetForecaster": "models", "SeasonalNaiveForecaster": "models",
-    "check_model_name": "models", "make_forecaster": "models",
-    "mape": "accuracy", "mase": "accuracy", "smape": "accuracy",
+    "SeasonalMedianForecaster": "models", "MSTLForecaster": "models", "HarmonicForecaster": "models",
+    "check_model_name": "models", "make_forecaster": "models", "make_candidate": "models",
+    "mape": "accuracy", "mase": "accuracy", "smape": "accuracy", "pinball": "accuracy",
+    "relative_pinball": "accuracy",
+    "BAND_COVERAGE": "calibration", "UPPER_QUANTILE": "calibration", "BandCalibration": "calibration",
+    "calibrate": "calibration",
     "AUTO_FOLDS": "selection", "CANDIDATES": "selection", "SCORE_FOLDS": "selection", "AutoPlan": "selection",
-    "combination_weights": "selection", "combine": "selection", "plan_auto": "selection",
-    "rolling_origin_errors": "selection",
+    "EXPLOSION_FACTOR": "selection", "combination_weights": "selection", "combine": "selection",
+    "exploded": "selection", "plan_auto": "selection", "rolling_origin_errors": "selection",
     "fit_predict": "isolation",
     "FitPool": "pool",
 }
 
 __all__ = [
-    "AUTO_FOLDS", "CANDIDATES", "DAY", "MIN_HISTORY", "MODEL_NAMES", "SCORE_FOLDS", "WEEK", "AutoPlan",
-    "FitPool", "FitResult", "FitTimeout", "Forecast", "ForecastUnavailable", "Forecaster",
-    "HoltWintersForecaster", "ProphetForecaster", "SeasonalNaiveForecaster", "check_model_name",
-    "combination_weights", "combine", "fit_predict", "make_forecaster", "mape", "mase", "plan_auto",
-    "rolling_origin_errors", "smape",
+    "AUTO_FOLDS", "BAND_COVERAGE", "CANDIDATES", "DAY", "EXPLOSION_FACTOR", "MIN_HISTORY", "MODEL_NAMES",
+    "SCORE_FOLDS", "UPPER_QUANTILE", "WEEK", "AutoPlan", "BandCalibration", "FitPool", "FitResult", "FitTimeout",
+    "Forecast", "ForecastUnavailable", "Forecaster", "HarmonicForecaster", "HoltWintersForecaster",
+    "MSTLForecaster",
+    "ProphetForecaster", "SeasonalMedianForecaster", "SeasonalNaiveForecaster", "calibrate", "check_model_name",
+    "combination_weights", "combine", "exploded", "fit_predict", "make_candidate", "make_forecaster", "mape",
+    "mase", "pinball", "plan_auto", "relative_pinball", "rolling_origin_errors", "smape",
 ]
 
 

@@ -1,4 +1,4 @@
-"""Forecast error measures: sMAPE, MAPE and MASE, ignoring buckets where either side is missing."""
+"""Forecast error measures: sMAPE, MAPE, MASE and pinball loss, ignoring buckets where either side is missing."""
 
 from __future__ import annotations
 
@@ -48,3 +48,22 @@ def mase(actual: Any, predicted: Any, train: Any, season: int) -> float:
         return float("nan")
     return float(np.mean(np.abs(a - p)) / scale)
 
+
+
+def pinball(actual: Any, predicted: Any, quantile: float) -> float:
+    """Mean pinball (quantile) loss of `predicted` as the `quantile` of `actual`: under-forecasts cost
+    `quantile` per unit, over-forecasts 1 - `quantile`. NaN when no bucket has both values."""
+    a, p = _aligned(actual, predicted)
+    if a.size == 0:
+        return float("nan")
+    diff = a - p
+    return float(np.mean(np.maximum(quantile * diff, (quantile - 1) * diff)))
+
+
+def relative_pinball(actual: Any, predicted: Any, quantile: float) -> float:
+    """Pinball loss in percent of the mean actual load, comparable across series of any size."""
+    a, p = _aligned(actual, predicted)
+    mean = float(np.mean(np.abs(a))) if a.size else 0.0
+    if mean == 0:
+        return float("nan")
+    return pinball(a, p, quantile) / mean * 100

@@ -1,27 +1,49 @@
 """Which model to trust: rolling-origin backtest errors, `auto`'s plan and combination, and `fit_local`,
-which fits a model by name in this process with every fallback (short history, failing fit).
+which fits a model by name in this process with every fallback (short history, failing or exploding fit)
+and a band calibrated on the model's own backtest errors (`calibration`).
+
+`auto` ranks its candidates by what provisioning pays for: the pinball loss of each backtest window's
+forecast of the provisioning quantile (the upper band's 90% by default, or a service level's), that
+quantile calibrated on the other windows, so a model is judged out of sample on level and spread alike.
+sMAPE only measures the middle of the forecast and ranked models differently from what scaling needed.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 import numpy as np
 import pandas as pd
 
 from prescaler.errors import InputError
-from prescaler.forecasting.accuracy import mape, mase, smape
-from prescaler.forecasting.interface import FitResult, Forecast, ForecastUnavailable
-from prescaler.forecasting.models import check_model_name, make_forecaster, requirement_of
+from prescaler.forecasting.accuracy import mape, mase, relative_pinball, smape
+from prescaler.forecasting.calibration import (
+    UPPER_QUANTILE,
+    BandCalibration,
+    calibrate,
+    log_residuals,
+    quantile_offsets,
+)
+from prescaler.forecasting.interface import MODEL_NAMES, FitResult, Forecast, ForecastUnavailable
+from prescaler.forecasting.models import check_model_name, make_candidate, requirement_of
 from prescaler.forecasting.series import DAY, check_minimum, days_text, infer_step, prepare, steps
 
-# Order = preference when no backtest can decide.
-CANDIDATES = ("prophet", "holt-winters", "seasonal-naive")
+# Order = preference when no backtest can decide. The last three are internal: a scaler cannot name them,
+# `auto` uses them.
+CANDIDATES = ("prophet", "holt-winters", "seasonal-naive", "seasonal-median", "mstl", "harmonic")
+# When a configured model cannot fit its history: the cheap models that need two days.
+BASELINES = ("holt-winters", "seasonal-naive")
 AUTO_FOLDS = 3
-SCORE_FOLDS = 2
+SCORE_FOLDS = 3
+# A forecast or band above this multiple of the history's maximum is a fit gone wrong, not a prediction.
+EXPLOSION_FACTOR = 3.0
+# `auto` combines every candidate whose backtest pinball loss is within this factor of the best one's.
+# Three windows rank close models by chance: a mix of the close ones was steadier than the single best
+# (the best by three windows was 1.0-1.3× the best single model over the bench's folds; the mix 0.9-1.08×).
+NEAR_BEST = 1.5
 
 
 @dataclass
@@ -33,16 +55,46 @@ class _Fold:
     forecast: Forecast
 
     @property
+    def yhat(self) -> np.ndarray:
+        return self.forecast.yhat[: len(self.actual)]
+
+    @property
     def smape(self) -> float:
-        return smape(self.actual, self.forecast.yhat[: len(self.actual)])
+        return smape(self.actual, self.yhat)
 
 
-def _fold_forecasts(history: pd.Series, name: str, horizon: timedelta, folds: int,
-                    events: pd.DataFrame | None, reasons: list[str]) -> list[_Fold]:
-    """Forecasts of the last `folds` windows of `horizon`, each from the data before it (oldest first).
+def _explosion_limit(history: pd.Series) -> tuple[float, float]:
+    """The history's maximum and the level above which a forecast has exploded."""
+    observed = history.to_numpy(dtype=float)
+    observed = observed[np.isfinite(observed)]
+    peak = float(observed.max()) if observed.size else 0.0
+    return peak, EXPLOSION_FACTOR * max(peak, 1.0)
 
-    Windows whose training part is too short for the model are skipped, their reason added to `reasons`.
-    """
+
+def exploded(forecast: Forecast, history: pd.Series) -> str | None:
+    """Why `forecast` is a fit gone wrong (values or band beyond EXPLOSION_FACTOR × the history's maximum,
+    or not finite), or None."""
+    peak, limit = _explosion_limit(history)
+    arrays = (forecast.yhat, forecast.lower, forecast.upper)
+    if not all(np.isfinite(a).all() for a in arrays):
+        return "forecast has values that are not finite"
+    top_yhat, top_band = float(np.max(forecast.yhat, initial=0)), float(np.max(forecast.upper, initial=0))
+    if top_yhat > limit:
+        return f"forecast peak {top_yhat:,.0f} > {EXPLOSION_FACTOR:g}× the history's maximum {peak:,.0f}"
+    if top_band > limit:
+        return f"forecast band {top_band:,.0f} > {EXPLOSION_FACTOR:g}× the history's maximum {peak:,.0f}"
+    return None
+
+
+class _Exploded(Exception):
+    """A candidate's backtest forecast exploded; the message says how."""
+
+
+def _candidate_folds(history: pd.Series, name: str, horizon: timedelta, folds: int,
+                     events: pd.DataFrame | None, reasons: list[str]) -> list[_Fold]:
+    """The model's forecasts of the last `folds` windows of `horizon`, each fitted on the data before it
+    (oldest first). Windows too short for the model are skipped, their reason added to `reasons`.
+    Raises _Exploded when a window's forecast explodes."""
     step = infer_step(history)
     n = steps(horizon, step)
     out: list[_Fold] = []
@@ -53,84 +105,129 @@ def _fold_forecasts(history: pd.Series, name: str, horizon: timedelta, folds: in
         train, test = history.iloc[:split], history.iloc[split:split + n]
         if test.notna().sum() == 0:
             continue
-        if name == "auto":
-            try:
-                forecast = fit_local("auto", prepare_fit("auto", train, horizon), horizon, events, None).forecast
-            except ForecastUnavailable as exc:
-                reasons.append(str(exc))
-                continue
-        else:
-            reason = requirement_of(name, train, step)
-            if reason is not None:
-                reasons.append(reason)
-                continue
-            forecast = make_forecaster(name, step=step).fit(train, events=events).predict(horizon)
+        reason = requirement_of(name, train, step)
+        if reason is not None:
+            reasons.append(reason)
+            continue
+        forecast = make_candidate(name, step=step).fit(train, events=events).predict(horizon)
+        boom = exploded(forecast, train)
+        if boom is not None:
+            raise _Exploded(f"{boom} in the backtest window from {history.index[split]:%Y-%m-%d %H:%M}")
         out.append(_Fold(split, test.to_numpy(), forecast))
     return out
 
 
-def _summarise(history: pd.Series, folds: list[_Fold]) -> dict[str, float]:
-    season = max(1, round(DAY / infer_step(history)))
-    scores: list[tuple[float, float, float, float]] = []
-    for fold in folds:
-        actual, fc = fold.actual, fold.forecast
-        pred = fc.yhat[: len(actual)]
-        seen = np.isfinite(actual)
-        inside = (actual >= fc.lower[: len(actual)]) & (actual <= fc.upper[: len(actual)])
-        train = history.iloc[:fold.split].to_numpy()
-        scores.append((smape(actual, pred), mape(actual, pred), mase(actual, pred, train, season),
-                       float(inside[seen].mean() * 100) if seen.any() else float("nan")))
+def _pairs(folds: list[_Fold]) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(f.actual, f.yhat) for f in folds]
+
+
+def _quantile_forecast(yhat: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    idx = np.minimum(np.arange(len(yhat)), len(offsets) - 1)
+    return np.expm1(np.log1p(np.clip(yhat, 0, None)) + offsets[idx])
+
+
+def cross_pinball(pairs: list[tuple[np.ndarray, np.ndarray]], step: timedelta, quantile: float) -> float:
+    """Pinball loss, in % of the mean load, of each window's `quantile` forecast: its yhat shifted by the
+    `quantile` of the log errors of the other windows (of itself when it is the only one)."""
+    residuals = [log_residuals(a, y) for a, y in pairs]
+    actual, predicted = [], []
+    for i, (a, y) in enumerate(pairs):
+        others = [r for j, r in enumerate(residuals) if j != i] or residuals
+        actual.append(a)
+        predicted.append(_quantile_forecast(y, quantile_offsets(others, step, quantile)))
+    if not actual:
+        return float("nan")
+    return relative_pinball(np.concatenate(actual), np.concatenate(predicted), quantile)
+
+
+def cross_coverage(pairs: list[tuple[np.ndarray, np.ndarray]], step: timedelta) -> float:
+    """% of actual values inside each window's band calibrated on the other windows (NaN with one window)."""
+    if len(pairs) < 2:
+        return float("nan")
+    residuals = [log_residuals(a, y) for a, y in pairs]
+    inside, seen = 0, 0
+    for i, (a, y) in enumerate(pairs):
+        cal = calibrate([r for j, r in enumerate(residuals) if j != i], step)
+        if cal is None:
+            continue
+        ok = np.isfinite(a)
+        idx = np.minimum(np.arange(len(y)), len(cal.upper) - 1)
+        base = np.log1p(np.clip(y, 0, None))
+        lower = np.expm1(base + np.minimum(cal.lower[idx], 0))
+        upper = np.expm1(base + np.maximum(cal.upper[idx], 0))
+        inside += int(((a >= lower) & (a <= upper))[ok].sum())
+        seen += int(ok.sum())
+    return inside / seen * 100 if seen else float("nan")
+
+
+def _summarise(history: pd.Series, folds: list[_Fold], quantile: float) -> dict[str, float]:
+    """Mean sMAPE/MAPE/MASE over the windows, cross-fitted pinball loss and band coverage (see above)."""
+    step = infer_step(history)
+    season = max(1, round(DAY / step))
+    scores = [(smape(f.actual, f.yhat), mape(f.actual, f.yhat),
+               mase(f.actual, f.yhat, history.iloc[:f.split].to_numpy(), season)) for f in folds]
     arr = np.array(scores, dtype=float)
     with np.errstate(all="ignore"):
         means = [float(np.nanmean(col)) if np.isfinite(col).any() else float("nan") for col in arr.T]
-    return {"smape": means[0], "mape": means[1], "mase": means[2], "coverage": means[3],
-            "folds": float(len(scores))}
+    pairs = _pairs(folds)
+    return {"smape": means[0], "mape": means[1], "mase": means[2],
+            "pinball": cross_pinball(pairs, step, quantile), "coverage": cross_coverage(pairs, step),
+            "folds": float(len(folds))}
+
+
+def check_candidate_name(name: str) -> None:
+    if name not in MODEL_NAMES and name not in CANDIDATES:
+        raise InputError(f"unknown forecast model {name!r}: choose one of {', '.join(MODEL_NAMES + CANDIDATES[3:])}")
 
 
 def rolling_origin_errors(history: pd.Series, name: str, *, horizon: timedelta, folds: int = 3,
                           events: pd.DataFrame | None = None) -> dict[str, float]:
-    """Mean sMAPE/MAPE/MASE of `name` over the last `folds` windows of `horizon`, plus `coverage`: the
-    percentage of actual values inside the forecast band, and `folds`: how many windows were scored.
+    """What the operator would have forecast with model `name` in each of the last `folds` windows of
+    `horizon`, scored against what came: mean sMAPE/MAPE/MASE, `pinball` (loss of the upper band as the
+    90% quantile, % of the mean load), `coverage` (% of actual values inside the band) and `folds`.
 
-    Each window's model sees only data before the window. "auto" backtests and combines inside each fold on
-    that fold's own past, so its score is an honest out-of-sample score too. Folds whose training data is too short
-    for the model are skipped; none left → ForecastUnavailable.
+    Each window is forecast by `fit_local` from the data before it only, with its fallbacks, its own
+    backtest and its calibrated band (auto also selects and combines there). Windows too short for any
+    model are skipped; none left → ForecastUnavailable. `name` may be an internal candidate of auto too.
     """
-    check_model_name(name)
+    check_candidate_name(name)
     history = prepare(history)
+    step = infer_step(history)
+    n = steps(horizon, step)
+    season = max(1, round(DAY / step))
     reasons: list[str] = []
-    scored = _fold_forecasts(history, name, horizon, folds, events, reasons)
-    if not scored:
+    rows: list[tuple[float, ...]] = []
+    actual_all: list[np.ndarray] = []
+    upper_all: list[np.ndarray] = []
+    for k in range(folds, 0, -1):
+        split = len(history) - k * n
+        if split <= 0:
+            continue
+        train, test = history.iloc[:split], history.iloc[split:split + n]
+        if test.notna().sum() == 0 or train.notna().sum() == 0:
+            continue
+        try:
+            forecast = fit_local(name, train, horizon, events, None).forecast
+        except ForecastUnavailable as exc:
+            reasons.append(str(exc))
+            continue
+        actual, m = test.to_numpy(), len(test)
+        yhat, lower, upper = forecast.yhat[:m], forecast.lower[:m], forecast.upper[:m]
+        seen = np.isfinite(actual)
+        inside = ((actual >= lower) & (actual <= upper))[seen]
+        rows.append((smape(actual, yhat), mape(actual, yhat), mase(actual, yhat, train.to_numpy(), season),
+                     float(inside.mean() * 100) if seen.any() else float("nan")))
+        actual_all.append(actual)
+        upper_all.append(upper)
+    if not rows:
         why = reasons[-1] if reasons else f"history too short for a {days_text(horizon)} backtest window"
         raise ForecastUnavailable(f"{name}: no backtest fold possible ({why})")
-    return _summarise(history, scored)
-
-
-def _score(history: pd.Series, name: str, horizon: timedelta, folds: int,
-           events: pd.DataFrame | None) -> dict[str, float] | None:
-    """Backtest errors, or None when the model cannot fit the folds (too short, or its fit fails)."""
-    try:
-        return rolling_origin_errors(history, name, horizon=horizon, folds=folds, events=events)
-    except Exception:
-        # Too short, or its fit breaks on this series: not a candidate (the chosen model is refit anyway).
-        return None
-
-
-def _select(history: pd.Series, step: timedelta, names: list[str], horizon: timedelta, folds: int,
-            events: pd.DataFrame | None, errors: dict[str, dict[str, float]]) -> str | None:
-    """Lowest backtest sMAPE among `names`; fills `errors`. None when no model could be scored."""
-    for name in names:
-        if name not in errors:
-            scored = _score(history, name, horizon, folds, events)
-            if scored is not None and math.isfinite(scored["smape"]):
-                errors[name] = scored
-    ranked = sorted((n for n in names if n in errors), key=lambda n: errors[n]["smape"])
-    return ranked[0] if ranked else None
-
-
-def _ranking(names: list[str], errors: dict[str, dict[str, float]]) -> str:
-    ranked = sorted((n for n in names if n in errors), key=lambda n: errors[n]["smape"])
-    return " < ".join(f"{n} sMAPE {errors[n]['smape']:.1f}%" for n in ranked)
+    arr = np.array(rows, dtype=float)
+    with np.errstate(all="ignore"):
+        means = [float(np.nanmean(col)) if np.isfinite(col).any() else float("nan") for col in arr.T]
+    return {"smape": means[0], "mape": means[1], "mase": means[2],
+            "pinball": relative_pinball(np.concatenate(actual_all), np.concatenate(upper_all), UPPER_QUANTILE),
+            "coverage": means[3], "folds": float(len(rows))}
 
 
 def brief_error(exc: BaseException) -> str:
@@ -138,44 +235,6 @@ def brief_error(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     text = lines[0] if lines else ""
     return f"{type(exc).__name__}: {text[:200]}"
-
-
-@dataclass
-class AutoPlan:
-    """What `auto` decided from its backtest: members with weights (summing to 1), and why."""
-
-    members: list[str]
-    weights: list[float]
-    horizon: timedelta
-    dropped: dict[str, str]
-    combined_smape: float
-
-
-def _backtest_all(history: pd.Series, names: list[str], horizon: timedelta, folds: int,
-                  events: pd.DataFrame | None) -> dict[str, dict[int, _Fold]]:
-    """Per model, its backtest folds by first row; models whose fit breaks or that no fold fits are left out."""
-    out: dict[str, dict[int, _Fold]] = {}
-    for name in names:
-        try:
-            scored = _fold_forecasts(history, name, horizon, folds, events, [])
-        except Exception:
-            # Its fit breaks on this series: not a candidate.
-            continue
-        scored = [f for f in scored if math.isfinite(f.smape)]
-        if scored:
-            out[name] = {f.split: f for f in scored}
-    return out
-
-
-def _beaten_by(name: str, scored: dict[str, dict[int, _Fold]]) -> str | None:
-    """The best model with a lower error than `name` in every fold both were scored on (two at least)."""
-    mine = scored[name]
-    ranked = sorted(scored.items(), key=lambda item: float(np.mean([f.smape for f in item[1].values()])))
-    for other, theirs in ranked:
-        common = sorted(mine.keys() & theirs.keys())
-        if other != name and len(common) >= 2 and all(theirs[s].smape < mine[s].smape for s in common):
-            return other
-    return None
 
 
 def combination_weights(scores: dict[str, float]) -> dict[str, float]:
@@ -190,7 +249,7 @@ def combination_weights(scores: dict[str, float]) -> dict[str, float]:
 
 def combine(forecasts: list[Forecast], weights: list[float], model: str) -> Forecast:
     """Weighted mean of forecasts on the same grid; the band is the weighted mean of the members' bands,
-    so it still contains yhat."""
+    so it still contains yhat (`fit_local` then replaces it with the mix's calibrated band)."""
     w = np.asarray(weights, dtype=float) / float(np.sum(weights))
     first = forecasts[0]
     for other in forecasts[1:]:
@@ -204,6 +263,60 @@ def combine(forecasts: list[Forecast], weights: list[float], model: str) -> Fore
                     upper=np.maximum(upper, yhat), model=model, note=note)
 
 
+@dataclass
+class AutoPlan:
+    """What `auto` decided from its backtest: members with weights (summing to 1), and why."""
+
+    members: list[str]
+    weights: list[float]
+    horizon: timedelta
+    dropped: dict[str, str]
+    combined_smape: float
+    combined_pinball: float = float("nan")
+    quantile: float = UPPER_QUANTILE
+    rejected: dict[str, str] = field(default_factory=dict)
+    backtests: dict[str, dict[int, _Fold]] = field(default_factory=dict)
+
+
+def _backtest_all(history: pd.Series, names: list[str], horizon: timedelta, folds: int,
+                  events: pd.DataFrame | None, rejected: dict[str, str]) -> dict[str, dict[int, _Fold]]:
+    """Per model, its backtest folds by first row. Models whose fit breaks or that no fold fits are left
+    out; models whose forecast explodes are left out and named in `rejected` with the reason."""
+    out: dict[str, dict[int, _Fold]] = {}
+    for name in names:
+        try:
+            scored = _candidate_folds(history, name, horizon, folds, events, [])
+        except _Exploded as exc:
+            rejected[name] = str(exc)
+            continue
+        except Exception:
+            # Its fit breaks on this series: not a candidate.
+            continue
+        scored = [f for f in scored if math.isfinite(f.smape)]
+        if scored:
+            out[name] = {f.split: f for f in scored}
+    return out
+
+
+def _mix_pairs(backtests: dict[str, dict[int, _Fold]], members: list[str],
+               weights: list[float]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Actual and the weighted mix's yhat in every window all members were scored on (oldest first)."""
+    common = sorted(set.intersection(*(set(backtests[m]) for m in members)))
+    pairs = []
+    for split in common:
+        actual = backtests[members[0]][split].actual
+        mix = sum(w * backtests[m][split].yhat for m, w in zip(members, weights, strict=True))
+        pairs.append((actual, np.asarray(mix, dtype=float)))
+    return pairs
+
+
+def mix_calibration(backtests: dict[str, dict[int, _Fold]], members: list[str], weights: list[float],
+                    step: timedelta) -> BandCalibration | None:
+    """The band calibration of a mix from its members' backtest windows (None when they share none)."""
+    pairs = _mix_pairs(backtests, members, weights)
+    return calibrate([log_residuals(a, y) for a, y in pairs], step) if pairs else None
+
+
 def _auto_horizons(history: pd.Series, step: timedelta, names: list[str], horizon: timedelta,
                    select_horizon: timedelta | None) -> list[timedelta]:
     """Backtest windows as long as the forecast when every model fits the oldest one, else one day:
@@ -213,67 +326,139 @@ def _auto_horizons(history: pd.Series, step: timedelta, names: list[str], horizo
     short = min(horizon, DAY)
     if horizon <= short:
         return [short]
-    oldest = history.iloc[: len(history) - AUTO_FOLDS * steps(horizon, step)]
+    first_split = len(history) - AUTO_FOLDS * steps(horizon, step)
+    oldest = history.iloc[: max(first_split, 0)]
     if len(oldest) >= 2 and all(requirement_of(n, oldest, step) is None for n in names):
         return [horizon, short]
     return [short]
 
 
+def _score(errors: dict[str, float]) -> float:
+    value = errors["pinball"]
+    return value if math.isfinite(value) else math.inf
+
+
 def plan_auto(history: pd.Series, names: list[str], horizon: timedelta, *, events: pd.DataFrame | None = None,
-              select_horizon: timedelta | None = None,
-              errors: dict[str, dict[str, float]] | None = None) -> AutoPlan | None:
-    """Backtest `names` on AUTO_FOLDS windows, drop every model that another beat in every window, and
-    weight the rest by 1/sMAPE. None when no model could be backtested. Fills `errors` (per model)."""
+              select_horizon: timedelta | None = None, errors: dict[str, dict[str, float]] | None = None,
+              quantile: float = UPPER_QUANTILE) -> AutoPlan | None:
+    """Backtest `names` on AUTO_FOLDS windows, reject exploding ones, and mix every model whose cross-fitted
+    pinball loss at `quantile` is within NEAR_BEST of the best, weighted by 1/loss. None when no model
+    could be backtested. Fills `errors` (per model)."""
     history = prepare(history)
     step = infer_step(history)
     errors = {} if errors is None else errors
     scored: dict[str, dict[int, _Fold]] = {}
+    rejected: dict[str, str] = {}
     sel_h = horizon
     for sel_h in _auto_horizons(history, step, names, horizon, select_horizon):
-        scored = _backtest_all(history, names, sel_h, AUTO_FOLDS, events)
+        rejected = {}
+        scored = _backtest_all(history, names, sel_h, AUTO_FOLDS, events, rejected)
         # Long windows only when every model got all of them; otherwise the ranking compares unlike folds.
-        if all(len(scored.get(n, {})) == AUTO_FOLDS for n in names):
+        if all(len(scored.get(n, {})) == AUTO_FOLDS for n in names if n not in rejected):
             break
     if not scored:
         return None
     for name, folds in scored.items():
-        errors[name] = _summarise(history, list(folds.values()))
-    dropped = {n: by for n in scored if (by := _beaten_by(n, scored)) is not None}
-    kept = [n for n in scored if n not in dropped]
-    if not kept:  # a cycle over different folds: fall back to the lowest mean error
-        kept = [min(scored, key=lambda n: errors[n]["smape"])]
-        dropped = {n: kept[0] for n in scored if n != kept[0]}
-    weights = combination_weights({n: errors[n]["smape"] for n in kept})
+        errors[name] = _summarise(history, list(folds.values()), quantile)
+    scores = {n: _score(errors[n]) for n in scored}
+    if not any(math.isfinite(s) for s in scores.values()):  # no load at all in the windows
+        scores = {n: errors[n]["smape"] for n in scored}
+    best = min(scored, key=lambda n: scores[n])
+    kept = [n for n in scored if scores[n] <= NEAR_BEST * scores[best]]
+    weights = combination_weights({n: scores[n] for n in kept})
     members = sorted((n for n in kept if weights[n] > 0), key=lambda n: -weights[n])
-    common = set.intersection(*(set(scored[n]) for n in members))
-    combined = [smape(scored[members[0]][s].actual,
-                      sum(weights[n] * scored[n][s].forecast.yhat[: len(scored[n][s].actual)] for n in members))
-                for s in sorted(common)]
-    combined_smape = float(np.mean(combined)) if combined else errors[members[0]]["smape"]
-    return AutoPlan(members=members, weights=[weights[n] for n in members], horizon=sel_h,
-                    dropped=dropped, combined_smape=combined_smape)
+    if not set.intersection(*(set(scored[m]) for m in members)):
+        members = [best]
+    member_weights = [weights[m] for m in members] if len(members) > 1 else [1.0]
+    dropped = {n: f"pinball {scores[n]:.2f}% > {NEAR_BEST:g}× the best's" for n in scored if n not in members}
+    pairs = _mix_pairs(scored, members, member_weights)
+    combined_smape = float(np.mean([smape(a, y) for a, y in pairs])) if pairs else errors[best]["smape"]
+    combined_pinball = cross_pinball(pairs, step, quantile) if pairs else errors[best]["pinball"]
+    return AutoPlan(members=members, weights=member_weights, horizon=sel_h, dropped=dropped,
+                    combined_smape=combined_smape, combined_pinball=combined_pinball, quantile=quantile,
+                    rejected=rejected, backtests=scored)
+
+
+def _ranking(names: list[str], errors: dict[str, dict[str, float]]) -> str:
+    ranked = sorted((n for n in names if n in errors), key=lambda n: _score(errors[n]))
+    return " < ".join(f"{n} pinball {errors[n]['pinball']:.2f}% (sMAPE {errors[n]['smape']:.1f}%)"
+                      for n in ranked)
 
 
 def _auto_reason(plan: AutoPlan, names: list[str], errors: dict[str, dict[str, float]]) -> str:
     folds = int(max(errors[n]["folds"] for n in plan.members))
-    text = f"auto: {_ranking(names, errors)} ({folds} backtest folds of {days_text(plan.horizon)})"
+    text = (f"auto: {_ranking(names, errors)} (pinball loss at q{plan.quantile:g}, {folds} backtest folds "
+            f"of {days_text(plan.horizon)})")
     if len(plan.members) > 1:
         mix = " + ".join(f"{w:.2f} {n}" for n, w in zip(plan.members, plan.weights, strict=True))
-        text += f"; combined {mix} (weights ∝ 1/sMAPE; combination sMAPE {plan.combined_smape:.1f}%)"
+        text += (f"; combined {mix} (models within {NEAR_BEST:g}× the best pinball, weights ∝ 1/pinball; "
+                 f"combination pinball {plan.combined_pinball:.2f}%, sMAPE {plan.combined_smape:.1f}%)")
     else:
         text += f"; using {plan.members[0]}"
     if plan.dropped:
-        text += "; dropped " + ", ".join(f"{n} (worse than {by} in every fold)" for n, by in plan.dropped.items())
+        text += "; dropped " + ", ".join(f"{n} ({why})" for n, why in plan.dropped.items())
+    if plan.rejected:
+        text += "; rejected " + ", ".join(f"{n} ({why})" for n, why in plan.rejected.items())
     return text
 
 
-def fit_local(name: str, history: pd.Series, horizon: timedelta, events: pd.DataFrame | None,
-              select_horizon: timedelta | None) -> FitResult:
-    """Fit `name` in this process, without a time limit, with the fallbacks `fit_predict` documents.
+_FoldCache = dict[tuple[str, timedelta], list["_Fold"]]
 
-    `history` has passed `prepare_fit`.
+
+def _scored_folds(history: pd.Series, name: str, horizon: timedelta, events: pd.DataFrame | None,
+                  cache: _FoldCache) -> list[_Fold]:
+    """`name`'s SCORE_FOLDS backtest windows of `horizon` with a finite error, once per fit; [] when its fit
+    breaks or explodes in one of them."""
+    key = (name, horizon)
+    if key not in cache:
+        try:
+            folds = _candidate_folds(history, name, horizon, SCORE_FOLDS, events, [])
+        except Exception:
+            # Too short, exploding, or its fit breaks on this series.
+            folds = []
+        cache[key] = [f for f in folds if math.isfinite(f.smape)]
+    return cache[key]
+
+
+def _select(history: pd.Series, names: list[str], horizon: timedelta, events: pd.DataFrame | None,
+            errors: dict[str, dict[str, float]], quantile: float, cache: _FoldCache) -> str | None:
+    """The lowest backtest pinball loss among `names`; fills `errors`. None when no model could be scored."""
+    for name in names:
+        scored = _scored_folds(history, name, horizon, events, cache)
+        if scored and name not in errors:
+            errors[name] = _summarise(history, scored, quantile)
+    ranked = sorted((n for n in names if n in errors), key=lambda n: _score(errors[n]))
+    return ranked[0] if ranked else None
+
+
+def _own_calibration(history: pd.Series, name: str, horizon: timedelta, select_horizon: timedelta | None,
+                     events: pd.DataFrame | None, errors: dict[str, dict[str, float]], quantile: float,
+                     cache: _FoldCache) -> BandCalibration | None:
+    """Calibrate a lone model on its own SCORE_FOLDS backtest windows, as long as the forecast when the
+    history allows (like auto's), and record its errors; None without any (the model's own band stays)."""
+    step = infer_step(history)
+    window = _auto_horizons(history, step, [name], horizon, select_horizon)[0]
+    folds = _scored_folds(history, name, window, events, cache)
+    if len(folds) < SCORE_FOLDS and window != min(horizon, DAY):
+        window = min(horizon, DAY)
+        folds = _scored_folds(history, name, window, events, cache)
+    if not folds:
+        return None
+    if name not in errors:
+        errors[name] = _summarise(history, folds, quantile)
+    return calibrate([log_residuals(f.actual, f.yhat) for f in folds], infer_step(history))
+
+
+def fit_local(name: str, history: pd.Series, horizon: timedelta, events: pd.DataFrame | None,
+              select_horizon: timedelta | None, quantile: float = UPPER_QUANTILE) -> FitResult:
+    """Fit `name` in this process, without a time limit, with the fallbacks `fit_predict` documents, and
+    calibrate the forecast's band on the backtest windows of what was fitted. `quantile` is the one
+    provisioning uses (the upper band's by default): `auto` ranks its candidates by pinball loss there.
+
+    `history` has passed `prepare_fit` (or is a candidate's, for `rolling_origin_errors`).
     """
     started = time.perf_counter()
+    history = prepare(history)
     step = infer_step(history)
     sel_h = select_horizon or min(horizon, DAY)
     errors: dict[str, dict[str, float]] = {}
@@ -284,9 +469,11 @@ def fit_local(name: str, history: pd.Series, horizon: timedelta, events: pd.Data
         raise ForecastUnavailable("; ".join(r for r in requirements.values() if r))
 
     score: float | None = None
+    plan: AutoPlan | None = None
+    cache: _FoldCache = {}
     if name == "auto":
         plan = plan_auto(history, fittable, horizon, events=events, select_horizon=select_horizon,
-                         errors=errors)
+                         errors=errors, quantile=quantile)
         if plan is None:
             members, weights = [fittable[0]], [1.0]
             reason = f"auto: too little history to backtest a {days_text(sel_h)} window: using {fittable[0]}"
@@ -300,46 +487,65 @@ def fit_local(name: str, history: pd.Series, horizon: timedelta, events: pd.Data
     elif requirements[name] is None:
         members, weights, reason = [name], [1.0], f"{name} as configured"
     else:
-        baselines = [n for n in fittable if n != "prophet"]
-        chosen = _select(history, step, baselines, sel_h, SCORE_FOLDS, events, errors) or baselines[0]
+        baselines = [n for n in BASELINES if n in fittable]
+        chosen = _select(history, baselines, sel_h, events, errors, quantile, cache) or baselines[0]
         members, weights, reason = [chosen], [1.0], f"{requirements[name]}: using {chosen}"
 
     forecasts: list[Forecast] = []
     fitted: list[tuple[str, float]] = []
-    failures: list[tuple[str, Exception]] = []
+    failures: list[tuple[str, str, Exception | None]] = []
     for member, weight in zip(members, weights, strict=True):
         try:
-            forecasts.append(make_forecaster(member, step=step).fit(history, events=events).predict(horizon))
-            fitted.append((member, weight))
+            forecast = make_candidate(member, step=step).fit(history, events=events).predict(horizon)
         except ForecastUnavailable:
             raise
         except Exception as exc:
-            failures.append((member, exc))
+            failures.append((member, f"fit failed ({brief_error(exc)})", exc))
+            continue
+        boom = exploded(forecast, history)
+        # seasonal-naive copies the history: only its own band can exceed it, and calibration replaces that.
+        if boom is not None and not (member == "seasonal-naive" and len(members) == 1):
+            failures.append((member, f"rejected: {boom}", None))
+            continue
+        forecasts.append(forecast)
+        fitted.append((member, weight))
     if not forecasts:
-        member, error = failures[0]
-        if member == "seasonal-naive":
+        member, why, error = failures[0]
+        if member == "seasonal-naive" and error is not None:
             raise error
-        reason = f"{member} fit failed ({brief_error(error)}): using seasonal-naive"
+        reason = f"{member} {why}: using seasonal-naive"
         fitted = [("seasonal-naive", 1.0)]
-        forecasts = [make_forecaster("seasonal-naive", step=step).fit(history, events=events).predict(horizon)]
-        score = None
+        forecasts = [make_candidate("seasonal-naive", step=step).fit(history, events=events).predict(horizon)]
+        plan, score = None, None
     elif failures:
-        reason += "; " + ", ".join(f"{m} fit failed ({brief_error(e)})" for m, e in failures)
+        reason += "; " + ", ".join(f"{m} {why}" for m, why, _ in failures)
         score = None
+
+    calibration: BandCalibration | None = None
+    if plan is not None and all(m in plan.backtests for m, _ in fitted):
+        total = sum(w for _, w in fitted)
+        calibration = mix_calibration(plan.backtests, [m for m, _ in fitted], [w / total for _, w in fitted], step)
     if len(fitted) == 1:
         chosen = fitted[0][0]
         forecast = forecasts[0]
         if chosen == "seasonal-naive" and forecast.note:
             reason = reason.replace("using seasonal-naive", f"using seasonal-naive ({forecast.note})")
-        if chosen not in errors:
-            scored = _score(history, chosen, sel_h, SCORE_FOLDS, events)
-            if scored is not None:
-                errors[chosen] = scored
+        if calibration is None:
+            calibration = _own_calibration(history, chosen, horizon, select_horizon, events, errors, quantile,
+                                           cache)
         if score is None:
             score = errors.get(chosen, {}).get("smape")
     else:
         chosen = "auto(" + "+".join(m for m, _ in fitted) + ")"
         forecast = combine(forecasts, [w for _, w in fitted], chosen)
+    if calibration is not None:
+        forecast = calibration.apply(forecast)
+        reason += f"; band calibrated on {calibration.windows} backtest windows"
+        peak, limit = _explosion_limit(history)
+        if float(np.max(forecast.upper, initial=0)) > limit:
+            # Past errors that large are real, but a band beyond any load ever seen would size fleets for it.
+            forecast = replace(forecast, upper=np.minimum(forecast.upper, np.maximum(limit, forecast.yhat)))
+            reason += f" (upper band capped at {EXPLOSION_FACTOR:g}× the history's maximum {peak:,.0f})"
     return FitResult(forecast=forecast, model=chosen, reason=reason,
                      fit_seconds=time.perf_counter() - started,
                      smape=score if score is not None and math.isfinite(score) else None, errors=errors)
