@@ -324,6 +324,8 @@ def _write_rows(conn: Connection, rows: _Rows) -> int:
     """
     if not len(rows):
         return 0
+    # The rollup trigger's transition table holds a COPY's rows (up to _COPY_CHUNK): in memory, not a temp file.
+    conn.exec_driver_sql("SET LOCAL work_mem = '256MB'")
     if _range_is_empty(conn, rows):
         fresh = conn.begin_nested()
         try:
