@@ -124,8 +124,8 @@ def _retrying(action: str, work: Callable[[], T]) -> T:
 
 
 def _ddl_transaction(conn: Connection) -> None:
+    conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")  # bounds the advisory wait too
     conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%(key)s)", {"key": _DDL_LOCK_KEY})
-    conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
 
 
 # --- partitions --------------------------------------------------------------------------------------------
