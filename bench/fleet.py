@@ -1,6 +1,7 @@
 """Fleet benchmark: 100 and 1,000 PredictiveScalers on one operator against the local control plane.
 
-    python bench/fleet.py [--sizes 100,1000] [--duration-s 240] [--timer-interval 10]
+    python bench/fleet.py [--sizes 100,1000] [--duration-s 240] [--restart-duration-s 240]
+                          [--model auto|seasonal-naive|...] [--refresh 1h] [--timer-interval 10]
 
 For each size N: a fresh PostgreSQL database with 14 days of 5-minute traffic for N/10 services (ten scalers
 share a trace), a fresh local control plane with kwok nodes, N Deployments and N PredictiveScalers
@@ -10,9 +11,15 @@ its first decision. Measured: reconcile lag (gap between a scaler's consecutive 
 interval), scalers reconciled in every 60-second window, fits per minute, the operator's memory (process and
 pool children, from /proc) and CPU, and CR-created → first-decision latency.
 
-Model: `seasonal-naive`. The benchmark measures the operator's reconcile machinery at fleet scale; `auto`
-backtests Prophet and Holt-Winters per fit (seconds of CPU each), which on 2 cores would turn the first
-minutes into a fit queue and measure the forecaster instead (bench_forecast.py measures that).
+Two phases per size. *Cold*: the forecasts table is empty, so every scaler's first decision comes from a
+baseline fitted on the spot. *Restart*: once every scaler has stored a forecast (the cold phase goes on until
+then), the operator is stopped and started again; each scaler's first decision after the restart comes from
+its stored forecast. That second start is the one an SRE lives with (upgrades, node drains, evictions).
+The restart phase runs `--restart-duration-s`; with `--refresh 1h` and a run of some minutes, the stored
+forecasts come due and the refits (their rate, CPU and effect on the reconcile lag) are measured too.
+
+Model: `auto` by default (the operator's default: backtests several models per fit, seconds of CPU each);
+`--model seasonal-naive` measures the reconcile machinery alone.
 
 Reports, never asserts: the exit code is non-zero only when the benchmark itself could not run.
 """
@@ -58,7 +65,7 @@ INTERVAL_S = 60.0
 SCALERS_PER_SERVICE = 10
 PER_NAMESPACE = 100
 APPLY_BATCH = 100
-MODEL = "seasonal-naive"
+DEFAULT_MODEL = "auto"
 # One replica serves 500 requests per 5-minute step; a service's daily peak needs two, its base load one.
 REQUESTS_PER_REPLICA_PER_MIN = 100
 BASE_LOAD, PEAK_LOAD = 200.0, 900.0
@@ -136,7 +143,7 @@ def deployment(s: Scaler) -> dict[str, Any]:
     }
 
 
-def scaler(s: Scaler, refresh: str) -> dict[str, Any]:
+def scaler(s: Scaler, refresh: str, model: str) -> dict[str, Any]:
     return {
         "apiVersion": "prescaler.dev/v1alpha1", "kind": "PredictiveScaler",
         "metadata": {"name": s.name, "namespace": s.namespace},
@@ -146,17 +153,26 @@ def scaler(s: Scaler, refresh: str) -> dict[str, Any]:
             "maxReplicas": 2,
             "series": {"source": "default", "service": s.service},
             "capacity": {"requestsPerReplica": REQUESTS_PER_REPLICA_PER_MIN, "per": "1m"},
-            "forecast": {"model": MODEL, "history": f"{HISTORY_DAYS}d", "horizon": "1d", "step": "5m",
+            "forecast": {"model": model, "history": f"{HISTORY_DAYS}d", "horizon": "1d", "step": "5m",
                          "refreshInterval": refresh},
             "scaling": {"interval": "1m", "leadTime": "5m"},
         },
     }
 
 
-def apply_batches(cluster: LocalCluster, objects: list[dict[str, Any]], batch: int = APPLY_BATCH) -> None:
+def apply_batches(cluster: LocalCluster, objects: list[dict[str, Any]], batch: int = APPLY_BATCH,
+                  attempts: int = 1) -> None:
     for i in range(0, len(objects), batch):
         doc = {"apiVersion": "v1", "kind": "List", "items": objects[i:i + batch]}
-        cluster.kubectl("apply", "-f", "-", input=json.dumps(doc), timeout=300)
+        for attempt in range(attempts):
+            try:
+                cluster.kubectl("apply", "-f", "-", input=json.dumps(doc), timeout=300)
+                break
+            except subprocess.TimeoutExpired:
+                # An API server busy with a fleet's first status patches: apply is idempotent, so try again.
+                if attempt == attempts - 1:
+                    raise
+                print(f"kubectl apply timed out (batch {i // batch + 1}); again", flush=True)
 
 
 def creation_times(cluster: LocalCluster) -> dict[tuple[str, str], datetime]:
@@ -213,13 +229,14 @@ def _kib(path: str, key: str) -> int:
     return 0
 
 
-def _cpu_seconds(pid: int) -> float:
+def _cpu_seconds(pid: int, children: bool = True) -> float:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    # utime, stime, cutime, cstime (fields 14-17; index 11-14 after the command name)
-    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    # utime, stime, cutime, cstime (fields 14-17; index 11-14 after the command name); the reaped children's
+    # share (cutime, cstime) keeps the CPU of fit processes that were replaced.
+    return sum(int(v) for v in fields[11:15 if children else 13]) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -236,6 +253,7 @@ class Operator:
     db_url: str
     log_path: Path
     timer_interval: float
+    workers: int = 1
     metrics_port: int = field(default_factory=free_port)
     liveness_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
@@ -251,7 +269,7 @@ class Operator:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "prescaler.cli", "run", "--all-namespaces", "--peering", "",
                  "--metrics-port", str(self.metrics_port), "--liveness-port", str(self.liveness_port),
-                 "--workers", "1"],
+                 "--workers", str(self.workers)],
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO,
             )
         self._sampler = threading.Thread(target=self._sample_loop, daemon=True)
@@ -274,6 +292,10 @@ class Operator:
         if self.proc is None:
             return 0.0
         return sum(_cpu_seconds(p) for p in process_tree(self.proc.pid))
+
+    def main_cpu_seconds(self) -> float:
+        """The operator process alone (its event loop and threads), without the fit processes."""
+        return 0.0 if self.proc is None else _cpu_seconds(self.proc.pid, children=False)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -311,13 +333,34 @@ def metric_sum(text: str, name: str) -> float:
     return total
 
 
-class FirstSeen:
-    """Polls scaling_decisions by id and notes when each scaler's first decision row became visible."""
+@dataclass(frozen=True)
+class StoredRow:
+    seen: datetime  # when the poller first saw the row
+    scaler_key: str
+    params_hash: str
+    generated_at: datetime
+    model: str
+    fit_seconds: float | None
+
+
+class RowLog:
+    """Polls scaling_decisions and forecasts by id: when each decision and stored forecast became visible.
+
+    Rows are noted as they appear, so forecasts pruned later (the operator keeps three per scaler) still count.
+    Ids come from sequences and transactions commit out of id order, so each poll looks back `LOOKBACK` ids.
+    """
+
+    LOOKBACK = 300
 
     def __init__(self, url: str) -> None:
         self.engine = sa.create_engine(url)
-        self.last_id = 0
-        self.seen: dict[tuple[str, str], datetime] = {}
+        self.last_decision = 0
+        self.last_forecast = 0
+        self.decisions: list[tuple[datetime, str, str]] = []  # (seen, namespace, name)
+        self.forecasts: list[StoredRow] = []
+        self._seen_decisions: set[int] = set()
+        self._seen_forecasts: set[int] = set()
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -325,16 +368,44 @@ class FirstSeen:
         self._thread.start()
 
     def _loop(self) -> None:
-        stmt = sa.text("SELECT id, namespace, name FROM scaling_decisions WHERE id > :last ORDER BY id")
+        decisions = sa.text("SELECT id, namespace, name FROM scaling_decisions WHERE id > :last ORDER BY id")
+        forecasts = sa.text("SELECT id, scaler_key, params_hash, generated_at, model, fit_seconds FROM forecasts "
+                            "WHERE id > :last ORDER BY id")
         while not self._stop.is_set():
             with contextlib.suppress(sa.exc.SQLAlchemyError):
                 with self.engine.connect() as conn:
-                    rows = conn.execute(stmt, {"last": self.last_id}).all()
+                    d_rows = conn.execute(decisions, {"last": self.last_decision - self.LOOKBACK}).all()
+                    f_rows = conn.execute(forecasts, {"last": self.last_forecast - self.LOOKBACK}).all()
                 now = datetime.now(UTC)
-                for rid, ns, name in rows:
-                    self.seen.setdefault((ns, name), now)
-                    self.last_id = max(self.last_id, int(rid))
+                with self._lock:
+                    for rid, ns, name in d_rows:
+                        if rid not in self._seen_decisions:
+                            self._seen_decisions.add(rid)
+                            self.decisions.append((now, ns, name))
+                            self.last_decision = max(self.last_decision, int(rid))
+                    for rid, key, params, generated, model, fit_s in f_rows:
+                        if rid not in self._seen_forecasts:
+                            self._seen_forecasts.add(rid)
+                            self.forecasts.append(StoredRow(now, key, params, generated, model, fit_s))
+                            self.last_forecast = max(self.last_forecast, int(rid))
             self._stop.wait(0.5)
+
+    def first_decisions(self, since: datetime) -> dict[tuple[str, str], datetime]:
+        """When each scaler's first decision after `since` became visible."""
+        first: dict[tuple[str, str], datetime] = {}
+        with self._lock:
+            for seen, ns, name in self.decisions:
+                if seen >= since:
+                    first.setdefault((ns, name), seen)
+        return first
+
+    def stored_keys(self) -> set[str]:
+        with self._lock:
+            return {row.scaler_key for row in self.forecasts}
+
+    def forecasts_between(self, start: datetime, end: datetime) -> list[StoredRow]:
+        with self._lock:
+            return [row for row in self.forecasts if start <= row.seen < end]
 
     def stop(self) -> None:
         self._stop.set()
@@ -384,22 +455,185 @@ def analyse_decisions(decisions: dict[tuple[str, str], list[datetime]], scalers:
 class RunConfig:
     size: int
     duration_s: float
+    restart_duration_s: float
     timer_interval: float
     refresh: str
+    model: str
+    workers: int
     late_fraction: float
     late_at_s: float
     pod_ready_delay: float
+    store_timeout_s: float
+    profile: Path | None
     keep: bool
+
+
+@dataclass
+class PhaseRun:
+    """One operator run: when it started and ended, and what /proc and /metrics said at its end."""
+
+    started_at: datetime
+    ended_at: datetime
+    wall_s: float
+    cpu_s: float
+    main_cpu_s: float
+    metrics: str
+    samples: list[MemorySample]
+    end_mem: MemorySample
+    log_errors: int
+
+
+def _profile(pid: int, out: Path, seconds: float) -> subprocess.Popen[bytes] | None:
+    """py-spy (when installed beside this Python) samples the operator's first seconds, subprocesses too."""
+    spy = Path(sys.executable).with_name("py-spy")
+    if not spy.exists():
+        print(f"no py-spy beside {sys.executable}: not profiling", flush=True)
+        return None
+    return subprocess.Popen([str(spy), "record", "--pid", str(pid), "--duration", f"{seconds:.0f}", "--rate", "50",
+                             "--format", "raw", "--output", str(out), "--nonblocking", "--threads"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+
+def apply_late(cluster: LocalCluster, late: Sequence[Scaler], cfg: RunConfig, label: str,
+               applied: threading.Event) -> None:
+    started = time.monotonic()
+    apply_batches(cluster, [scaler(s, cfg.refresh, cfg.model) for s in late], batch=25, attempts=3)
+    applied.set()
+    print(f"[{cfg.size} {label}] applied {len(late)} PredictiveScalers while running "
+          f"({time.monotonic() - started:.0f}s)", flush=True)
+
+
+def run_phase(label: str, cfg: RunConfig, cluster: LocalCluster, url: str, log_path: Path, rows: RowLog,
+              duration_s: float, *, late: Sequence[Scaler] = (), wait_stored: set[str] | None = None,
+              profile: Path | None = None) -> PhaseRun:
+    """Run the operator for `duration_s` (and, with `wait_stored`, until all those scalers stored a forecast)."""
+    n = cfg.size
+    op = Operator(cluster, url, log_path, cfg.timer_interval, workers=cfg.workers)
+    log_from = log_path.stat().st_size if log_path.exists() else 0
+    started_at = datetime.now(UTC)
+    started = time.monotonic()
+    op.start()
+    assert op.proc is not None
+    spy: subprocess.Popen[bytes] | None = None
+    late_done = not late
+    late_thread: threading.Thread | None = None
+    late_applied = threading.Event()
+    next_report = started + 60
+    try:
+        while True:
+            elapsed = time.monotonic() - started
+            if late_applied.is_set() and wait_stored is not None:
+                wait_stored |= {f"{s.namespace}/{s.name}" for s in late}
+            missing = len(wait_stored - rows.stored_keys()) if wait_stored is not None else 0
+            if elapsed >= duration_s and (missing == 0 or elapsed >= max(duration_s, cfg.store_timeout_s)):
+                if missing:
+                    print(f"[{n} {label}] {missing} scalers still without a stored forecast: going on", flush=True)
+                break
+            if not op.alive():
+                raise RuntimeError(f"operator exited with {op.proc.returncode}:\n{op.log_tail()}")
+            if profile is not None and spy is None and elapsed >= 1.0:
+                spy = _profile(op.proc.pid, profile, 40.0)
+            if not late_done and elapsed >= cfg.late_at_s:
+                # In a thread, so the phase's clock and reports go on while a busy API server takes its time.
+                late_done = True
+                late_thread = threading.Thread(target=apply_late, args=(cluster, late, cfg, label, late_applied),
+                                               daemon=True)
+                late_thread.start()
+            if time.monotonic() >= next_report:
+                next_report += 60
+                decided = len(rows.first_decisions(started_at))
+                stored = len(rows.forecasts_between(started_at, datetime.now(UTC)))
+                print(f"[{n} {label}] t={elapsed:.0f}s: {decided} scalers decided, {stored} forecasts stored"
+                      + (f", {missing} scalers without one" if wait_stored is not None else "")
+                      + f", RSS {op.samples[-1].rss_mib if op.samples else 0:.0f} MiB", flush=True)
+            time.sleep(1)
+        if late_thread is not None:
+            late_thread.join(timeout=120)  # an API server still too busy: measure what got created
+        ended_at = datetime.now(UTC)
+        wall = time.monotonic() - started
+        cpu, main_cpu = op.cpu_seconds(), op.main_cpu_seconds()
+        text = op.metrics_text()
+        end_mem = op.memory()
+    finally:
+        op.stop()
+        if spy is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                spy.wait(timeout=60)
+    # Errors while running; the shutdown after SIGTERM races the cluster's and is not counted.
+    with log_path.open("rb") as f:
+        f.seek(log_from)
+        running_log = f.read().decode(errors="replace").split("Signal SIGTERM is received")[0]
+    errors = sum(1 for line in running_log.splitlines() if " ERROR " in line)
+    return PhaseRun(started_at, ended_at, wall, cpu, main_cpu, text, list(op.samples), end_mem, errors)
+
+
+def analyse_phase(run: PhaseRun, rows: RowLog, decisions: dict[tuple[str, str], list[datetime]],
+                  keys: Sequence[tuple[str, str]], refresh: str) -> dict[str, Any]:
+    """What one operator run did: start-up, lag, stored forecasts and fits, memory, CPU."""
+    own = {k: [t for t in decisions.get(k, []) if run.started_at <= t <= run.ended_at] for k in keys}
+    out: dict[str, Any] = {"wall_s": round(run.wall_s, 1)}
+    out["reconcile"] = analyse_decisions(own, keys, run.ended_at)
+    per_minute = [(len(t) - 1) / ((t[-1] - t[0]).total_seconds() / 60) for t in own.values() if len(t) > 1]
+    out["reconcile"]["decisions_per_scaler_minute"] = round(float(np.mean(per_minute)), 3) if per_minute else None
+    first = rows.first_decisions(run.started_at)
+    # From the operator's start to each first decision row being written (seen by the poller, +-0.5 s).
+    written = [(first[k] - run.started_at).total_seconds() for k in keys if k in first]
+    out["start_to_first_decision_s"] = {**summary(written), "undecided": len(keys) - len(written)}
+    stored = rows.forecasts_between(run.started_at, run.ended_at)
+    before = {r.scaler_key for r in rows.forecasts if r.seen < run.started_at}
+    minutes = [0] * (int(run.wall_s // 60) + 1)
+    fits_per_minute = [0] * len(minutes)
+    fits: dict[tuple[str, datetime], StoredRow] = {}
+    for r in stored:
+        m = min(len(minutes) - 1, int((r.seen - run.started_at).total_seconds() // 60))
+        minutes[m] += 1
+        # Scalers with the same inputs and origin store the same fit: count it once.
+        if (r.params_hash, r.generated_at) not in fits:
+            fits[(r.params_hash, r.generated_at)] = r
+            fits_per_minute[m] += 1
+    seen: set[str] = set(before)
+    refits = 0
+    for r in stored:
+        refits += r.scaler_key in seen
+        seen.add(r.scaler_key)
+    fit_s = [r.fit_seconds for r in fits.values() if r.fit_seconds is not None]
+    models: dict[str, int] = defaultdict(int)
+    for r in fits.values():
+        models[r.model] += 1
+    out["forecasts"] = {
+        "stored": len(stored), "stored_per_minute": minutes, "refits": refits,
+        "refits_per_minute": round(refits / (run.wall_s / 60), 2),
+        "expected_refits_per_minute_at_refresh": round(len(keys) / _minutes(refresh), 2),
+        "distinct_fits": len(fits), "distinct_fits_per_minute": fits_per_minute,
+        "fit_seconds_sum": round(sum(fit_s), 1), "fit_seconds_p50": pct(fit_s, 50),
+        "fit_seconds_max": max(fit_s) if fit_s else None, "models": dict(models),
+        "fit_duration_metric_count": metric_sum(run.metrics, "prescaler_fit_duration_seconds_count"),
+    }
+    rec_n = metric_sum(run.metrics, "prescaler_reconcile_duration_seconds_count")
+    rec_s = metric_sum(run.metrics, "prescaler_reconcile_duration_seconds_sum")
+    out["reconcile_duration_mean_ms"] = round(1000 * rec_s / rec_n, 1) if rec_n else None
+    peak = max(run.samples, key=lambda s: s.rss_mib) if run.samples else run.end_mem
+    out["memory_mib"] = {
+        "rss_peak": round(max(peak.rss_mib, run.end_mem.rss_mib), 1), "rss_end": round(run.end_mem.rss_mib, 1),
+        "pss_peak": round(max([s.pss_mib for s in run.samples] + [run.end_mem.pss_mib]), 1),
+        "pss_end": round(run.end_mem.pss_mib, 1), "processes": run.end_mem.processes,
+    }
+    out["cpu"] = {"operator_cores": round(run.main_cpu_s / run.wall_s, 3),
+                  "fit_processes_cores": round((run.cpu_s - run.main_cpu_s) / run.wall_s, 3),
+                  "operator_s": round(run.main_cpu_s, 1), "fit_processes_s": round(run.cpu_s - run.main_cpu_s, 1)}
+    out["operator_log_errors"] = run.log_errors
+    return out
 
 
 def run_size(cfg: RunConfig) -> dict[str, Any]:
     n = cfg.size
-    late_n = max(1, round(n * cfg.late_fraction))
+    late_n = round(n * cfg.late_fraction)
     fleet = [Scaler(i) for i in range(n)]
     early, late = fleet[:n - late_n], fleet[n - late_n:]
     services = max(1, math.ceil(n / SCALERS_PER_SERVICE))
-    result: dict[str, Any] = {"size": n, "services": services, "model": MODEL, "refresh_interval": cfg.refresh,
-                              "timer_interval_s": cfg.timer_interval, "duration_s": cfg.duration_s,
+    result: dict[str, Any] = {"size": n, "services": services, "model": cfg.model, "refresh_interval": cfg.refresh,
+                              "timer_interval_s": cfg.timer_interval, "workers": cfg.workers,
+                              "duration_s": cfg.duration_s, "restart_duration_s": cfg.restart_duration_s,
                               "created_before_start": len(early), "created_while_running": len(late)}
     state = Path(tempfile.mkdtemp(prefix=f"prescaler-fleet-{n}-"))
     db_name = f"prescaler_fleet_{n}_{os.getpid()}"
@@ -407,19 +641,18 @@ def run_size(cfg: RunConfig) -> dict[str, Any]:
     pgserver.ensure_running()
     url = pgserver.create_database(db_name)
     cluster: LocalCluster | None = None
-    op: Operator | None = None
-    first_seen: FirstSeen | None = None
+    rows: RowLog | None = None
     try:
         engine = db.make_engine(url)
         db.migrate(engine)
         now = datetime.now(UTC)
         traffic_end = pd.Timestamp(now).floor(pd.Timedelta(STEP)).to_pydatetime() + timedelta(
-            seconds=cfg.duration_s + 3600)
+            seconds=cfg.duration_s + cfg.restart_duration_s + cfg.store_timeout_s + 3600)
         t0 = time.monotonic()
-        rows = write_traffic(url, services, traffic_end - timedelta(days=HISTORY_DAYS + 1), traffic_end)
-        result["traffic_rows"] = rows
+        written = write_traffic(url, services, traffic_end - timedelta(days=HISTORY_DAYS + 1), traffic_end)
+        result["traffic_rows"] = written
         result["traffic_write_s"] = round(time.monotonic() - t0, 1)
-        print(f"[{n}] traffic: {rows:,} rows for {services} services in {result['traffic_write_s']}s", flush=True)
+        print(f"[{n}] traffic: {written:,} rows for {services} services in {result['traffic_write_s']}s", flush=True)
 
         # Every Deployment may scale to 2 replicas; kwok nodes are cheap, so leave room.
         nodes = max(2, math.ceil(2 * n / 400))
@@ -436,113 +669,53 @@ def run_size(cfg: RunConfig) -> dict[str, Any]:
                                 for ns in namespaces])
         t0 = time.monotonic()
         apply_batches(cluster, [deployment(s) for s in fleet])
-        apply_batches(cluster, [scaler(s, cfg.refresh) for s in early])
+        apply_batches(cluster, [scaler(s, cfg.refresh, cfg.model) for s in early])
         result["apply_s"] = round(time.monotonic() - t0, 1)
         result["setup_s"] = round(time.monotonic() - setup_started, 1)
         print(f"[{n}] applied {n} Deployments and {len(early)} PredictiveScalers in {result['apply_s']}s",
               flush=True)
 
-        first_seen = FirstSeen(url)
-        first_seen.start()
-        op = Operator(cluster, url, state / "operator.log", cfg.timer_interval)
-        op_started_at = datetime.now(UTC)
-        started = time.monotonic()
-        cpu0 = 0.0
-        op.start()
-        late_created_at: datetime | None = None
-        fits_by_minute: list[float] = []
-        next_scrape = started + 60
-        while time.monotonic() - started < cfg.duration_s:
-            if not op.alive():
-                raise RuntimeError(f"operator exited with {op.proc.returncode if op.proc else '?'}:\n"
-                                   f"{op.log_tail()}")
-            if late_created_at is None and time.monotonic() - started >= cfg.late_at_s:
-                late_created_at = datetime.now(UTC)
-                apply_batches(cluster, [scaler(s, cfg.refresh) for s in late])
-                print(f"[{n}] applied {len(late)} PredictiveScalers while running", flush=True)
-            if time.monotonic() >= next_scrape:
-                fits_by_minute.append(metric_sum(op.metrics_text(), "prescaler_fit_duration_seconds_count"))
-                next_scrape += 60
-                done = len(first_seen.seen)
-                print(f"[{n}] t={time.monotonic() - started:.0f}s: {done} scalers decided at least once, "
-                      f"RSS {op.samples[-1].rss_mib if op.samples else 0:.0f} MiB", flush=True)
-            time.sleep(1)
-        end_at = datetime.now(UTC)
-        cpu = op.cpu_seconds() - cpu0
-        wall = time.monotonic() - started
-        text = op.metrics_text()
-        end_mem = op.memory()
-        op.stop()
-        first_seen.stop()
+        rows = RowLog(url)
+        rows.start()
+        every = {f"{s.namespace}/{s.name}" for s in early}  # and the late ones once created
+        cold = run_phase("cold", cfg, cluster, url, state / "operator.log", rows, cfg.duration_s, late=late,
+                         wait_stored=every)
+        print(f"[{n}] cold phase done after {cold.wall_s:.0f}s; restarting the operator", flush=True)
+        warm = run_phase("restart", cfg, cluster, url, state / "operator.log", rows, cfg.restart_duration_s,
+                         profile=cfg.profile)
+        rows.stop()
 
         # --- results
         created = creation_times(cluster)
         with engine.connect() as conn:
-            rows_ = conn.execute(sa.text(
+            decided = conn.execute(sa.text(
                 "SELECT namespace, name, decided_at FROM scaling_decisions ORDER BY namespace, name, decided_at"
             )).all()
-            forecast_rows = conn.execute(sa.text(
-                "SELECT scaler_key, created_at FROM forecasts ORDER BY created_at")).all()
         engine.dispose()
         decisions: dict[tuple[str, str], list[datetime]] = defaultdict(list)
-        for ns, name, at in rows_:
+        for ns, name, at in decided:
             decisions[(ns, name)].append(at)
         early_keys = [(s.namespace, s.name) for s in early]
-        late_keys = [(s.namespace, s.name) for s in late]
-        result["decisions"] = len(rows_)
-        result["scalers_with_decisions"] = len(decisions)
-        result["reconcile"] = analyse_decisions(decisions, early_keys + late_keys, end_at)
-        per_minute = [(len(t) - 1) / ((t[-1] - t[0]).total_seconds() / 60) for t in decisions.values()
-                      if len(t) > 1]
-        result["reconcile"]["decisions_per_scaler_minute"] = round(float(np.mean(per_minute)), 3) \
-            if per_minute else None
-        # From the operator's start to each first decision row being written (seen by the poller, +-0.5 s).
-        written = [(first_seen.seen[k] - op_started_at).total_seconds() for k in early_keys if k in first_seen.seen]
-        result["startup_pass_s"] = {**summary(written), "undecided": len(early_keys) - len(written),
-                                    "decided_at_based": summary([(decisions[k][0] - op_started_at).total_seconds()
-                                                                 for k in early_keys if decisions.get(k)])}
-        live_written = [(first_seen.seen[k] - created[k]).total_seconds() for k in late_keys
-                        if k in first_seen.seen and k in created]
-        live_decided = [(decisions[k][0] - created[k]).total_seconds() for k in late_keys
-                        if decisions.get(k) and k in created]
-        result["first_decision_s"] = {**summary(live_written), "undecided": len(late_keys) - len(live_written),
-                                      "decided_at_based": summary(live_decided)}
-        minutes = [0] * (int(wall // 60) + 1)
-        for _, at in forecast_rows:
-            m = int((at - op_started_at).total_seconds() // 60)
-            if 0 <= m < len(minutes):
-                minutes[m] += 1
-        # A refit is any stored forecast after a scaler's first one.
-        refits = len(forecast_rows) - len({key for key, _ in forecast_rows})
-        result["fits"] = {"total": metric_sum(text, "prescaler_fit_duration_seconds_count"),
-                          "stored_per_minute": minutes, "fit_count_at_each_minute": fits_by_minute,
-                          "refits": refits, "refits_per_minute": round(refits / (wall / 60), 2),
-                          "expected_refits_per_minute_at_refresh": round(n / _minutes(cfg.refresh), 2),
-                          "fit_seconds_sum": round(metric_sum(text, "prescaler_fit_duration_seconds_sum"), 1)}
-        rec_n = metric_sum(text, "prescaler_reconcile_duration_seconds_count")
-        rec_s = metric_sum(text, "prescaler_reconcile_duration_seconds_sum")
-        result["reconcile_duration_mean_ms"] = round(1000 * rec_s / rec_n, 1) if rec_n else None
-        peak = max(op.samples, key=lambda s: s.rss_mib) if op.samples else end_mem
-        result["memory_mib"] = {
-            "rss_peak": round(max(peak.rss_mib, end_mem.rss_mib), 1), "rss_end": round(end_mem.rss_mib, 1),
-            "pss_peak": round(max([s.pss_mib for s in op.samples] + [end_mem.pss_mib]), 1),
-            "pss_end": round(end_mem.pss_mib, 1), "processes": end_mem.processes,
-        }
-        result["operator_cpu_cores"] = round(cpu / wall, 2) if wall else None
-        # Errors while running; the shutdown after SIGTERM races the cluster's and is not counted.
-        running_log = op.log_tail(10**9).split("Signal SIGTERM is received")[0]
-        result["operator_log_errors"] = sum(1 for line in running_log.splitlines() if " ERROR " in line)
+        late_keys = [(s.namespace, s.name) for s in late if (s.namespace, s.name) in created]
+        result["decisions"] = len(decided)
+        result["cold"] = analyse_phase(cold, rows, decisions, early_keys + late_keys, cfg.refresh)
+        # The cold start-up counts the scalers that existed when the operator started.
+        first = rows.first_decisions(cold.started_at)
+        result["cold"]["start_to_first_decision_s"] = {
+            **summary([(first[k] - cold.started_at).total_seconds() for k in early_keys if k in first]),
+            "undecided": sum(1 for k in early_keys if k not in first)}
+        live = [(first[k] - created[k]).total_seconds() for k in late_keys if k in first and k in created]
+        result["cold"]["created_to_first_decision_s"] = {**summary(live), "undecided": len(late_keys) - len(live)}
+        result["restart"] = analyse_phase(warm, rows, decisions, early_keys + late_keys, cfg.refresh)
         return result
     finally:
-        if op is not None:
-            op.stop()
-            if cfg.keep:
-                print(f"[{n}] operator log: {op.log_path}")
-        if first_seen is not None:
-            first_seen.stop()
+        if rows is not None:
+            rows.stop()
         if cluster is not None:
             cluster.stop()
-        if not cfg.keep:
+        if cfg.keep:
+            print(f"[{n}] operator log: {state / 'operator.log'}")
+        else:
             with contextlib.suppress(Exception):
                 pgserver.drop_database(db_name)
             import shutil
@@ -565,50 +738,68 @@ def _fmt(v: Any, unit: str = "", digits: int = 1) -> str:
 
 
 def targets(r: dict[str, Any]) -> dict[str, bool | None]:
-    rec = r.get("reconcile", {})
-    p99 = rec.get("lag_s", {}).get("p99")
-    first = r.get("first_decision_s", {}).get("p99")
+    cold, warm = r.get("cold", {}), r.get("restart", {})
+    p99 = [ph.get("reconcile", {}).get("lag_s", {}).get("p99") for ph in (cold, warm)]
+    first = cold.get("created_to_first_decision_s", {}).get("p99")
+    restart = warm.get("start_to_first_decision_s", {})
+    rss = max(ph.get("memory_mib", {}).get("rss_peak", math.inf) for ph in (cold, warm))
     return {
-        "every_scaler_each_tick": rec.get("scalers_reconciled_every_tick") == rec.get("scalers_checked"),
-        "lag_p99_under_60s": None if p99 is None else p99 < TARGETS["lag_p99_s"],
-        "rss_under_1GiB": r.get("memory_mib", {}).get("rss_peak", math.inf) < TARGETS["rss_mib"],
-        "first_decision_under_10s": None if first is None else first < TARGETS["first_decision_s"],
+        "every_scaler_each_tick_after_restart": warm.get("reconcile", {}).get("scalers_reconciled_every_tick")
+        == warm.get("reconcile", {}).get("scalers_checked"),
+        "lag_p99_under_60s": None if None in p99 else max(p99) < TARGETS["lag_p99_s"],
+        "rss_under_1GiB": rss < TARGETS["rss_mib"],
+        "new_cr_first_decision_under_10s": None if first is None else first < TARGETS["first_decision_s"],
+        "restart_first_decision_p99_under_10s": None if restart.get("p99") is None or restart.get("undecided")
+        else restart["p99"] < TARGETS["first_decision_s"],
     }
 
 
 def format_table(results: list[dict[str, Any]]) -> str:
-    rows = [("scalers", lambda r: str(r["size"])),
-            ("decisions recorded", lambda r: str(r.get("decisions", "-"))),
-            ("reconcile lag p50 / p99 / max", lambda r: " / ".join(
-                _fmt(r["reconcile"]["lag_s"][k], " s") for k in ("p50", "p99", "max"))),
-            ("reconciled every tick (no lag >= 60 s)", lambda r: f"{r['reconcile']['scalers_reconciled_every_tick']}/"
-                                                                 f"{r['reconcile']['scalers_checked']}"),
-            ("decisions per scaler-minute", lambda r: _fmt(r["reconcile"]["decisions_per_scaler_minute"], "", 3)),
-            ("gaps missing a whole tick", lambda r: str(r["reconcile"]["gaps_missing_a_tick"])),
-            ("operator start -> first decisions p50/p99/max", lambda r: " / ".join(
-                _fmt(r["startup_pass_s"][k], " s") for k in ("p50", "p99", "max"))),
-            ("CR created -> first decision p50 / p99", lambda r: " / ".join(
-                _fmt(r["first_decision_s"][k], " s") for k in ("p50", "p99"))
-             + f" (n={r['first_decision_s']['n']})"),
-            ("fits total / stored per minute", lambda r: f"{r['fits']['total']:.0f} / "
-                                                         f"{r['fits']['stored_per_minute']}"),
-            ("refits/min (expected once refreshes are due)", lambda r: f"{r['fits']['refits_per_minute']} "
-                                                                       f"({r['fits']['expected_refits_per_minute_at_refresh']})"),
-            ("mean reconcile duration", lambda r: _fmt(r.get("reconcile_duration_mean_ms"), " ms")),
-            ("operator RSS peak / end (PSS peak)", lambda r: f"{r['memory_mib']['rss_peak']:.0f} / "
-                                                             f"{r['memory_mib']['rss_end']:.0f} MiB "
-                                                             f"({r['memory_mib']['pss_peak']:.0f})"),
-            ("operator CPU (cores, avg)", lambda r: _fmt(r.get("operator_cpu_cores"), "", 2)),
-            ("targets met", lambda r: ", ".join(f"{k}={'yes' if v else 'NO' if v is not None else '-'}"
-                                                for k, v in targets(r).items()))]
+    def three(d: dict[str, Any], unit: str = " s") -> str:
+        return " / ".join(_fmt(d[k], unit) for k in ("p50", "p99", "max"))
+
+    rows: list[tuple[str, Any]] = [("scalers / model / refresh", lambda r: f"{r['size']} / {r['model']} / "
+                                                                        f"{r['refresh_interval']}")]
+    for phase in ("cold", "restart"):
+        def get(r: dict[str, Any], phase: str = phase) -> dict[str, Any]:
+            return dict(r[phase])
+
+        rows += [
+            (f"[{phase}] run length", lambda r, g=get: _fmt(g(r)["wall_s"], " s", 0)),
+            (f"[{phase}] start -> each first decision p50/p99/max",
+             lambda r, g=get: three(g(r)["start_to_first_decision_s"])
+             + f" ({g(r)['start_to_first_decision_s']['undecided']} undecided)"),
+            (f"[{phase}] reconcile lag p50 / p99 / max", lambda r, g=get: three(g(r)["reconcile"]["lag_s"])),
+            (f"[{phase}] reconciled every tick",
+             lambda r, g=get: f"{g(r)['reconcile']['scalers_reconciled_every_tick']}/"
+                              f"{g(r)['reconcile']['scalers_checked']}"),
+            (f"[{phase}] forecasts stored / refits per min", lambda r, g=get: f"{g(r)['forecasts']['stored']} / "
+                                                                             f"{g(r)['forecasts']['refits_per_minute']}"),
+            (f"[{phase}] distinct fits (per minute)", lambda r, g=get: f"{g(r)['forecasts']['distinct_fits']} "
+                                                                       f"{g(r)['forecasts']['distinct_fits_per_minute']}"),
+            (f"[{phase}] fit seconds sum / p50 / max", lambda r, g=get: " / ".join(
+                _fmt(g(r)["forecasts"][k], " s") for k in ("fit_seconds_sum", "fit_seconds_p50", "fit_seconds_max"))),
+            (f"[{phase}] CPU operator / fit processes (cores)",
+             lambda r, g=get: f"{g(r)['cpu']['operator_cores']} / {g(r)['cpu']['fit_processes_cores']}"),
+            (f"[{phase}] mean reconcile duration",
+             lambda r, g=get: _fmt(g(r).get("reconcile_duration_mean_ms"), " ms")),
+            (f"[{phase}] RSS peak / end (PSS peak)", lambda r, g=get: f"{g(r)['memory_mib']['rss_peak']:.0f} / "
+                                                                     f"{g(r)['memory_mib']['rss_end']:.0f} MiB "
+                                                                     f"({g(r)['memory_mib']['pss_peak']:.0f})"),
+        ]
+    rows += [("[cold] CR created -> first decision p50 / p99", lambda r: " / ".join(
+                 _fmt(r["cold"]["created_to_first_decision_s"][k], " s") for k in ("p50", "p99"))
+              + f" (n={r['cold']['created_to_first_decision_s']['n']})"),
+             ("targets met", lambda r: ", ".join(f"{k}={'yes' if v else 'NO' if v is not None else '-'}"
+                                                 for k, v in targets(r).items()))]
     ok = [r for r in results if "error" not in r]
     width = max(len(label) for label, _ in rows)
     lines = []
-    for label, get in rows:
+    for label, getter in rows:
         cells = []
         for r in ok:
             try:
-                cells.append(get(r))
+                cells.append(getter(r))
             except (KeyError, TypeError):
                 cells.append("-")
         lines.append(f"{label:<{width}}  " + "  |  ".join(cells))
@@ -621,7 +812,16 @@ def format_table(results: list[dict[str, Any]]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="100,1000", help="comma-separated fleet sizes")
-    p.add_argument("--duration-s", type=float, default=240.0, help="how long the operator runs per size")
+    p.add_argument("--duration-s", type=float, default=240.0,
+                   help="how long the cold phase runs at least (it goes on until every scaler stored a forecast)")
+    p.add_argument("--restart-duration-s", type=float, default=240.0,
+                   help="how long the operator runs after the restart")
+    p.add_argument("--store-timeout-s", type=float, default=1200.0,
+                   help="longest the cold phase waits for every scaler to store a forecast")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="spec.forecast.model of every scaler")
+    p.add_argument("--workers", type=int, default=1, help="the operator's fit processes (--workers)")
+    p.add_argument("--profile", type=Path, default=None,
+                   help="py-spy raw profile of the first 40 s after the restart (py-spy beside this Python)")
     p.add_argument("--timer-interval", type=float, default=10.0,
                    help="PRESCALER_TIMER_INTERVAL: how often each scaler's timer wakes to check its interval")
     p.add_argument("--refresh", default="1h", help="spec.forecast.refreshInterval")
@@ -655,10 +855,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = 0
     with _sigterm_as_exit():
         for size in sizes:
-            cfg = RunConfig(size=size, duration_s=args.duration_s, timer_interval=args.timer_interval,
-                            refresh=args.refresh, late_fraction=args.late_fraction,
+            cfg = RunConfig(size=size, duration_s=args.duration_s, restart_duration_s=args.restart_duration_s,
+                            timer_interval=args.timer_interval, refresh=args.refresh, model=args.model,
+                            workers=args.workers, late_fraction=args.late_fraction,
                             late_at_s=args.late_at_s if args.late_at_s is not None else 0.4 * args.duration_s,
-                            pod_ready_delay=args.pod_ready_delay, keep=args.keep)
+                            pod_ready_delay=args.pod_ready_delay, store_timeout_s=args.store_timeout_s,
+                            profile=args.profile, keep=args.keep)
             print(f"\n=== fleet of {size} PredictiveScalers ({args.duration_s:.0f}s) ===", flush=True)
             try:
                 results.append(run_size(cfg))
