@@ -74,3 +74,11 @@ def test_prescaler_run_without_configuration_exits_2_with_one_line_each(tmp_path
     lines = proc.stderr.strip().splitlines()
     assert "Traceback" not in proc.stderr
     assert [line.split(":", 2)[1].strip() for line in lines] == ["database", "--config", "cluster credentials"]
+
+
+def test_refit_spread_is_a_share_of_the_refresh_interval() -> None:
+    assert OperatorConfig.build({"PRESCALER_DATABASE_URL": URL}).refit_spread == 0.5
+    assert OperatorConfig.build({"PRESCALER_DATABASE_URL": URL, "PRESCALER_REFIT_SPREAD": "0"}).refit_spread == 0.0
+    for bad, words in (("1", "less than 1"), ("-0.1", "at least 0"), ("half", "not a number")):
+        problems = _problems({"PRESCALER_DATABASE_URL": URL, "PRESCALER_REFIT_SPREAD": bad})
+        assert len(problems) == 1 and problems[0].startswith("PRESCALER_REFIT_SPREAD: ") and words in problems[0]

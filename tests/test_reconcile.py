@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -204,3 +205,178 @@ def test_coarse_traffic_falls_back_to_the_last_complete_step() -> None:
     # Last complete 5-minute bucket is 12:00-12:05.
     assert observed_load(series, timedelta(minutes=5), end) == 700.0
     assert observed_load(_minutes([None] * 15, end), timedelta(minutes=5), end) is None
+
+
+# --- fleet scale: refit slots, work after the decision, one read of the stored forecasts at a start ------------
+
+def test_refit_slots_are_per_forecast_key_bounded_and_spread() -> None:
+    from collections import Counter
+
+    from prescaler.reconcile.forecasts import floor_time, refit_due_at
+
+    refresh, step, spread = timedelta(hours=1), timedelta(minutes=5), 0.5
+    made = datetime(2024, 3, 4, 12, 0, tzinfo=UTC)  # a whole fleet's forecasts, made at one cold start
+    keys = [f"{i:016x}" for i in range(200)]
+    due = {k: refit_due_at(k, made, refresh, step, spread) for k in keys}
+
+    # Deterministic per key: every scaler of a key (they share its fit) comes due at the same moment.
+    assert all(refit_due_at(k, made, refresh, step, spread) == due[k] for k in keys)
+    # Bounded: never later than the refresh interval, never earlier than (1 - spread) of it.
+    assert all(made + (1 - spread) * refresh <= d <= made + refresh for d in due.values())
+    # Spread: not the whole fleet in one minute (without it, all 200 would refit at 13:00).
+    per_minute = Counter(floor_time(d, timedelta(minutes=1)) for d in due.values())
+    assert max(per_minute.values()) <= 0.15 * len(keys)
+    assert len(per_minute) >= 15
+    assert refit_due_at(keys[0], made, refresh, step, 0.0) == made + refresh  # no spread: exactly on time
+
+    # Each refit moves a key toward its slot and keeps it there: gaps stay within the bounds, and a key that
+    # refit on its slot refits one refresh interval later.
+    for k in keys[:50]:
+        generated, gaps, aligned = made, [], False
+        for _ in range(12):
+            refit = floor_time(refit_due_at(k, generated, refresh, step, spread), step)
+            gaps.append(refit - generated)
+            if aligned:
+                assert refit - generated == refresh
+            aligned = refit == refit_due_at(k, generated, refresh, step, spread) and refit - generated < refresh
+            generated = refit
+        assert all((1 - spread) * refresh - step <= g <= refresh for g in gaps), gaps
+
+
+class FakePool:
+    """Records what is submitted; the test settles each fit when it wants, as a busy pool would."""
+
+    def __init__(self) -> None:
+        self.submitted: list[tuple[str, Any, timedelta, Future[forecasting.FitResult]]] = []
+
+    def submit(self, name: str, history: Any, horizon: timedelta, events: Any = None,
+               select_horizon: timedelta | None = None) -> Future[forecasting.FitResult]:
+        future: Future[forecasting.FitResult] = Future()
+        self.submitted.append((name, history, horizon, future))
+        return future
+
+    def finish(self, i: int) -> None:
+        _, hist, horizon, future = self.submitted[i]
+        future.set_running_or_notify_cancel()
+        future.set_result(forecasting.fit_predict("seasonal-naive", hist, horizon))
+
+
+def _fleet(engine: Engine, pool: Any, clock: FixedClock) -> Reconciler:
+    return Reconciler(Services(engine=engine, actuator=FakeActuator(), pool=pool,  # type: ignore[arg-type]
+                               clock=clock, sources={"default": history.default_source()}))
+
+
+def _named(namespace: str, name: str, **spec_overrides: Any) -> dict[str, Any]:
+    body = _body(**spec_overrides)
+    body["metadata"] = {"name": name, "namespace": namespace, "generation": 1}
+    return body
+
+
+def test_a_due_refit_is_shared_and_never_delays_the_decision(engine: Engine) -> None:
+    from prescaler.reconcile.forecasts import floor_time
+
+    pool, clock = FakePool(), FixedClock(NOW)
+    rec = _fleet(engine, pool, clock)
+    names = ["api-a", "api-b", "api-c"]  # one service, one spec: one forecast key
+    states = {n: ScalerState() for n in names}
+
+    async def tick_all() -> list[Any]:
+        return [await rec.tick(namespace="refits", name=n, body=_named("refits", n), state=states[n], hpas=[],
+                               rival_owner=None) for n in names]
+
+    async def scenario() -> None:
+        await tick_all()  # a cold start: seasonal-naive fitted here once, shared by the three
+        await rec.drain()
+        assert pool.submitted == []
+        first = states["api-a"].forecast
+        assert first is not None and all(s.forecast is not None and s.forecast.forecast is first.forecast
+                                         for s in states.values())
+
+        # An hour on, the key's refit is due: every scaler decides at once from the forecast it has, and one
+        # fit for the three is queued after the decisions.
+        clock.t = NOW + timedelta(hours=1, minutes=1)
+        outcomes = await tick_all()
+        assert all(o is not None and o.decision is not None for o in outcomes)
+        assert all(s.forecast is not None and s.forecast.generated_at == first.generated_at
+                   for s in states.values())
+        await rec.drain()
+        assert len(pool.submitted) == 1
+
+        # The fleet keeps deciding while the fit waits in the pool's queue; nothing is submitted twice.
+        clock.t += timedelta(minutes=1)
+        assert all(o is not None and o.decision is not None for o in await tick_all())
+        await rec.drain()
+        assert len(pool.submitted) == 1
+
+        pool.finish(0)
+        clock.t += timedelta(minutes=1)
+        await tick_all()
+        await rec.drain()
+        origin = floor_time(NOW + timedelta(hours=1, minutes=1), timedelta(minutes=5))
+        refit = states["api-a"].forecast
+        assert refit is not None and refit.generated_at == origin
+        assert all(s.forecast is not None and s.forecast.forecast is refit.forecast for s in states.values())
+
+    asyncio.run(scenario())
+    stored = db.load_latest_forecasts(engine)
+    assert all(stored[f"refits/{n}"].generated_at == floor_time(NOW + timedelta(hours=1, minutes=1),
+                                                               timedelta(minutes=5)) for n in names)
+
+
+def test_a_restart_reads_every_stored_forecast_in_one_query(engine: Engine,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    pool, clock = FakePool(), FixedClock(NOW)
+    names = ["web-1", "web-2", "web-3"]
+
+    async def tick_all(rec: Reconciler, states: dict[str, ScalerState]) -> list[Any]:
+        out = [await rec.tick(namespace="restart", name=n, body=_named("restart", n), state=states[n], hpas=[],
+                              rival_owner=None) for n in names]
+        await rec.drain()
+        return out
+
+    before = asyncio.run(tick_all(_fleet(engine, pool, clock), {n: ScalerState() for n in names}))
+    stored = db.load_latest_forecasts(engine)
+    assert stored["restart/web-1"].forecast is stored["restart/web-2"].forecast  # one fit, converted once
+
+    # The operator restarts: new memory, the same stored forecasts. No scaler reads its own row.
+    one_by_one: list[str] = []
+    real = db.load_latest_forecast
+    monkeypatch.setattr(db, "load_latest_forecast",
+                        lambda engine, key, params_hash=None: one_by_one.append(key) or real(engine, key, params_hash))
+    batches: list[int] = []
+    real_all = db.load_latest_forecasts
+    monkeypatch.setattr(db, "load_latest_forecasts", lambda engine: batches.append(1) or real_all(engine))
+    clock.t = NOW + timedelta(minutes=3)
+    states = {n: ScalerState() for n in names}
+    after = asyncio.run(tick_all(_fleet(engine, pool, clock), states))
+    assert batches == [1] and one_by_one == []
+    for old, new in zip(before, after, strict=True):
+        assert new.status["forecastGeneratedAt"] == old.status["forecastGeneratedAt"]
+        assert new.decision.desired == old.decision.desired
+        conds = {c["type"]: c for c in new.status["conditions"]}
+        assert "reused from the forecasts table" in conds["ForecastReady"]["message"]
+    assert pool.submitted == []  # not due: nothing refit
+
+
+def test_a_changed_spec_reads_its_own_stored_forecast(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FixedClock(NOW)
+    asyncio.run(_fleet(engine, FakePool(), clock).tick(
+        namespace="changed", name="web", body=_named("changed", "web"), state=ScalerState(), hpas=[],
+        rival_owner=None))
+    one_by_one: list[str] = []
+    real = db.load_latest_forecast
+    monkeypatch.setattr(db, "load_latest_forecast",
+                        lambda engine, key, params_hash=None: one_by_one.append(key) or real(engine, key, params_hash))
+    other = {"model": "seasonal-naive", "history": "2d", "horizon": "1d", "step": "5m"}
+
+    async def restart() -> Any:
+        rec = _fleet(engine, FakePool(), clock)
+        out = await rec.tick(namespace="changed", name="web", body=_named("changed", "web", forecast=other),
+                             state=ScalerState(), hpas=[], rival_owner=None)
+        await rec.drain()
+        return out
+
+    outcome = asyncio.run(restart())
+    # The newest row has other inputs: that scaler alone asks for a row made with its own.
+    assert one_by_one == ["changed/web"]
+    assert outcome.decision is not None

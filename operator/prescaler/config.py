@@ -46,6 +46,9 @@ class OperatorConfig:
     workers: int = 2  # forecast fit processes
     fit_timeout_s: float = 120.0  # a fit running longer is killed and the previous forecast kept
     max_concurrent_reconciles: int = 8
+    # A refit may come this share of spec.forecast.refreshInterval early, so a fleet whose forecasts were made
+    # at once (a cold start) refits spread out instead of all in one minute; 0 refits exactly on time.
+    refit_spread: float = 0.5
     timer_interval_s: float = 10.0  # timer wake-ups; each scaler's cadence is its own spec.scaling.interval
     peering_settle_s: float = 5.0  # a new replica waits this long for its peers before acting
     peering_lifetime_s: int = 60  # a silent peer still counts this long
@@ -110,6 +113,11 @@ class OperatorConfig:
 
         fit_timeout = number("FIT_TIMEOUT", float, 120.0, 0.0, True)
         concurrent = number("MAX_CONCURRENT_RECONCILES", int, 8, 1, False)
+        spread = number("REFIT_SPREAD", float, 0.5, 0.0, False)
+        if spread >= 1.0:
+            problems.append(f"{ENV_PREFIX}REFIT_SPREAD: must be less than 1 (a share of the refresh interval), "
+                            f"got {spread:g}")
+            spread = 0.5
         timer = number("TIMER_INTERVAL", float, 10.0, 0.0, True)
         settle = number("PEERING_SETTLE", float, 5.0, 0.0, False)
         lifetime = number("PEERING_LIFETIME", int, 60, 1, False)
@@ -135,7 +143,7 @@ class OperatorConfig:
             database_url=url, sources=sources, sources_path=sources_path, namespaces=tuple(namespaces),
             metrics_port=metrics_port, liveness_port=liveness_port, peering=peering or None,
             priority=priority if priority is not None else random.randint(1, 1_000_000),  # replicas never tie
-            workers=workers, fit_timeout_s=fit_timeout, max_concurrent_reconciles=concurrent,
+            workers=workers, fit_timeout_s=fit_timeout, max_concurrent_reconciles=concurrent, refit_spread=spread,
             timer_interval_s=timer, peering_settle_s=settle, peering_lifetime_s=lifetime, log_level=level,
             clock=clock,
         )

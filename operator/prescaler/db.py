@@ -8,10 +8,11 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -334,17 +335,55 @@ def load_latest_forecast(engine: Engine, scaler_key: str,
                       forecast_points.c.yhat_upper)
             .where(forecast_points.c.forecast_id == head["id"]).order_by(forecast_points.c.ds)
         ).all()
+    return _stored_forecast(head, _forecast_from_points(head, points))
+
+
+def load_latest_forecasts(engine: Engine) -> dict[str, StoredForecast]:
+    """The newest stored forecast of every scaler, by scaler key, in two queries (an operator's start-up).
+
+    Scalers that share a fit stored the same points under their own rows: the points of each fit are read and
+    converted once, and those scalers share one `Forecast` (read-only) object.
+    """
+    newest = (
+        sa.select(forecasts).distinct(forecasts.c.scaler_key)
+        .order_by(forecasts.c.scaler_key, forecasts.c.generated_at.desc(), forecasts.c.id.desc())
+    )
+    with unavailable_on_error("loading the stored forecasts"), engine.connect() as conn:
+        heads = list(conn.execute(newest).mappings())
+        same = ("params_hash", "generated_at", "model", "note", "step_seconds", "horizon_seconds")
+        first_of: dict[tuple[object, ...], int] = {}
+        for head in heads:
+            first_of.setdefault(tuple(head[c] for c in same), int(head["id"]))
+        by_fit: dict[int, list[Any]] = {fid: [] for fid in first_of.values()}
+        if by_fit:
+            rows = conn.execute(
+                sa.select(forecast_points.c.forecast_id, forecast_points.c.ds, forecast_points.c.yhat,
+                          forecast_points.c.yhat_lower, forecast_points.c.yhat_upper)
+                .where(forecast_points.c.forecast_id.in_(sorted(by_fit)))
+                .order_by(forecast_points.c.forecast_id, forecast_points.c.ds)
+            )
+            for row in rows:
+                by_fit[row[0]].append(row[1:])
+    heads_by_id = {int(h["id"]): h for h in heads}
+    converted = {fid: _forecast_from_points(heads_by_id[fid], points) for fid, points in by_fit.items()}
+    return {head["scaler_key"]: _stored_forecast(head, converted[first_of[tuple(head[c] for c in same)]])
+            for head in heads}
+
+
+def _forecast_from_points(head: sa.RowMapping, points: Sequence[Sequence[Any]]) -> Forecast:
     ds = pd.DatetimeIndex(pd.to_datetime([p[0] for p in points], utc=True), name="ds")
     if head["step_seconds"] > 0 and len(ds) > 1:
         freq = pd.tseries.frequencies.to_offset(pd.Timedelta(seconds=head["step_seconds"]))
         with contextlib.suppress(ValueError):  # irregular points keep no freq
             ds = pd.DatetimeIndex(ds, freq=freq)
     values = np.array([[p[1], p[2], p[3]] for p in points], dtype=float).reshape(-1, 3)
-    forecast = Forecast(ds=ds, yhat=values[:, 0], lower=values[:, 1], upper=values[:, 2], model=head["model"],
-                        note=head["note"])
+    return Forecast(ds=ds, yhat=values[:, 0], lower=values[:, 1], upper=values[:, 2], model=head["model"],
+                    note=head["note"])
+
+
+def _stored_forecast(head: sa.RowMapping, forecast: Forecast) -> StoredForecast:
     return StoredForecast(forecast=forecast, generated_at=head["generated_at"], smape=head["smape"],
-                          fit_seconds=head["fit_seconds"], model=head["model"],
-                          params_hash=head["params_hash"])
+                          fit_seconds=head["fit_seconds"], model=head["model"], params_hash=head["params_hash"])
 
 
 def prune_forecasts(engine: Engine, scaler_key: str, keep: int = 3) -> int:

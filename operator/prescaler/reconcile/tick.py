@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from sqlalchemy.engine import Engine
 
@@ -51,6 +52,7 @@ class Services:
     sources: Mapping[str, history.TrafficSource]
     fit_timeout_s: float = 120.0
     max_concurrent: int = 8
+    refit_spread: float = 0.5  # see forecasts.refit_due_at
 
 
 # Reads a target from an informer-style cache; None means it does not exist. Without one, each tick GETs it.
@@ -61,7 +63,17 @@ class Reconciler:
     def __init__(self, services: Services) -> None:
         self.s = services
         self._gate = Gate(services.max_concurrent)
-        self.forecasts = ForecastKeeper(services.engine, services.pool, services.fit_timeout_s)
+        self.forecasts = ForecastKeeper(services.engine, services.pool, services.fit_timeout_s,
+                                        refit_spread=services.refit_spread)
+        self._reads: dict[tuple[history.TrafficSource, str, datetime, datetime], asyncio.Future[pd.Series]] = {}
+
+    def start(self) -> None:
+        """At the operator's start, before the first ticks: read every stored forecast at once."""
+        self.forecasts.start_prefetch()
+
+    async def drain(self) -> None:
+        """Wait for the work the ticks left running after their decisions (refit reads, forecast writes)."""
+        await self.forecasts.drain()
 
     async def tick(
         self,
@@ -82,7 +94,7 @@ class Reconciler:
         spec_changed = generation != state.last_generation
         interval = state.interval if not spec_changed and state.interval is not None else _interval(body)
         if not spec_changed and state.last_tick is not None and now - state.last_tick < interval:
-            await self.forecasts.poll(ref, None)
+            self.forecasts.poll(ref, None)
             return None
         # The cadence counts from when the tick was due, so waiting for a slot does not push the next one.
         state.last_tick = now
@@ -284,11 +296,24 @@ class Reconciler:
         end = floor_time(now, MINUTE)
         start = min(end - 2 * spec.step, floor_time(now, spec.step) - 2 * spec.step)
         try:
-            minutes = await asyncio.to_thread(history.read_history, self.s.engine, source, spec.service,
-                                              start, end, MINUTE)
+            minutes = await self._read_minutes(source, spec.service, start, end)
         except DataUnavailable as exc:
             return None, str(exc)
         return observed_load(minutes, spec.step, end), None
+
+    async def _read_minutes(self, source: history.TrafficSource, service: str, start: datetime,
+                            end: datetime) -> pd.Series:
+        """Per-minute traffic; scalers of one service that tick together share one query (the series is only
+        read, never changed, by `observed_load`)."""
+        key = (source, service, start, end)
+        read = self._reads.get(key)
+        if read is None or read.get_loop() is not asyncio.get_running_loop():
+            read = asyncio.ensure_future(asyncio.to_thread(history.read_history, self.s.engine, source, service,
+                                                           start, end, MINUTE))
+            self._reads[key] = read
+            read.add_done_callback(lambda done: self._reads.pop(key, None) if self._reads.get(key) is done
+                                   else None)
+        return await asyncio.shield(read)
 
 
 MINUTE = timedelta(minutes=1)
@@ -302,19 +327,24 @@ def observed_load(minutes: pd.Series, step: timedelta, end: datetime) -> float |
     one minute and silence in the others; when the last step's minutes are not dense, the last complete
     step bucket is used instead, as before.
     """
+    # numpy, not pandas (resample): every scaler runs this on the event loop, a thousand at an operator's start.
     per_step = max(1, round(step / MINUTE))
-    recent = minutes[minutes.index >= pd.Timestamp(end) - pd.Timedelta(step)]
-    if per_step > 1 and recent.notna().sum() >= per_step - 1:
-        last = recent.dropna()
-        return float(last.iloc[-1]) * per_step
-    step_end = floor_time(end, step)
-    complete = minutes[minutes.index < pd.Timestamp(step_end)]
-    values = complete.resample(pd.Timedelta(step), origin="epoch").sum(min_count=1).dropna()
+    stamps = np.asarray(pd.DatetimeIndex(minutes.index).asi8)
+    values = minutes.to_numpy(dtype=float)
+    seen = ~np.isnan(values)
+    step_ns = pd.Timedelta(step).value
     if per_step <= 1:
-        values = minutes.dropna()
-    if values.empty:
+        return float(values[seen][-1]) if seen.any() else None
+    recent = seen & (stamps >= pd.Timestamp(end).value - step_ns)
+    if recent.sum() >= per_step - 1:
+        return float(values[recent][-1]) * per_step
+    complete = seen & (stamps < pd.Timestamp(floor_time(end, step)).value)
+    if not complete.any():
         return None
-    return float(values.iloc[-1])
+    # The newest step bucket (on the epoch grid) that holds any data: its sum.
+    newest = int(stamps[complete].max())
+    bucket = newest - newest % step_ns
+    return float(values[complete & (stamps >= bucket) & (stamps < bucket + step_ns)].sum())
 
 
 def _interval(body: Mapping[str, Any]) -> timedelta:
