@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -15,6 +19,7 @@ from prometheus_client import start_http_server
 from prescaler import db, forecasting, metrics
 from prescaler.actuation import Actuator, HpaState, TargetState, load_client_config
 from prescaler.config import OperatorConfig
+from prescaler.informers import Extract, Informer, namespace_filter
 from prescaler.reconcile import Reconciler, ScalerState, Services
 from prescaler.spec import TargetRef
 
@@ -22,6 +27,7 @@ GROUP, VERSION, PLURAL = "prescaler.dev", "v1alpha1", "predictivescalers"
 log = logging.getLogger("prescaler")
 
 _reconciler: Reconciler | None = None
+_cache: ClusterCache | None = None
 _config: OperatorConfig | None = None
 _started_at = 0.0
 
@@ -36,7 +42,7 @@ class _QuietTimer(logging.Filter):
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-    global _reconciler, _started_at
+    global _reconciler, _cache, _started_at
     assert _config is not None, "run() builds the configuration before kopf starts"
     cfg = _config
     _started_at = time.monotonic()
@@ -68,54 +74,88 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         sources=cfg.sources,
         fit_timeout_s=cfg.fit_timeout_s,
         max_concurrent=cfg.max_concurrent_reconciles,
+        refit_spread=cfg.refit_spread,
     ))
+    # Both before kopf starts its watches and timers, so the first ticks find the forecasts and targets in memory.
+    _reconciler.start()
+    _cache = ClusterCache.build(cfg.namespaces)
+    for informer in _cache.all():
+        informer.start()
+    if not await asyncio.to_thread(_wait_synced, _cache, 120.0):
+        log.warning("the cluster cache is not listed yet: ticks wait for it")
 
 
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
     if _reconciler is not None:
+        # Forecasts fitted but not yet written would otherwise be fitted again after the restart.
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(_reconciler.drain(), timeout=10)
         _reconciler.s.pool.shutdown()
+    if _cache is not None:
+        for informer in _cache.all():
+            informer.stop()
 
 
-# kopf's callback protocols list every kwarg; handlers take only what they use, hence the ignores.
-@kopf.index("autoscaling", "v2", "horizontalpodautoscalers")  # type: ignore[arg-type]
-def hpa_by_target(namespace: str, name: str, spec: Mapping[str, Any], status: Mapping[str, Any],
-                  **_: Any) -> dict[tuple[str, str, str], HpaState]:
+def _target_state(kind: str) -> Extract[TargetState]:
+    def extract(obj: Mapping[str, Any]) -> tuple[Hashable, TargetState]:
+        meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
+        replicas = spec.get("replicas")
+        return (meta.get("namespace", ""), kind, meta["name"]), TargetState(
+            kind=kind, name=meta["name"], spec_replicas=int(replicas if replicas is not None else 1),
+            ready_replicas=int(status.get("readyReplicas") or 0), generation=int(meta.get("generation") or 0))
+    return extract
+
+
+def _hpa(obj: Mapping[str, Any]) -> tuple[Hashable, HpaState]:
+    meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
     ref = spec.get("scaleTargetRef") or {}
-    return {(namespace, str(ref.get("kind")), str(ref.get("name"))): HpaState(
-        name=name,
-        min_replicas=int(spec.get("minReplicas") or 1),
-        max_replicas=int(spec.get("maxReplicas") or 1),
-        current_replicas=int(status.get("currentReplicas") or 0),
-    )}
+    return (meta.get("namespace", ""), str(ref.get("kind")), str(ref.get("name"))), HpaState(
+        name=meta["name"], min_replicas=int(spec.get("minReplicas") or 1),
+        max_replicas=int(spec.get("maxReplicas") or 1), current_replicas=int(status.get("currentReplicas") or 0))
 
 
-def _target_state(kind: str, name: str, spec: Mapping[str, Any], status: Mapping[str, Any],
-                  meta: Mapping[str, Any]) -> TargetState:
-    replicas = spec.get("replicas")
-    return TargetState(kind=kind, name=name, spec_replicas=int(replicas if replicas is not None else 1),
-                       ready_replicas=int(status.get("readyReplicas") or 0),
-                       generation=int(meta.get("generation") or 0))
+def _scaler(obj: Mapping[str, Any]) -> tuple[Hashable, tuple[str, str]]:
+    meta, ref = obj["metadata"], (obj.get("spec") or {}).get("scaleTargetRef") or {}
+    return ((meta.get("namespace", ""), str(ref.get("kind")), str(ref.get("name"))),
+            (str(meta.get("creationTimestamp")), str(meta["name"])))
 
 
-# Targets come from the watch (as an informer cache would), not from a GET per scaler and tick.
-@kopf.index("apps", "v1", "deployments")  # type: ignore[arg-type]
-def deployments(namespace: str, name: str, spec: Mapping[str, Any], status: Mapping[str, Any],
-                meta: Mapping[str, Any], **_: Any) -> dict[tuple[str, str, str], TargetState]:
-    return {(namespace, "Deployment", name): _target_state("Deployment", name, spec, status, meta)}
+@dataclass
+class ClusterCache:
+    """What ticks look up about the cluster (an informer per kind; see prescaler.informers for why not
+    kopf indexes): targets as a watch sees them, not a GET per scaler and tick."""
 
+    deployments: Informer[TargetState]
+    statefulsets: Informer[TargetState]
+    hpas: Informer[HpaState]  # by the (namespace, kind, name) they scale
+    scalers: Informer[tuple[str, str]]  # (creationTimestamp, name) by the target they scale
 
-@kopf.index("apps", "v1", "statefulsets")  # type: ignore[arg-type]
-def statefulsets(namespace: str, name: str, spec: Mapping[str, Any], status: Mapping[str, Any],
-                 meta: Mapping[str, Any], **_: Any) -> dict[tuple[str, str, str], TargetState]:
-    return {(namespace, "StatefulSet", name): _target_state("StatefulSet", name, spec, status, meta)}
+    @classmethod
+    def build(cls, namespaces: tuple[str, ...]) -> ClusterCache:
+        api = client.ApiClient()
+        apps, hpa = client.AppsV1Api(api), client.AutoscalingV2Api(api)
+        scalers = functools.partial(client.CustomObjectsApi(api).list_cluster_custom_object, GROUP, VERSION, PLURAL)
+        chosen = namespace_filter(namespaces)
+        return cls(
+            deployments=Informer("deployments", apps.list_deployment_for_all_namespaces,
+                                 _target_state("Deployment"), namespaces=chosen),
+            statefulsets=Informer("statefulsets", apps.list_stateful_set_for_all_namespaces,
+                                  _target_state("StatefulSet"), namespaces=chosen),
+            hpas=Informer("horizontalpodautoscalers", hpa.list_horizontal_pod_autoscaler_for_all_namespaces, _hpa,
+                          namespaces=chosen),
+            scalers=Informer(PLURAL, scalers, _scaler, namespaces=chosen),
+        )
 
+    def all(self) -> tuple[Informer[Any], ...]:
+        return (self.deployments, self.statefulsets, self.hpas, self.scalers)
 
-@kopf.index(GROUP, VERSION, PLURAL)  # type: ignore[arg-type]
-def scaler_by_target(namespace: str, name: str, spec: Mapping[str, Any], meta: Mapping[str, Any],
-                     **_: Any) -> dict[tuple[str, str, str], tuple[str, str]]:
-    ref = spec.get("scaleTargetRef") or {}
-    return {(namespace, str(ref.get("kind")), str(ref.get("name"))): (str(meta.get("creationTimestamp")), name)}
+    def synced(self) -> bool:
+        return all(i.synced.is_set() for i in self.all())
+
+    def target(self, namespace: str, ref: TargetRef) -> TargetState | None:
+        found = (self.deployments if ref.kind == "Deployment" else self.statefulsets).find(ref.key(namespace))
+        return found[0] if found else None
 
 
 # Registered by run(): the wake-up interval is configuration, not known at import time.
@@ -126,38 +166,35 @@ async def reconcile_timer(
     spec: Mapping[str, Any],
     memo: kopf.Memo,
     patch: kopf.Patch,
-    hpa_by_target: kopf.Index[tuple[str, str, str], HpaState],
-    scaler_by_target: kopf.Index[tuple[str, str, str], tuple[str, str]],
-    deployments: kopf.Index[tuple[str, str, str], TargetState],
-    statefulsets: kopf.Index[tuple[str, str, str], TargetState],
     **_: Any,
 ) -> None:
-    assert _reconciler is not None and _config is not None
+    assert _reconciler is not None and _config is not None and _cache is not None
     if _config.peering and time.monotonic() - _started_at < _config.peering_settle_s:
         # Let peering see every peer first, so a lower-priority replica never acts even once.
         return
+    if not _cache.synced():
+        return  # a tick on a partial picture could miss a target, a rival or an HPA
     if "scaler_state" not in memo:
         memo["scaler_state"] = ScalerState()
     ref = spec.get("scaleTargetRef") or {}
     key = (namespace, str(ref.get("kind")), str(ref.get("name")))
-    hpas = list(hpa_by_target.get(key, []))
-    rivals = sorted(scaler_by_target.get(key, []))
+    hpas = _cache.hpas.find(key)
+    rivals = sorted(_cache.scalers.find(key))
     owner = rivals[0][1] if rivals else name
-
-    def target(ns: str, target_ref: TargetRef) -> TargetState | None:
-        index = deployments if target_ref.kind == "Deployment" else statefulsets
-        found = list(index.get(target_ref.key(ns), []))
-        return found[0] if found else None
-
     outcome = await _reconciler.tick(
         namespace=namespace, name=name, body=body, state=memo["scaler_state"], hpas=hpas,
-        rival_owner=owner if owner != name else None, targets=target,
+        rival_owner=owner if owner != name else None, targets=_cache.target,
     )
     if outcome is None:
         return
     patch.status.update(outcome.status)
     for kind, reason, message in outcome.events:
         kopf.event(body, type=kind, reason=reason, message=message[:1000])
+
+
+def _wait_synced(cache: ClusterCache, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    return all(i.synced.wait(max(0.0, deadline - time.monotonic())) for i in cache.all())
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)  # type: ignore[arg-type]
