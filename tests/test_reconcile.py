@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -173,7 +173,7 @@ def test_status_carries_the_next_peak_summary(engine: Engine, pool: forecasting.
     assert peak["summary"].startswith(peak["at"][11:16] + " UTC (")
 
 
-def _minutes(values: list[float | None], end: datetime) -> Any:
+def _minutes(values: Sequence[float | None], end: datetime) -> Any:
     import pandas as pd
 
     index = pd.date_range(end - timedelta(minutes=len(values)), periods=len(values), freq="1min", name="ds")
@@ -323,6 +323,19 @@ def test_a_due_refit_is_shared_and_never_delays_the_decision(engine: Engine) -> 
                                                                timedelta(minutes=5)) for n in names)
 
 
+def _count_single_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Scaler keys that `db.load_latest_forecast` (one scaler's row) is called for from now on."""
+    keys: list[str] = []
+    real: Callable[..., db.StoredForecast | None] = db.load_latest_forecast
+
+    def one(engine: Engine, key: str, params_hash: str | None = None) -> db.StoredForecast | None:
+        keys.append(key)
+        return real(engine, key, params_hash)
+
+    monkeypatch.setattr(db, "load_latest_forecast", one)
+    return keys
+
+
 def test_a_restart_reads_every_stored_forecast_in_one_query(engine: Engine,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     pool, clock = FakePool(), FixedClock(NOW)
@@ -339,13 +352,15 @@ def test_a_restart_reads_every_stored_forecast_in_one_query(engine: Engine,
     assert stored["restart/web-1"].forecast is stored["restart/web-2"].forecast  # one fit, converted once
 
     # The operator restarts: new memory, the same stored forecasts. No scaler reads its own row.
-    one_by_one: list[str] = []
-    real = db.load_latest_forecast
-    monkeypatch.setattr(db, "load_latest_forecast",
-                        lambda engine, key, params_hash=None: one_by_one.append(key) or real(engine, key, params_hash))
+    one_by_one = _count_single_reads(monkeypatch)
     batches: list[int] = []
     real_all = db.load_latest_forecasts
-    monkeypatch.setattr(db, "load_latest_forecasts", lambda engine: batches.append(1) or real_all(engine))
+
+    def read_all(engine: Engine) -> dict[str, db.StoredForecast]:
+        batches.append(1)
+        return real_all(engine)
+
+    monkeypatch.setattr(db, "load_latest_forecasts", read_all)
     clock.t = NOW + timedelta(minutes=3)
     states = {n: ScalerState() for n in names}
     after = asyncio.run(tick_all(_fleet(engine, pool, clock), states))
@@ -363,10 +378,7 @@ def test_a_changed_spec_reads_its_own_stored_forecast(engine: Engine, monkeypatc
     asyncio.run(_fleet(engine, FakePool(), clock).tick(
         namespace="changed", name="web", body=_named("changed", "web"), state=ScalerState(), hpas=[],
         rival_owner=None))
-    one_by_one: list[str] = []
-    real = db.load_latest_forecast
-    monkeypatch.setattr(db, "load_latest_forecast",
-                        lambda engine, key, params_hash=None: one_by_one.append(key) or real(engine, key, params_hash))
+    one_by_one = _count_single_reads(monkeypatch)
     other = {"model": "seasonal-naive", "history": "2d", "horizon": "1d", "step": "5m"}
 
     async def restart() -> Any:
