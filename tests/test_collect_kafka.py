@@ -89,9 +89,10 @@ class Sent:
 
 
 def producer(bootstrap: str) -> Producer:
-    # librdkafka would print every refused connection of a restarting broker to stderr.
+    # Idempotent, so a retried batch never lands after a later one (the tests' events are in time order);
+    # log_level 0: librdkafka would print every refused connection of a restarting broker to stderr.
     return Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.num.messages": 10_000,
-                     "queue.buffering.max.messages": 1_000_000, "log_level": 0})
+                     "queue.buffering.max.messages": 1_000_000, "enable.idempotence": True, "log_level": 0})
 
 
 def produce(broker: KafkaBroker, topic: str, values: list[bytes], *, partition: int | None = None,
