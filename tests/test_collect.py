@@ -8,7 +8,9 @@ out of a label matcher, two series that one query would mix, and values that are
 
 from __future__ import annotations
 
+import copy
 import csv
+import dataclasses
 import datetime as dt
 import ipaddress
 import math
@@ -36,8 +38,12 @@ from sqlalchemy.engine import Engine
 
 from prescaler import db
 from prescaler.collect import collect_once, load_config, metrics, run_forever
+from prescaler.collect.config import FeedSpec
+from prescaler.collect.feed import FeedReport
+from prescaler.collect.leader import ElectionSettings, LeaseElector
 from prescaler.collect.prometheus import PrometheusClient, PrometheusFeed, floor_minute, minutes_of
 from prescaler.collect.promql import QueryTemplate, escape_label_value
+from prescaler.collect.runner import LeaderStop, run_cycle
 from prescaler.errors import InputError
 from promserver import PrometheusServer, find_binary, free_port
 
@@ -668,3 +674,130 @@ def test_the_operator_runtime_does_not_import_the_collector() -> None:
                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+# --- leader election (the Lease protocol on a fake API and a fake clock; the real one is in e2e) -----------
+
+class FakeLeases:
+    """The three Lease calls of CoordinationV1Api, with resourceVersion conflicts; `down` fails every call."""
+
+    def __init__(self) -> None:
+        self.lease: Any = None
+        self.version = 0
+        self.down = False
+
+    def _check(self) -> None:
+        if self.down:
+            raise ConnectionError("connection refused")
+
+    def read_namespaced_lease(self, name: str, namespace: str, **_: Any) -> Any:
+        from kubernetes.client.exceptions import ApiException
+
+        self._check()
+        if self.lease is None:
+            raise ApiException(status=404, reason="Not Found")
+        return copy.deepcopy(self.lease)
+
+    def create_namespaced_lease(self, namespace: str, body: Any, **_: Any) -> Any:
+        from kubernetes.client.exceptions import ApiException
+
+        self._check()
+        if self.lease is not None:
+            raise ApiException(status=409, reason="AlreadyExists")
+        return self._store(body)
+
+    def replace_namespaced_lease(self, name: str, namespace: str, body: Any, **_: Any) -> Any:
+        from kubernetes.client.exceptions import ApiException
+
+        self._check()
+        if body.metadata.resource_version != str(self.version):
+            raise ApiException(status=409, reason="Conflict")
+        return self._store(body)
+
+    def _store(self, body: Any) -> Any:
+        self.version += 1
+        body.metadata.resource_version = str(self.version)
+        self.lease = copy.deepcopy(body)
+        return body
+
+
+def _electors(api: FakeLeases, now: list[float]) -> tuple[LeaseElector, LeaseElector]:
+    settings = ElectionSettings(namespace="ns", lease_duration=dt.timedelta(seconds=15),
+                                renew_deadline=dt.timedelta(seconds=10), retry_period=dt.timedelta(seconds=2))
+    def clock() -> float:
+        return now[0]
+
+    return (LeaseElector(api, dataclasses.replace(settings, identity="a"), monotonic=clock),
+            LeaseElector(api, dataclasses.replace(settings, identity="b"), monotonic=clock))
+
+
+def test_a_silent_leader_stops_leading_before_a_standby_may_take_over() -> None:
+    api, now = FakeLeases(), [100.0]
+    a, b = _electors(api, now)
+    assert a.try_acquire_or_renew() and a.is_leader()
+    assert not b.try_acquire_or_renew() and not b.is_leader()
+    for _ in range(5):  # renewals keep the standby out however long it waits
+        now[0] += 2
+        assert a.try_acquire_or_renew() and not b.try_acquire_or_renew()
+    last_renew = now[0]
+    api.down = True  # a's renewals fail from now on (the API server is unreachable for it)
+    timeline = []
+    while now[0] < last_renew + 20:
+        now[0] += 0.5
+        a.try_acquire_or_renew()
+        if now[0] >= last_renew + 14:
+            api.down = False  # b, elsewhere, reaches the API server
+            b.try_acquire_or_renew()
+            api.down = True
+        timeline.append((now[0], a.is_leader(), b.is_leader()))
+    a_stopped = min(t for t, a_leads, _ in timeline if not a_leads)
+    b_started = min(t for t, _, b_leads in timeline if b_leads)
+    assert a_stopped == last_renew + 10  # the renew deadline
+    assert b_started >= last_renew + 15  # not before the lease could have expired
+    assert not any(x and y for _, x, y in timeline)  # never two leaders
+    api.down = False
+    assert not a.try_acquire_or_renew() and not a.is_leader()  # a learns it lost, and stays out
+    assert api.lease.spec.holder_identity == "b" and api.lease.spec.lease_transitions == 1
+
+
+def test_a_released_lease_is_taken_at_once_and_microtime_keeps_six_digits() -> None:
+    api, now = FakeLeases(), [0.0]
+    a, b = _electors(api, now)
+    assert a.try_acquire_or_renew()
+    a.release()
+    assert not a.is_leader() and api.lease.spec.holder_identity == ""
+    now[0] += 0.1
+    assert b.try_acquire_or_renew() and b.is_leader()
+    assert api.lease.spec.renew_time.microsecond != 0  # isoformat() would drop a zero fraction
+
+
+def test_leader_only_feeds_are_skipped_and_stopped_when_the_lease_is_lost() -> None:
+    class Gate:
+        leader = False
+
+        def is_leader(self) -> bool:
+            return self.leader
+
+    class Recording:
+        def __init__(self, name: str, needs_leader: bool) -> None:
+            self.spec = FeedSpec(name=name, source="default", kind="prometheus")
+            self.needs_leader = needs_leader
+            self.stopped_at_start: bool | None = None
+
+        def collect(self, newest: dt.datetime, stop: Any) -> FeedReport:
+            self.stopped_at_start = stop.is_set()
+            return FeedReport(feed=self.spec.name, newest=newest)
+
+        def close(self) -> None:
+            pass
+
+    gate = Gate()
+    prom, kafka = Recording("p", True), Recording("k", False)
+    reports = run_cycle([prom, kafka], floor_minute(dt.datetime.now(UTC)), threading.Event(), gate)
+    assert [r.feed for r in reports] == ["k"] and prom.stopped_at_start is None
+    gate.leader = True
+    reports = run_cycle([prom, kafka], floor_minute(dt.datetime.now(UTC)), threading.Event(), gate)
+    assert [r.feed for r in reports] == ["p", "k"] and prom.stopped_at_start is False
+    stop = LeaderStop(threading.Event(), gate)
+    gate.leader = False
+    assert stop.is_set()  # what a Prometheus feed checks before each write
