@@ -69,7 +69,8 @@ IMAGE_TAG ?= 0.1.0
 KIND_MONITORING ?= 0
 KCTX := kind-$(KIND_CLUSTER)
 
-## kind-up: kind cluster, image, demo PostgreSQL + data, chart; KIND_MONITORING=1 adds kube-prometheus-stack
+## kind-up: kind cluster, image, demo PostgreSQL + data, chart; KIND_MONITORING=1 adds kube-prometheus-stack,
+# the ServiceMonitors and the collector fed from that Prometheus (charts/prescaler/ci/collector-values.yaml)
 kind-up:
 	$(KIND) create cluster --name $(KIND_CLUSTER) --config kind-config.yaml
 	docker build -t $(IMAGE_REPO):$(IMAGE_TAG) .
@@ -85,7 +86,7 @@ kind-up:
 	    --set grafana.sidecar.dashboards.enabled=true --set grafana.sidecar.dashboards.searchNamespace=ALL; fi
 	helm --kube-context $(KCTX) upgrade --install prescaler charts/prescaler -n prescaler-system --create-namespace \
 	  --wait --set image.repository=$(IMAGE_REPO) --set image.tag=$(IMAGE_TAG) \
-	  $(if $(filter 1,$(KIND_MONITORING)),--set serviceMonitor.enabled=true --set serviceMonitor.labels.release=kube-prometheus-stack)
+	  $(if $(filter 1,$(KIND_MONITORING)),-f charts/prescaler/ci/collector-values.yaml)
 	kubectl --context $(KCTX) apply -f manifests/demo/simulate-job.yaml
 	kubectl --context $(KCTX) -n prescaler-system wait --for=condition=complete job/prescaler-simulate --timeout=600s
 	kubectl --context $(KCTX) apply -f manifests/examples/00-namespace.yaml -f manifests/examples/workout-api.yaml

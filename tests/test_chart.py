@@ -66,7 +66,7 @@ def one(docs: list[Doc], kind: str, name: str | None = None) -> Doc:
 
 
 def operator_container(docs: list[Doc]) -> Doc:
-    deployment = one(docs, "Deployment")
+    deployment = one(docs, "Deployment", "prescaler")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert isinstance(container, dict)
     return container
@@ -101,14 +101,23 @@ def test_helm_lint_strict(values: Path) -> None:
 def test_ci_variants_are_all_there() -> None:
     assert {p.name for p in CI_VALUES} == {
         f"{n}-values.yaml"
-        for n in ("default", "existing-secret", "hpa-min-replicas", "namespaced-watch", "servicemonitor", "ha-peering")
+        for n in (
+            "default",
+            "existing-secret",
+            "hpa-min-replicas",
+            "namespaced-watch",
+            "servicemonitor",
+            "ha-peering",
+            "collector",
+            "collector-kafka",
+        )
     }
 
 
 @pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.name)
 def test_every_variant_renders_a_hardened_operator(values: Path) -> None:
     docs = render(values)
-    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    pod = one(docs, "Deployment", "prescaler")["spec"]["template"]["spec"]
     container = operator_container(docs)
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] == 10001
@@ -335,6 +344,306 @@ def test_hpa_write_access_only_with_hpa_min_replicas() -> None:
     assert rules_for(render(), "horizontalpodautoscalers") == {"get", "list", "watch"}
     docs = render(CHART / "ci" / "hpa-min-replicas-values.yaml")
     assert rules_for(docs, "horizontalpodautoscalers") == {"get", "list", "watch", "patch", "update"}
+
+
+# --- the collector ----------------------------------------------------------------------------------------
+
+COLLECTOR_VALUES = CHART / "ci" / "collector-values.yaml"
+KAFKA_VALUES = CHART / "ci" / "collector-kafka-values.yaml"
+FEED_FILES = "/var/run/secrets/prescaler/feeds"
+
+
+def collector_pod(docs: list[Doc]) -> Doc:
+    spec = one(docs, "Deployment", "prescaler-collector")["spec"]["template"]["spec"]
+    assert isinstance(spec, dict)
+    return spec
+
+
+def rendered_config(docs: list[Doc]) -> Doc:
+    config = yaml.safe_load(one(docs, "ConfigMap", "prescaler")["data"]["config.yaml"])
+    assert isinstance(config, dict)
+    return config
+
+
+def projected_files(pod: Doc) -> dict[str, tuple[str, str, str]]:
+    """Mounted credential file path -> (kind, object name, key) of the Secret or ConfigMap it comes from."""
+    (container,) = pod["containers"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    files: dict[str, tuple[str, str, str]] = {}
+    for volume in pod["volumes"]:
+        for source in volume.get("projected", {}).get("sources", []):
+            ((kind, ref),) = source.items()
+            for item in ref["items"]:
+                files[f"{mounts[volume['name']]}/{item['path']}"] = (kind, ref["name"], item["key"])
+    return files
+
+
+def file_settings(node: object) -> dict[str, str]:
+    """Every *_file setting of a rendered feed, by its dotted key."""
+    out: dict[str, str] = {}
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key.endswith("_file"):
+                out[key] = value
+            else:
+                out.update({f"{key}.{k}": v for k, v in file_settings(value).items()})
+    return out
+
+
+def test_collector_is_off_by_default() -> None:
+    docs = render()
+    assert [d["metadata"]["name"] for d in docs if "collector" in d["metadata"]["name"]] == []
+    assert "feeds" not in rendered_config(docs)
+    assert find(docs, "Role") == [] and find(docs, "Lease") == []
+
+
+@pytest.mark.parametrize("values", [COLLECTOR_VALUES, KAFKA_VALUES], ids=lambda p: p.name)
+def test_collector_deployment_runs_collect_like_the_operator(values: Path) -> None:
+    docs = render(values)
+    operator_pod = one(docs, "Deployment", "prescaler")["spec"]["template"]["spec"]
+    operator = operator_container(docs)
+    pod = collector_pod(docs)
+    (container,) = pod["containers"]
+    assert container["image"] == operator["image"]
+    args = container["args"]
+    assert args[:2] == ["collect", "--config=/etc/prescaler/config.yaml"]
+    assert "--metrics-port=9091" in args and "--leader-election" in args
+    assert "--lease-name=prescaler-collector" in args and "--lease-namespace=prescaler-system" in args
+    # The same config file as the operator: the one ConfigMap, mounted at the same place.
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes[mounts["/etc/prescaler"]]["configMap"]["name"] == "prescaler"
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+    # The same hardening as the operator.
+    assert pod["securityContext"] == operator_pod["securityContext"]
+    assert container["securityContext"] == operator["securityContext"]
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"metrics": 9091}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    env = {e["name"]: e for e in container["env"]}
+    assert env["PRESCALER_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "prescaler-database",
+                                                                          "key": "database-url"}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert pod["serviceAccountName"] == "prescaler-collector" != operator_pod["serviceAccountName"]
+    assert one(docs, "Deployment", "prescaler-collector")["spec"]["replicas"] == (3 if values == KAFKA_VALUES else 2)
+    annotations = one(docs, "Deployment", "prescaler-collector")["spec"]["template"]["metadata"]["annotations"]
+    assert "checksum/config" in annotations
+
+
+def test_collector_and_operator_selectors_never_overlap() -> None:
+    docs = render(COLLECTOR_VALUES)
+    operator = one(docs, "Deployment", "prescaler")
+    collector = one(docs, "Deployment", "prescaler-collector")
+    op_labels = operator["spec"]["template"]["metadata"]["labels"]
+    col_labels = collector["spec"]["template"]["metadata"]["labels"]
+    assert not operator["spec"]["selector"]["matchLabels"].items() <= col_labels.items()
+    assert not collector["spec"]["selector"]["matchLabels"].items() <= op_labels.items()
+    op_service = one(docs, "Service", "prescaler-metrics")
+    col_service = one(docs, "Service", "prescaler-collector-metrics")
+    assert op_service["spec"]["selector"].items() <= op_labels.items()
+    assert not op_service["spec"]["selector"].items() <= col_labels.items()
+    assert col_service["spec"]["selector"].items() <= col_labels.items()
+    assert not col_service["spec"]["selector"].items() <= op_labels.items()
+    assert col_service["spec"]["ports"] == [{"name": "metrics", "port": 9091, "targetPort": "metrics",
+                                             "protocol": "TCP"}]
+    # Each ServiceMonitor selects its own Service only.
+    monitors = {m["metadata"]["name"]: m["spec"]["selector"]["matchLabels"] for m in find(docs, "ServiceMonitor")}
+    assert set(monitors) == {"prescaler", "prescaler-collector"}
+    assert monitors["prescaler-collector"].items() <= col_service["metadata"]["labels"].items()
+    assert not monitors["prescaler-collector"].items() <= op_service["metadata"]["labels"].items()
+    assert not monitors["prescaler"].items() <= col_service["metadata"]["labels"].items()
+    collector_monitor = one(docs, "ServiceMonitor", "prescaler-collector")
+    assert collector_monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert find(render(sets=("collector.enabled=true", "collector.feeds[0].name=x",
+                             "collector.feeds[0].kafka.bootstrap_servers=k:9092",
+                             "collector.feeds[0].kafka.topic=t", "collector.feeds[0].kafka.group=g")),
+                "ServiceMonitor") == []
+
+
+@pytest.mark.parametrize("values", [COLLECTOR_VALUES, KAFKA_VALUES], ids=lambda p: p.name)
+def test_collector_role_allows_only_its_lease(values: Path) -> None:
+    docs = render(values)
+    role = one(docs, "Role", "prescaler-collector")
+    assert role["metadata"]["namespace"] == "prescaler-system"
+    assert role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                              "verbs": ["get", "create", "update"]}]
+    binding = one(docs, "RoleBinding", "prescaler-collector")
+    assert binding["metadata"]["namespace"] == "prescaler-system"
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": "prescaler-collector"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "prescaler-collector",
+                                    "namespace": "prescaler-system"}]
+    # Nothing else is granted to the collector's account, and the operator's account gets no Lease.
+    for b in find(docs, "RoleBinding") + find(docs, "ClusterRoleBinding"):
+        if b is not binding:
+            assert all(s["name"] != "prescaler-collector" for s in b["subjects"]), b["metadata"]["name"]
+    assert rules_for(docs, "leases") == {"get", "create", "update"}
+    assert one(docs, "ServiceAccount", "prescaler-collector")["metadata"]["namespace"] == "prescaler-system"
+
+
+def test_collector_without_leader_election_has_no_role_and_no_token() -> None:
+    docs = render(COLLECTOR_VALUES, sets=("collector.replicaCount=1", "collector.leaderElection.enabled=false"))
+    assert find(docs, "Role") == [] and find(docs, "RoleBinding") == []
+    pod = collector_pod(docs)
+    assert pod["automountServiceAccountToken"] is False
+    assert "--no-leader-election" in pod["containers"][0]["args"]
+    assert one(docs, "Deployment", "prescaler-collector")["spec"]["strategy"]["type"] == "Recreate"
+
+
+def test_feeds_render_into_the_operators_config_file() -> None:
+    docs = render(COLLECTOR_VALUES)
+    config = rendered_config(docs)
+    assert config["sources"]["default"]["table"] == "traffic_log"
+    assert config["feeds"] == [{
+        "name": "web",
+        "source": "default",
+        "prometheus": {
+            "url": "http://kube-prometheus-stack-prometheus.monitoring:9090",
+            "query": 'sum(rate(http_requests_total{service="$service"}[1m])) * 60',
+            "services": ["workout-api"],
+            "backfill": "14d",
+        },
+    }]
+    # A feed change rolls both the collector and the operator (they read one file).
+    other = render(COLLECTOR_VALUES, sets=("collector.feeds[0].prometheus.backfill=7d",))
+    for name in ("prescaler", "prescaler-collector"):
+        before = one(docs, "Deployment", name)["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+        after = one(other, "Deployment", name)["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+        assert before != after, name
+
+
+def test_the_kind_path_feeds_from_kube_prometheus_stack() -> None:
+    (feed,) = rendered_config(render(COLLECTOR_VALUES))["feeds"]
+    assert feed["prometheus"]["url"] == "http://kube-prometheus-stack-prometheus.monitoring:9090"
+    kind_up = (ROOT / "Makefile").read_text().split("\nkind-up:", 1)[1].split("\n\n", 1)[0]
+    assert "-f charts/prescaler/ci/collector-values.yaml" in kind_up
+    assert "kube-prometheus-stack prometheus-community/kube-prometheus-stack" in kind_up
+    assert "-n monitoring" in kind_up
+
+
+def test_credentials_are_secret_references_mounted_as_files_never_inlined() -> None:
+    docs = render(KAFKA_VALUES)
+    text = one(docs, "ConfigMap", "prescaler")["data"]["config.yaml"]
+    assert "existingSecret" not in text and "password:" not in text.replace("password_file:", "")
+    assert [s["metadata"]["name"] for s in find(docs, "Secret")] == ["prescaler-database"]
+    files = projected_files(collector_pod(docs))
+    assert files == {
+        f"{FEED_FILES}/requests/ca.crt": ("configMap", "kafka-ca", "ca.crt"),
+        f"{FEED_FILES}/requests/tls.crt": ("secret", "prescaler-kafka-client", "tls.crt"),
+        f"{FEED_FILES}/requests/tls.key": ("secret", "prescaler-kafka-client", "tls.key"),
+        f"{FEED_FILES}/requests/sasl-password": ("secret", "prescaler-kafka", "password"),
+        f"{FEED_FILES}/edge/password": ("secret", "prometheus-basic-auth", "password"),
+        f"{FEED_FILES}/edge/ca.crt": ("secret", "prometheus-ca", "ca.crt"),
+    }
+    # Every file the config names is one of those mounts, and every mount is named by the config.
+    named = {v for feed in rendered_config(docs)["feeds"] for v in file_settings(feed).values()}
+    assert named == set(files)
+    pod = collector_pod(docs)
+    assert all(v["projected"]["defaultMode"] == 0o440 for v in pod["volumes"] if "projected" in v)
+    assert all(m["readOnly"] for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] != "/tmp")
+
+
+def test_bearer_token_is_a_secret_file() -> None:
+    docs = render(COLLECTOR_VALUES, sets=("collector.feeds[0].prometheus.bearerToken.existingSecret=prom-token",
+                                          "collector.feeds[0].prometheus.bearerToken.key=token"))
+    (feed,) = rendered_config(docs)["feeds"]
+    assert feed["prometheus"]["bearer_token_file"] == f"{FEED_FILES}/web/bearer-token"
+    assert "bearerToken" not in feed["prometheus"]
+    assert projected_files(collector_pod(docs)) == {f"{FEED_FILES}/web/bearer-token": ("secret", "prom-token", "token")}
+
+
+@pytest.mark.parametrize("values", [COLLECTOR_VALUES, KAFKA_VALUES], ids=lambda p: p.name)
+def test_rendered_config_parses_with_the_collectors_own_parser(values: Path, tmp_path: Path) -> None:
+    """The collector's load_config accepts the file the chart renders, with its credential files in place."""
+    from prescaler.collect import load_config
+
+    docs = render(values)
+    for path in projected_files(collector_pod(docs)):
+        local = tmp_path / "feeds" / path.removeprefix(FEED_FILES + "/")
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_text("not-empty\n")
+    text = one(docs, "ConfigMap", "prescaler")["data"]["config.yaml"].replace(FEED_FILES, str(tmp_path / "feeds"))
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(text)
+    config = load_config(config_file, environ={})
+    expected = {f["name"]: next(k for k in ("prometheus", "kafka") if k in f)
+                for f in yaml.safe_load((values).read_text())["collector"]["feeds"]}
+    assert {f.name: f.kind for f in config.feeds} == expected
+    for feed in config.feeds:
+        if feed.kafka is not None:
+            assert feed.kafka.security_protocol == "SASL_SSL"
+            assert feed.kafka.sasl is not None
+            assert feed.kafka.sasl.password.file == tmp_path / "feeds" / feed.name / "sasl-password"
+        if feed.prometheus is not None and feed.name == "edge":
+            assert feed.prometheus.password is not None and feed.prometheus.password.read({}) == "not-empty"
+            assert feed.prometheus.ca_file == tmp_path / "feeds" / "edge" / "ca.crt"
+
+
+BAD_FEEDS = {
+    "missing url": ({"name": "web", "prometheus": {"query": 'x{service="$service"}', "services": ["a"]}},
+                    "/collector/feeds/0/prometheus': missing property 'url'"),
+    "duration": ({"name": "web", "prometheus": {"url": "http://p:9090", "query": 'x{service="$service"}',
+                                                "services": ["a"], "backfill": "14 days"}},
+                 "/collector/feeds/0/prometheus/backfill"),
+    "no $service": ({"name": "web", "prometheus": {"url": "http://p:9090", "query": "sum(x)", "services": ["a"]}},
+                    "/collector/feeds/0/prometheus/query"),
+    "credentials in url": ({"name": "web", "prometheus": {"url": "http://u:pw@p:9090", "query": 'x{service="$service"}',
+                                                          "services": ["a"]}},
+                           "/collector/feeds/0/prometheus/url"),
+    "inlined token": ({"name": "web", "prometheus": {"url": "http://p:9090", "query": 'x{service="$service"}',
+                                                     "services": ["a"], "bearerToken": "s3cret"}},
+                      "/collector/feeds/0/prometheus/bearerToken"),
+    "no kind": ({"name": "web"}, "/collector/feeds/0': 'oneOf' failed"),
+    "bad name": ({"name": "Web Feed", "kafka": {"bootstrap_servers": "k:9092", "topic": "t", "group": "g"}},
+                 "/collector/feeds/0/name"),
+    "format": ({"name": "k", "kafka": {"bootstrap_servers": "k:9092", "topic": "t", "group": "g", "format": "xml"}},
+               "/collector/feeds/0/kafka/format"),
+    "missing topic": ({"name": "k", "kafka": {"bootstrap_servers": "k:9092", "group": "g"}},
+                      "/collector/feeds/0/kafka': missing property 'topic'"),
+    "bad server": ({"name": "k", "kafka": {"bootstrap_servers": "kafka", "topic": "t", "group": "g"}},
+                   "/collector/feeds/0/kafka/bootstrap_servers"),
+    "inlined sasl password": ({"name": "k", "kafka": {"bootstrap_servers": "k:9092", "topic": "t", "group": "g",
+                                                      "sasl": {"username": "u", "password": "s3cret"}}},
+                              "/collector/feeds/0/kafka/sasl"),
+    "sasl mechanism": ({"name": "k", "kafka": {"bootstrap_servers": "k:9092", "topic": "t", "group": "g",
+                                               "sasl": {"mechanism": "GSSAPI", "username": "u",
+                                                        "existingSecret": "s", "key": "p"}}},
+                       "/collector/feeds/0/kafka/sasl/mechanism"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FEEDS, ids=list(BAD_FEEDS))
+def test_schema_rejects_bad_feeds_naming_the_field(case: str, tmp_path: Path) -> None:
+    feed, message = BAD_FEEDS[case]
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"collector": {"enabled": True, "feeds": [feed]}}))
+    proc = helm("template", "prescaler", str(CHART), "--kube-version", KUBE_VERSION, "-f", str(values), check=False)
+    assert proc.returncode != 0
+    assert "values don't meet the specifications of the schema" in proc.stderr
+    assert message in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (("collector.enabled=true",), "collector.enabled needs at least one feed"),
+        (("collector.feeds[0].source=clicks",), "collector.feeds[web].source: unknown source \"clicks\""),
+        (("collector.feeds[1].name=web", "collector.feeds[1].kafka.bootstrap_servers=k:9092",
+          "collector.feeds[1].kafka.topic=t", "collector.feeds[1].kafka.group=g"), "the name \"web\" is used by two"),
+        (("collector.leaderElection.enabled=false",), "collector.replicaCount > 1 requires collector.leaderElection"),
+    ],
+)
+def test_template_rejects_inconsistent_collector_values(sets: tuple[str, ...], message: str) -> None:
+    args = ["template", "prescaler", str(CHART), "--kube-version", KUBE_VERSION]
+    if sets != ("collector.enabled=true",):
+        args += ["-f", str(COLLECTOR_VALUES)]
+    for s in sets:
+        args += ["--set", s]
+    proc = helm(*args, check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr
 
 
 # --- bad values ----------------------------------------------------------------------------------------------
