@@ -1,7 +1,8 @@
 """Static checks of the Grafana dashboard (the chart's one JSON source) and the helpers that turn its panels'
 queries into concrete PromQL and SQL (also used by the live test in tests/e2e/test_dashboard_live.py).
 
-Drift checks: every metric a query uses exists in `prescaler.metrics` with the labels the query matches on,
+Drift checks: every metric a query uses exists in `prescaler.metrics` (the operator's registry) or
+`prescaler.collect.metrics` (the collector's own registry) with the labels the query matches on,
 every exported metric is charted (or listed in NOT_CHARTED with a reason), every SQL statement reads only
 the schema's tables and views and is accepted by a real PostgreSQL (EXPLAIN), every PromQL expression is
 accepted by promtool, and Grafana's dashboard-linter passes in strict mode.
@@ -27,6 +28,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from sqlalchemy.engine import Engine
 
 from prescaler import db, metrics
+from prescaler.collect import metrics as collector_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "prescaler"
@@ -38,6 +40,13 @@ PROMETHEUS_DS = "prometheus"
 POSTGRES_DS = "grafana-postgresql-datasource"
 VARIABLES = {"datasource": PROMETHEUS_DS, "pg": POSTGRES_DS}  # datasource variables and their plugin types
 QUERY_VARIABLES = ("namespace", "scaler")
+
+# The modules that define exported metrics: the operator's and the collector's (each has its own registry).
+# Names as scraped (counters gain `_total`): the operator's list has them so; the collector's is read from its
+# registry, whose families test_collector_registry_exports_exactly_its_metric_names ties to its own list.
+METRIC_MODULES = (metrics, collector_metrics)
+METRIC_NAMES: tuple[str, ...] = (*metrics.METRIC_NAMES, *(
+    f.name + "_total" if f.type == "counter" else f.name for f in collector_metrics.REGISTRY.collect()))
 
 # Metrics deliberately left off the dashboard, each with the reason. Empty: every metric is charted.
 NOT_CHARTED: dict[str, str] = {}
@@ -167,9 +176,9 @@ def render_sql(sql: str, window: Window, where: str = "query") -> str:
 
 @cache
 def metric_labels() -> dict[str, tuple[str, ...]]:
-    """Exported sample name → label names, from the metric objects of `prescaler.metrics`."""
+    """Exported sample name → label names, from the metric objects of the operator's and collector's modules."""
     out: dict[str, tuple[str, ...]] = {}
-    for obj in vars(metrics).values():
+    for obj in (o for module in METRIC_MODULES for o in vars(module).values()):
         if not isinstance(obj, MetricWrapperBase):
             continue
         labels = tuple(obj._labelnames)
@@ -187,10 +196,10 @@ def metric_labels() -> dict[str, tuple[str, ...]]:
 
 def base_metric(sample_name: str) -> str:
     """The METRIC_NAMES entry a sample name belongs to (histogram series map to their family)."""
-    if sample_name in metrics.METRIC_NAMES:
+    if sample_name in METRIC_NAMES:
         return sample_name
     for suffix in HISTOGRAM_SUFFIXES:
-        if sample_name.endswith(suffix) and sample_name[: -len(suffix)] in metrics.METRIC_NAMES:
+        if sample_name.endswith(suffix) and sample_name[: -len(suffix)] in METRIC_NAMES:
             return sample_name[: -len(suffix)]
     return sample_name
 
@@ -275,6 +284,8 @@ def test_expected_panels_are_there(dashboard: dict[str, Any]) -> None:
         15: "Scale actions", 21: "Forecast fit duration", 22: "Forecast age and reconcile duration",
         24: "Model in use", 25: "Errors by kind", 26: "Conditions", 31: "Traffic by hour of day × weekday",
         32: "Requests per hour", 33: "Top endpoints (last 7 days of data)", 35: "Latest stored forecast",
+        41: "Collector lag", 42: "Rows written per minute", 43: "Backfill progress",
+        44: "Messages dropped and samples skipped by reason", 46: "Collector errors by kind",
     }
     assert {i: titles.get(i) for i in expected} == expected
     anns = [a for a in dashboard["annotations"]["list"] if not a.get("builtIn")]
@@ -292,12 +303,12 @@ def test_queries_use_the_datasource_variables(queries: list[Query]) -> None:
 
 def test_promql_uses_only_exported_metrics_and_labels(queries: list[Query]) -> None:
     known = metric_labels()
-    assert set(metrics.METRIC_NAMES) <= set(known), "METRIC_NAMES lists a metric the module does not define"
+    assert set(METRIC_NAMES) <= set(known), "METRIC_NAMES lists a metric the module does not define"
     for q in (q for q in queries if q.kind == "promql"):
         uses = promql_metric_uses(q.text)
         assert uses, f"{q.where}: reads no prescaler metric: {q.text}"
         for name, labels in uses:
-            assert base_metric(name) in metrics.METRIC_NAMES, f"{q.where}: unknown metric {name}"
+            assert base_metric(name) in METRIC_NAMES, f"{q.where}: unknown metric {name}"
             allowed = set(known[name]) | IMPLICIT_LABELS
             assert labels <= allowed, f"{q.where}: {name} has no label(s) {labels - allowed}"
         for group in _GROUPING.findall(q.text):
@@ -318,10 +329,19 @@ def test_band_values_match_the_operator() -> None:
 
 def test_every_metric_is_charted_or_listed(queries: list[Query]) -> None:
     used = {base_metric(n) for q in queries if q.kind == "promql" for n, _ in promql_metric_uses(q.text)}
-    assert set(NOT_CHARTED) <= set(metrics.METRIC_NAMES), "NOT_CHARTED names a metric that does not exist"
+    assert set(NOT_CHARTED) <= set(METRIC_NAMES), "NOT_CHARTED names a metric that does not exist"
     assert not (set(NOT_CHARTED) & used), f"charted but listed as not charted: {set(NOT_CHARTED) & used}"
-    missing = set(metrics.METRIC_NAMES) - used - set(NOT_CHARTED)
+    missing = set(METRIC_NAMES) - used - set(NOT_CHARTED)
     assert not missing, f"exported but neither charted nor in NOT_CHARTED: {sorted(missing)}"
+
+
+def test_collector_registry_exports_exactly_its_metric_names() -> None:
+    """The collector's registry is its own (served by `prescaler collect`): every family it exports is listed in
+    its METRIC_NAMES, so the check above covers every metric the collector exports."""
+    exported = {family.name for family in collector_metrics.REGISTRY.collect()}
+    assert exported == set(collector_metrics.METRIC_NAMES)
+    assert all(n.startswith("prescaler_collector_") for n in exported)
+    assert len(METRIC_NAMES) == len(set(METRIC_NAMES)), "the operator and the collector share a metric name"
 
 
 def test_counters_are_only_read_through_increase_or_rate(queries: list[Query]) -> None:
