@@ -303,7 +303,7 @@ def sizes(engine: Engine) -> dict[str, int]:
             "WHERE inhparent = 'traffic_log'::regclass").scalar_one()
         out = {"traffic_log": int(parts) or int(conn.exec_driver_sql(
             "SELECT pg_total_relation_size('traffic_log')").scalar_one())}
-        for table in ("traffic_rollup_5m", "traffic_rollup_hourly", "traffic_rollup_daily"):
+        for table in storage.ROLLUPS:
             if conn.exec_driver_sql("SELECT to_regclass(%(t)s)", {"t": table}).scalar() is not None:
                 out[table] = int(conn.exec_driver_sql("SELECT pg_total_relation_size(%(t)s)",
                                                       {"t": table}).scalar_one())
@@ -318,7 +318,7 @@ def remeasure(name: str) -> dict[str, Any]:
     engine = db.make_engine(pgserver.url(database=name))
     try:
         with engine.connect() as conn:
-            services = int(conn.exec_driver_sql("SELECT count(DISTINCT service) FROM traffic_rollup_daily "
+            services = int(conn.exec_driver_sql("SELECT count(DISTINCT service) FROM traffic_rollup_daily_endpoint "
                                                 "WHERE service LIKE 'svc-%%'").scalar_one())
             # The data end at a midnight; the bench's collector minute is the only row after it.
             end = conn.exec_driver_sql("SELECT date_bin('1 day', max(bucket), TIMESTAMPTZ '2000-01-01+00') "
@@ -395,7 +395,7 @@ def _analyze(engine: Engine, baseline: bool) -> None:
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.exec_driver_sql("ANALYZE traffic_log")
         if not baseline:
-            for table in ("traffic_rollup_5m", "traffic_rollup_hourly", "traffic_rollup_daily"):
+            for table in storage.ROLLUPS:
                 conn.exec_driver_sql(f"VACUUM ANALYZE {table}")
 
 

@@ -177,6 +177,9 @@ def test_traffic_tables_match_metadata_exactly_partitions_aside(engine: Engine) 
             "WHERE i.inhparent = 'traffic_log'::regclass").scalars())
         triggers = set(conn.exec_driver_sql(
             "SELECT tgname FROM pg_trigger WHERE tgrelid = 'traffic_log'::regclass AND NOT tgisinternal").scalars())
+        # The top endpoints' function runs without JIT (its estimates over every partition would trigger it).
+        settings = conn.exec_driver_sql(
+            "SELECT proconfig FROM pg_proc WHERE proname = 'traffic_top_endpoints_of'").scalar_one()
     declared = {t.name: t.dialect_options["postgresql"]["partition_by"] for t in db.metadata.sorted_tables
                 if t.dialect_options["postgresql"]["partition_by"]}
     assert partitioned == declared == {"traffic_log": "RANGE (ts)"}
@@ -185,6 +188,7 @@ def test_traffic_tables_match_metadata_exactly_partitions_aside(engine: Engine) 
     for table in (db.traffic_log, *db.ROLLUPS, db.traffic_horizon):
         assert {ix["name"] for ix in inspector.get_indexes(table.name)} == {ix.name for ix in table.indexes}
     assert triggers == set(db.ROLLUP_TRIGGERS)
+    assert "jit=off" in settings
     assert set(inspector.get_view_names()) == set(db.VIEWS)
 
 

@@ -66,11 +66,11 @@ def _partition_names(engine: Engine) -> list[str]:
 def _rollups_equal_rows(engine: Engine) -> None:
     """Every rollup equals the rows aggregated afresh (not only the daily one that verify_rollups reads)."""
     with engine.connect() as conn:
-        for table, width in storage.ROLLUP_WIDTHS.items():
-            keys = "service, bucket" if table == "traffic_rollup_5m" else "service, bucket, endpoint"
+        for table, (width, per_endpoint) in storage.ROLLUPS.items():
+            keys = "service, bucket, endpoint" if per_endpoint else "service, bucket"
             fresh = conn.execute(sa.text(
                 f"SELECT service, date_bin('{width}', ts, TIMESTAMPTZ '2000-01-01 00:00+00') AS bucket"
-                + ("" if table == "traffic_rollup_5m" else ", endpoint")
+                + (", endpoint" if per_endpoint else "")
                 + f", sum(requests)::bigint, count(*) FROM traffic_log GROUP BY {keys} ORDER BY {keys}")).all()
             kept = conn.execute(sa.text(
                 f"SELECT {keys}, requests, row_count FROM {table} ORDER BY {keys}")).all()
@@ -218,7 +218,8 @@ def test_retention_drops_raw_weeks_keeps_rollups_and_freezes_them(fresh: Engine,
     assert _scalar(fresh, "SELECT min(ts) FROM traffic_log") >= horizon
     assert _scalar(fresh, "SELECT min(bucket) FROM traffic_rollup_5m") >= NOW - timedelta(days=28)
     assert _scalar(fresh, "SELECT min(bucket) FROM traffic_rollup_hourly") >= NOW - timedelta(days=40)
-    assert _scalar(fresh, "SELECT min(bucket) FROM traffic_rollup_daily") < start + timedelta(days=1)
+    assert _scalar(fresh, "SELECT min(bucket) FROM traffic_rollup_hourly_endpoint") >= NOW - timedelta(days=40)
+    assert _scalar(fresh, "SELECT min(bucket) FROM traffic_rollup_daily_endpoint") < start + timedelta(days=1)
     # Long histories still read from the rollups where the minutes are gone.
     pd.testing.assert_series_equal(read_history(fresh, default_source(), "ret", *hours), kept_hours)
     assert read_history(fresh, RAW_PATH, "ret", *hours).isna().all()
@@ -228,9 +229,9 @@ def test_retention_drops_raw_weeks_keeps_rollups_and_freezes_them(fresh: Engine,
     trace.write_text(f"ds,y\n{(horizon - timedelta(days=1)):%Y-%m-%dT%H:%M:%S},5\n")
     with pytest.raises(InputError, match="older than the raw retention keeps"):
         import_csv(fresh, trace, service="ret", endpoint="/late")
-    daily = _scalar(fresh, "SELECT sum(requests) FROM traffic_rollup_daily")
+    daily = _scalar(fresh, "SELECT sum(requests) FROM traffic_rollup_daily_endpoint")
     _upsert(fresh, "ret", "/late", [horizon - timedelta(days=1)], [5])
-    assert _scalar(fresh, "SELECT sum(requests) FROM traffic_rollup_daily") == daily
+    assert _scalar(fresh, "SELECT sum(requests) FROM traffic_rollup_daily_endpoint") == daily
     again = storage.maintain(fresh, {"default": TrafficSource(retention=keep)}, now=NOW)
     assert again.deleted["traffic_log_default"] == 1 and again.repaired == [] and again.dropped == []
     assert storage.verify_rollups(fresh, start) == []

@@ -48,38 +48,26 @@ traffic_log = sa.Table(
 
 # Rollups of traffic_log, kept exact in the same transaction as the rows by statement triggers on traffic_log
 # (migration 0005). `row_count` counts the raw rows behind a bucket, so a bucket whose rows are all deleted
-# disappears (a gap stays a gap) while a bucket of real zeros stays.
-traffic_rollup_5m = sa.Table(
-    "traffic_rollup_5m", metadata,
-    sa.Column("service", sa.Text, nullable=False),
-    sa.Column("bucket", TS, nullable=False),
-    sa.Column("requests", sa.BigInteger, nullable=False),
-    sa.Column("row_count", sa.BigInteger, nullable=False),
-    sa.PrimaryKeyConstraint("service", "bucket", name="traffic_rollup_5m_pkey"),
-    sa.Index("traffic_rollup_5m_bucket_brin", "bucket", postgresql_using="brin"),
-)
+# disappears (a gap stays a gap) while a bucket of real zeros stays. Totals per service serve history reads
+# (5 minutes) and the hourly views; per endpoint, the top endpoints and the daily view.
+def _rollup(name: str, *, per_endpoint: bool) -> sa.Table:
+    keys = ("service", "bucket", "endpoint") if per_endpoint else ("service", "bucket")
+    return sa.Table(
+        name, metadata,
+        sa.Column("service", sa.Text, nullable=False),
+        sa.Column("bucket", TS, nullable=False),
+        *([sa.Column("endpoint", sa.Text, nullable=False)] if per_endpoint else []),
+        sa.Column("requests", sa.BigInteger, nullable=False),
+        sa.Column("row_count", sa.BigInteger, nullable=False),
+        sa.PrimaryKeyConstraint(*keys, name=f"{name}_pkey"),
+        sa.Index(f"{name}_bucket_brin", "bucket", postgresql_using="brin"),
+    )
 
-traffic_rollup_hourly = sa.Table(
-    "traffic_rollup_hourly", metadata,
-    sa.Column("service", sa.Text, nullable=False),
-    sa.Column("bucket", TS, nullable=False),
-    sa.Column("endpoint", sa.Text, nullable=False),
-    sa.Column("requests", sa.BigInteger, nullable=False),
-    sa.Column("row_count", sa.BigInteger, nullable=False),
-    sa.PrimaryKeyConstraint("service", "bucket", "endpoint", name="traffic_rollup_hourly_pkey"),
-    sa.Index("traffic_rollup_hourly_bucket_brin", "bucket", postgresql_using="brin"),
-)
 
-traffic_rollup_daily = sa.Table(
-    "traffic_rollup_daily", metadata,
-    sa.Column("service", sa.Text, nullable=False),
-    sa.Column("bucket", TS, nullable=False),
-    sa.Column("endpoint", sa.Text, nullable=False),
-    sa.Column("requests", sa.BigInteger, nullable=False),
-    sa.Column("row_count", sa.BigInteger, nullable=False),
-    sa.PrimaryKeyConstraint("service", "bucket", "endpoint", name="traffic_rollup_daily_pkey"),
-    sa.Index("traffic_rollup_daily_bucket_brin", "bucket", postgresql_using="brin"),
-)
+traffic_rollup_5m = _rollup("traffic_rollup_5m", per_endpoint=False)
+traffic_rollup_hourly = _rollup("traffic_rollup_hourly", per_endpoint=False)
+traffic_rollup_hourly_endpoint = _rollup("traffic_rollup_hourly_endpoint", per_endpoint=True)
+traffic_rollup_daily_endpoint = _rollup("traffic_rollup_daily_endpoint", per_endpoint=True)
 
 # Where raw retention has dropped traffic_log's minutes: rollups before `raw_kept_from` are final, and rows
 # written there later (a late backfill) no longer change them. No row: nothing was ever dropped.
@@ -90,7 +78,7 @@ traffic_horizon = sa.Table(
     sa.PrimaryKeyConstraint("relation", name="traffic_horizon_pkey"),
 )
 
-ROLLUPS = (traffic_rollup_5m, traffic_rollup_hourly, traffic_rollup_daily)
+ROLLUPS = (traffic_rollup_5m, traffic_rollup_hourly, traffic_rollup_hourly_endpoint, traffic_rollup_daily_endpoint)
 
 traffic_events = sa.Table(
     "traffic_events", metadata,

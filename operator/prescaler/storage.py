@@ -14,7 +14,7 @@ collector, psql) ever loses a row to a missing partition. Its cost: every ATTACH
 under an exclusive lock on it, and rows there escape retention by partition. So it is kept empty: partitions
 are made ahead, and `maintain` moves any rows it holds into proper partitions.
 
-Rollups (5 minutes per service; hours and days per service and endpoint) are kept exact by statement
+Rollups (5 minutes and hours per service; hours and days per service and endpoint) are kept exact by statement
 triggers on traffic_log in the writer's own transaction (migration 0005), whoever writes. Writes that bypass
 them (into a partition directly, TRUNCATE, a restore with triggers off) are found by `verify_rollups` and
 repaired by `rebuild_rollups`. Rollups older than the raw horizon (where retention dropped the minutes) are
@@ -44,7 +44,13 @@ WEEK = timedelta(days=7)
 WEEK_ORIGIN = datetime(2000, 1, 3, tzinfo=UTC)  # a Monday
 DAY = timedelta(days=1)
 ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)  # the rollups' bucket origin (migration 0005)
-ROLLUP_WIDTHS = {"traffic_rollup_5m": "5 minutes", "traffic_rollup_hourly": "1 hour", "traffic_rollup_daily": "1 day"}
+# The rollups (migration 0005): table -> (bucket width, per endpoint).
+ROLLUPS = {
+    "traffic_rollup_5m": ("5 minutes", False),
+    "traffic_rollup_hourly": ("1 hour", False),
+    "traffic_rollup_hourly_endpoint": ("1 hour", True),
+    "traffic_rollup_daily_endpoint": ("1 day", True),
+}
 # Partition DDL from several processes (maintain, importers) is serialised: two ATTACHes waiting for each
 # other's locks on the default partition would deadlock.
 _DDL_LOCK_KEY = 0x7072657374726166  # "prestraf"
@@ -262,24 +268,29 @@ def rebuild_rollups(engine: Engine, start: datetime, end: datetime,
                 return 0
             params: dict[str, object] = {"lo": first, "hi": hi, "origin": ORIGIN, "services": services}
             where = f"WHERE ts >= %(lo)s AND ts < %(hi)s{_service_filter(services)}"
-            for table in ROLLUP_WIDTHS:
+            for table in ROLLUPS:
                 conn.exec_driver_sql(
                     f"DELETE FROM {table} WHERE bucket >= %(lo)s AND bucket < %(hi)s{_service_filter(services)}",
                     params)
+            # Two passes over the rows (5-minute totals, hours per endpoint); the rest from the hours.
             written = 0
             written += conn.exec_driver_sql(
                 "INSERT INTO traffic_rollup_5m (service, bucket, requests, row_count) "
                 f"SELECT service, date_bin('5 minutes', ts, %(origin)s), sum(requests), count(*) FROM {TABLE} "
                 f"{where} GROUP BY 1, 2", params).rowcount
             written += conn.exec_driver_sql(
-                "INSERT INTO traffic_rollup_hourly (service, bucket, endpoint, requests, row_count) "
+                "INSERT INTO traffic_rollup_hourly_endpoint (service, bucket, endpoint, requests, row_count) "
                 f"SELECT service, date_bin('1 hour', ts, %(origin)s), endpoint, sum(requests), count(*) "
                 f"FROM {TABLE} {where} GROUP BY 1, 2, 3", params).rowcount
+            hours = ("FROM traffic_rollup_hourly_endpoint WHERE bucket >= %(lo)s AND bucket < %(hi)s"
+                     + _service_filter(services))
             written += conn.exec_driver_sql(
-                "INSERT INTO traffic_rollup_daily (service, bucket, endpoint, requests, row_count) "
+                "INSERT INTO traffic_rollup_hourly (service, bucket, requests, row_count) "
+                f"SELECT service, bucket, sum(requests), sum(row_count) {hours} GROUP BY 1, 2", params).rowcount
+            written += conn.exec_driver_sql(
+                "INSERT INTO traffic_rollup_daily_endpoint (service, bucket, endpoint, requests, row_count) "
                 "SELECT service, date_bin('1 day', bucket, %(origin)s), endpoint, sum(requests), sum(row_count) "
-                "FROM traffic_rollup_hourly WHERE bucket >= %(lo)s AND bucket < %(hi)s"
-                f"{_service_filter(services)} GROUP BY 1, 2, 3", params).rowcount
+                f"{hours} GROUP BY 1, 2, 3", params).rowcount
             return int(written)
 
     with unavailable_on_error("rebuilding traffic rollups"):
@@ -299,7 +310,7 @@ def verify_rollups(engine: Engine, since: datetime) -> list[tuple[str, datetime]
         rows = conn.exec_driver_sql(
             "WITH raw AS (SELECT service, endpoint, date_bin('1 day', ts, %(origin)s) AS bucket, "
             f"sum(requests) AS requests, count(*) AS row_count FROM {TABLE} WHERE ts >= %(lo)s GROUP BY 1, 2, 3), "
-            "kept AS (SELECT service, endpoint, bucket, requests, row_count FROM traffic_rollup_daily "
+            "kept AS (SELECT service, endpoint, bucket, requests, row_count FROM traffic_rollup_daily_endpoint "
             "WHERE bucket >= %(lo)s) "
             "SELECT DISTINCT service, bucket FROM raw FULL JOIN kept USING (service, endpoint, bucket) "
             "WHERE raw.requests IS DISTINCT FROM kept.requests OR raw.row_count IS DISTINCT FROM kept.row_count "
@@ -421,7 +432,8 @@ def maintain(engine: Engine, sources: Mapping[str, TrafficSource], *, now: datet
                 report.dropped, report.horizon = list(expired.dropped), expired.horizon
                 report.deleted[DEFAULT_PARTITION] = expired.default_rows
             for rollup, days in (("traffic_rollup_5m", keep.rollup_5m), ("traffic_rollup_hourly", keep.hourly),
-                                 ("traffic_rollup_daily", keep.daily)):
+                                 ("traffic_rollup_hourly_endpoint", keep.hourly),
+                                 ("traffic_rollup_daily_endpoint", keep.daily)):
                 if days is not None:
                     report.deleted[rollup] = _delete_before(engine, rollup, "bucket", now - days)
         elif keep.raw is not None:

@@ -60,38 +60,58 @@ _VIEWS_0002 = {
 # Same names, columns and results; the hours and days come from the rollups.
 VIEWS = {
     "traffic_hourly": """
-        SELECT bucket, service, sum(requests)::bigint AS requests
-        FROM traffic_rollup_hourly
-        GROUP BY 1, 2""",
+        SELECT bucket, service, requests
+        FROM traffic_rollup_hourly""",
     "traffic_daily": """
         SELECT bucket AS day, service, sum(requests)::bigint AS requests
-        FROM traffic_rollup_daily
+        FROM traffic_rollup_daily_endpoint
         GROUP BY 1, 2""",
     "traffic_profile": _VIEWS_0002["traffic_profile"],
-    # The last 7 days of each service's data end at its newest minute, so the week starts inside an hour:
-    # whole hours come from the hourly rollup, the minutes of the first, cut hour from traffic_log.
-    "traffic_top_endpoints": f"""
-        SELECT l.service, w.endpoint, sum(w.requests)::bigint AS requests,
-               sum(w.requests)::double precision
-                 / nullif(sum(sum(w.requests)) OVER (PARTITION BY l.service), 0) AS share
-        FROM (SELECT s.service,
-                     (SELECT max(x.ts) FROM traffic_log x WHERE x.service = s.service) AS last_ts
-              FROM (SELECT DISTINCT service FROM traffic_rollup_daily) s) l
-        CROSS JOIN LATERAL (
-            SELECT h.endpoint, h.requests
-            FROM traffic_rollup_hourly h
-            WHERE h.service = l.service
-              AND h.bucket >= date_bin('1 hour', l.last_ts - INTERVAL '7 days', {_ORIGIN}) + INTERVAL '1 hour'
-            UNION ALL
-            SELECT t.endpoint, t.requests
-            FROM traffic_log t
-            WHERE t.service = l.service AND t.ts > l.last_ts - INTERVAL '7 days'
-              AND t.ts < date_bin('1 hour', l.last_ts - INTERVAL '7 days', {_ORIGIN}) + INTERVAL '1 hour'
-        ) w
-        GROUP BY l.service, w.endpoint""",
+    # One call per service: a filter on the service reaches a single call.
+    "traffic_top_endpoints": """
+        SELECT s.service, t.endpoint, t.requests, t.share
+        FROM (SELECT DISTINCT service FROM traffic_rollup_daily_endpoint) s
+        CROSS JOIN LATERAL traffic_top_endpoints_of(s.service) t""",
 }
 
+# The last 7 days of a service's data end at its newest minute, so the week starts inside an hour: whole hours
+# come from the hourly rollup, the minutes of the first, cut hour from traffic_log. A function, planned with
+# JIT off: the planner cannot know how few rows a parameterised week holds, and its estimate over every
+# partition would pass the JIT thresholds, spending seconds compiling a query that runs in milliseconds.
+_TOP_ENDPOINTS = f"""
+CREATE FUNCTION traffic_top_endpoints_of(p_service text)
+RETURNS TABLE (endpoint text, requests bigint, share double precision)
+LANGUAGE sql STABLE PARALLEL SAFE ROWS 10
+SET jit = off
+SET search_path FROM CURRENT
+AS $fn$
+    WITH l AS (SELECT max(ts) AS last_ts FROM traffic_log WHERE service = p_service),
+    w AS (
+        SELECT h.endpoint, h.requests
+        FROM l, traffic_rollup_hourly_endpoint h
+        WHERE h.service = p_service
+          AND h.bucket >= date_bin('1 hour', l.last_ts - INTERVAL '7 days', {_ORIGIN}) + INTERVAL '1 hour'
+        UNION ALL
+        SELECT t.endpoint, t.requests
+        FROM l, traffic_log t
+        WHERE t.service = p_service AND t.ts > l.last_ts - INTERVAL '7 days'
+          AND t.ts < date_bin('1 hour', l.last_ts - INTERVAL '7 days', {_ORIGIN}) + INTERVAL '1 hour')
+    SELECT endpoint, sum(requests)::bigint,
+           sum(requests)::double precision / nullif(sum(sum(requests)) OVER (), 0)
+    FROM w
+    GROUP BY endpoint
+$fn$"""
+
 # --- rollups kept by statement triggers --------------------------------------------------------------------
+
+# (table, bucket width, per endpoint): totals per service for history reads and the hourly views, per
+# endpoint for the top endpoints and the daily view.
+ROLLUPS = (
+    ("traffic_rollup_5m", "5 minutes", False),
+    ("traffic_rollup_hourly", "1 hour", False),
+    ("traffic_rollup_hourly_endpoint", "1 hour", True),
+    ("traffic_rollup_daily_endpoint", "1 day", True),
+)
 
 _CHANGES = {
     "INSERT": "SELECT service, endpoint, ts, requests, 1 AS row_count FROM new_rows",
@@ -117,8 +137,9 @@ def _apply_deltas(changes: str) -> str:
     held. Rows are upserted in key order. Minutes before the raw horizon belong to rollups that retention
     has made final, so they are left out.
     """
-    def upsert(table: str, bucket: str, per_endpoint: bool) -> str:
+    def upsert(table: str, width: str, per_endpoint: bool) -> str:
         endpoint, keys = (", endpoint", "1, 2, 3") if per_endpoint else ("", "1, 2")
+        bucket = f"date_bin('{width}', bucket, {_ORIGIN})"
         return (
             f"INSERT INTO {table} AS r (service, bucket{endpoint}, requests, row_count) "
             f"SELECT service, {bucket}{endpoint}, sum(requests), sum(row_count) FROM e CROSS JOIN locked "
@@ -128,6 +149,8 @@ def _apply_deltas(changes: str) -> str:
             "RETURNING r.row_count"
         )
 
+    upserts = ",\n        ".join(f"u{i} AS ({upsert(table, width, per_endpoint)})"
+                                   for i, (table, width, per_endpoint) in enumerate(ROLLUPS))
     return f"""
         WITH e AS MATERIALIZED (
             SELECT service, endpoint, date_bin('5 minutes', ts, {_ORIGIN}) AS bucket,
@@ -140,22 +163,16 @@ def _apply_deltas(changes: str) -> str:
             SELECT count(*) AS services FROM (
                 SELECT pg_advisory_xact_lock({_SERVICE_LOCK_CLASS}, hashtext(service))
                 FROM (SELECT DISTINCT service FROM e ORDER BY 1) s) l),
-        m AS ({upsert("traffic_rollup_5m", "bucket", False)}),
-        h AS ({upsert("traffic_rollup_hourly", f"date_bin('1 hour', bucket, {_ORIGIN})", True)}),
-        d AS ({upsert("traffic_rollup_daily", f"date_bin('1 day', bucket, {_ORIGIN})", True)})
+        {upserts}
         SELECT count(*) INTO emptied
-        FROM (SELECT row_count FROM m UNION ALL SELECT row_count FROM h UNION ALL SELECT row_count FROM d) x
+        FROM ({" UNION ALL ".join(f"SELECT row_count FROM u{i}" for i in range(len(ROLLUPS)))}) x
         WHERE row_count = 0;"""
 
 
 # Only a delete, or an update that moves rows to another key, can leave a bucket with no rows; the scan for
 # such buckets runs only then (an upsert's update keeps every count).
-_DROP_EMPTIED = """
-        IF emptied > 0 THEN
-            DELETE FROM traffic_rollup_5m WHERE row_count = 0;
-            DELETE FROM traffic_rollup_hourly WHERE row_count = 0;
-            DELETE FROM traffic_rollup_daily WHERE row_count = 0;
-        END IF;"""
+_DROP_EMPTIED = "IF emptied > 0 THEN\n" + "".join(
+    f"            DELETE FROM {table} WHERE row_count = 0;\n" for table, _, _ in ROLLUPS) + "        END IF;"
 
 _FUNCTION = f"""
 CREATE FUNCTION traffic_log_rollup() RETURNS trigger LANGUAGE plpgsql
@@ -212,27 +229,18 @@ def _copy_checked(conn: sa.Connection, source: str, target: str) -> None:
 
 
 def _rollup_tables() -> None:
-    op.create_table(
-        "traffic_rollup_5m",
-        sa.Column("service", sa.Text, nullable=False),
-        sa.Column("bucket", TS, nullable=False),
-        sa.Column("requests", sa.BigInteger, nullable=False),
-        sa.Column("row_count", sa.BigInteger, nullable=False),
-        sa.PrimaryKeyConstraint("service", "bucket", name="traffic_rollup_5m_pkey"),
-    )
-    for level in ("hourly", "daily"):
+    for table, _, per_endpoint in ROLLUPS:
+        keys = ["service", "bucket", "endpoint"] if per_endpoint else ["service", "bucket"]
         op.create_table(
-            f"traffic_rollup_{level}",
+            table,
             sa.Column("service", sa.Text, nullable=False),
             sa.Column("bucket", TS, nullable=False),
-            sa.Column("endpoint", sa.Text, nullable=False),
+            *([sa.Column("endpoint", sa.Text, nullable=False)] if per_endpoint else []),
             sa.Column("requests", sa.BigInteger, nullable=False),
             sa.Column("row_count", sa.BigInteger, nullable=False),
-            sa.PrimaryKeyConstraint("service", "bucket", "endpoint", name=f"traffic_rollup_{level}_pkey"),
+            sa.PrimaryKeyConstraint(*keys, name=f"{table}_pkey"),
         )
-    for level in ("5m", "hourly", "daily"):
-        op.create_index(f"traffic_rollup_{level}_bucket_brin", f"traffic_rollup_{level}", ["bucket"],
-                        postgresql_using="brin")
+        op.create_index(f"{table}_bucket_brin", table, ["bucket"], postgresql_using="brin")
     op.create_table(
         "traffic_horizon",
         sa.Column("relation", sa.Text, nullable=False),
@@ -242,18 +250,22 @@ def _rollup_tables() -> None:
 
 
 def _fill_rollups(conn: sa.Connection) -> None:
+    """Two passes over the rows (5-minute totals, hours per endpoint); the rest from the hours."""
     conn.exec_driver_sql(
         "INSERT INTO traffic_rollup_5m (service, bucket, requests, row_count) "
         f"SELECT service, date_bin('5 minutes', ts, {_ORIGIN}), sum(requests), count(*) FROM traffic_log "
         "GROUP BY 1, 2")
     conn.exec_driver_sql(
-        "INSERT INTO traffic_rollup_hourly (service, bucket, endpoint, requests, row_count) "
+        "INSERT INTO traffic_rollup_hourly_endpoint (service, bucket, endpoint, requests, row_count) "
         f"SELECT service, date_bin('1 hour', ts, {_ORIGIN}), endpoint, sum(requests), count(*) FROM traffic_log "
         "GROUP BY 1, 2, 3")
     conn.exec_driver_sql(
-        "INSERT INTO traffic_rollup_daily (service, bucket, endpoint, requests, row_count) "
+        "INSERT INTO traffic_rollup_hourly (service, bucket, requests, row_count) "
+        "SELECT service, bucket, sum(requests), sum(row_count) FROM traffic_rollup_hourly_endpoint GROUP BY 1, 2")
+    conn.exec_driver_sql(
+        "INSERT INTO traffic_rollup_daily_endpoint (service, bucket, endpoint, requests, row_count) "
         f"SELECT service, date_bin('1 day', bucket, {_ORIGIN}), endpoint, sum(requests), sum(row_count) "
-        "FROM traffic_rollup_hourly GROUP BY 1, 2, 3")
+        "FROM traffic_rollup_hourly_endpoint GROUP BY 1, 2, 3")
 
 
 def upgrade() -> None:
@@ -296,6 +308,7 @@ def upgrade() -> None:
     op.execute(_FUNCTION)
     for name, when in TRIGGERS.items():
         op.execute(f"CREATE TRIGGER {name} {when} FOR EACH STATEMENT EXECUTE FUNCTION traffic_log_rollup()")
+    op.execute(_TOP_ENDPOINTS)
     for name, body in VIEWS.items():
         op.execute(f"CREATE VIEW {name} AS {body}")
 
@@ -310,7 +323,8 @@ def downgrade() -> None:
     for name in TRIGGERS:
         op.execute(f"DROP TRIGGER {name} ON traffic_log")
     op.execute("DROP FUNCTION traffic_log_rollup()")
-    for table in ("traffic_horizon", "traffic_rollup_daily", "traffic_rollup_hourly", "traffic_rollup_5m"):
+    op.execute("DROP FUNCTION traffic_top_endpoints_of(text)")
+    for table in ("traffic_horizon", *(t for t, _, _ in reversed(ROLLUPS))):
         op.drop_table(table)
 
     op.execute("ALTER TABLE traffic_log RENAME TO traffic_log_partitioned")
