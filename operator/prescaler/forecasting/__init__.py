@@ -6,6 +6,7 @@
   harmonic (`auto` uses them too); `make_forecaster`, `make_candidate`, `check_model_name`;
 - `accuracy`: sMAPE, MAPE, MASE, pinball loss;
 - `calibration`: bands calibrated on the model's own backtest errors (split-conformal by lead time);
+- `scoring`: backtest windows, their cross-fitted pinball loss and band coverage, exploding fits;
 - `selection`: rolling-origin backtest errors, `auto`'s plan and combination (ranked by pinball loss at the
   provisioning quantile; exploding fits rejected), in-process fits;
 - `isolation`: `mp_context`, worker processes that can be killed, `fit_predict` with a hard time limit;
@@ -44,15 +45,14 @@ if TYPE_CHECKING:
         make_forecaster,
     )
     from prescaler.forecasting.pool import FitPool
+    from prescaler.forecasting.scoring import EXPLOSION_FACTOR, exploded
     from prescaler.forecasting.selection import (
         AUTO_FOLDS,
         CANDIDATES,
-        EXPLOSION_FACTOR,
         SCORE_FOLDS,
         AutoPlan,
         combination_weights,
         combine,
-        exploded,
         plan_auto,
         rolling_origin_errors,
     )
@@ -71,8 +71,9 @@ _MODULE_OF = {
     "BAND_COVERAGE": "calibration", "UPPER_QUANTILE": "calibration", "BandCalibration": "calibration",
     "calibrate": "calibration",
     "AUTO_FOLDS": "selection", "CANDIDATES": "selection", "SCORE_FOLDS": "selection", "AutoPlan": "selection",
-    "EXPLOSION_FACTOR": "selection", "combination_weights": "selection", "combine": "selection",
-    "exploded": "selection", "plan_auto": "selection", "rolling_origin_errors": "selection",
+    "combination_weights": "selection", "combine": "selection", "plan_auto": "selection",
+    "rolling_origin_errors": "selection",
+    "EXPLOSION_FACTOR": "scoring", "exploded": "scoring",
     "fit_predict": "isolation",
     "FitPool": "pool",
 }

@@ -115,14 +115,19 @@ class BandCalibration:
     upper: np.ndarray
     windows: int
 
-    def apply(self, forecast: Forecast) -> Forecast:
-        """`forecast` with its band replaced: yhat·exp(offset), leads beyond the calibration taking the last."""
-        n = len(forecast.yhat)
-        idx = np.minimum(np.arange(n), len(self.upper) - 1)
-        base = np.log1p(np.clip(forecast.yhat, 0, None))
+    def bounds(self, yhat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Lower and upper band around `yhat` (one value per lead step from the first), always containing it;
+        leads beyond the calibration take the last lead's offsets."""
+        idx = np.minimum(np.arange(len(yhat)), len(self.upper) - 1)
+        base = np.log1p(np.clip(yhat, 0, None))
         lower = np.clip(np.expm1(base + np.minimum(self.lower[idx], 0)), 0, None)
         upper = np.expm1(base + np.maximum(self.upper[idx], 0))
-        return replace(forecast, lower=np.minimum(lower, forecast.yhat), upper=np.maximum(upper, forecast.yhat))
+        return np.minimum(lower, yhat), np.maximum(upper, yhat)
+
+    def apply(self, forecast: Forecast) -> Forecast:
+        """`forecast` with its band replaced by the calibrated one."""
+        lower, upper = self.bounds(forecast.yhat)
+        return replace(forecast, lower=lower, upper=upper)
 
 
 def calibrate(residuals: Sequence[np.ndarray], step: timedelta,

@@ -2,10 +2,11 @@
 which fits a model by name in this process with every fallback (short history, failing or exploding fit)
 and a band calibrated on the model's own backtest errors (`calibration`).
 
-`auto` ranks its candidates by what provisioning pays for: the pinball loss of each backtest window's
-forecast of the provisioning quantile (the upper band's 90% by default, or a service level's), that
-quantile calibrated on the other windows, so a model is judged out of sample on level and spread alike.
-sMAPE only measures the middle of the forecast and ranked models differently from what scaling needed.
+`auto` ranks its candidates by what provisioning pays for (`scoring.cross_pinball`): the pinball loss of each
+backtest window's forecast of the provisioning quantile (the upper band's 90% by default, or a service
+level's), that quantile calibrated on the other windows, so a model is judged out of sample on level and
+spread alike. sMAPE only measures the middle of the forecast and ranked models differently from what
+scaling needed. It mixes the candidates close to the best (NEAR_BEST), weighted by 1/loss.
 """
 
 from __future__ import annotations
@@ -20,15 +21,19 @@ import pandas as pd
 
 from prescaler.errors import InputError
 from prescaler.forecasting.accuracy import mape, mase, relative_pinball, smape
-from prescaler.forecasting.calibration import (
-    UPPER_QUANTILE,
-    BandCalibration,
-    calibrate,
-    log_residuals,
-    quantile_offsets,
-)
+from prescaler.forecasting.calibration import UPPER_QUANTILE, BandCalibration, calibrate, log_residuals
 from prescaler.forecasting.interface import MODEL_NAMES, FitResult, Forecast, ForecastUnavailable
 from prescaler.forecasting.models import check_model_name, make_candidate, requirement_of
+from prescaler.forecasting.scoring import (
+    EXPLOSION_FACTOR,
+    Exploded,
+    Fold,
+    candidate_folds,
+    cross_pinball,
+    exploded,
+    explosion_limit,
+    summarise,
+)
 from prescaler.forecasting.series import DAY, check_minimum, days_text, infer_step, prepare, steps
 
 # Order = preference when no backtest can decide. The last three are internal: a scaler cannot name them,
@@ -38,141 +43,10 @@ CANDIDATES = ("prophet", "holt-winters", "seasonal-naive", "seasonal-median", "m
 BASELINES = ("holt-winters", "seasonal-naive")
 AUTO_FOLDS = 3
 SCORE_FOLDS = 3
-# A forecast or band above this multiple of the history's maximum is a fit gone wrong, not a prediction.
-EXPLOSION_FACTOR = 3.0
 # `auto` combines every candidate whose backtest pinball loss is within this factor of the best one's.
 # Three windows rank close models by chance: a mix of the close ones was steadier than the single best
 # (the best by three windows was 1.0-1.3× the best single model over the bench's folds; the mix 0.9-1.08×).
 NEAR_BEST = 1.5
-
-
-@dataclass
-class _Fold:
-    """One backtest window: its first row in the history, the actual values and the forecast for them."""
-
-    split: int
-    actual: np.ndarray
-    forecast: Forecast
-
-    @property
-    def yhat(self) -> np.ndarray:
-        return self.forecast.yhat[: len(self.actual)]
-
-    @property
-    def smape(self) -> float:
-        return smape(self.actual, self.yhat)
-
-
-def _explosion_limit(history: pd.Series) -> tuple[float, float]:
-    """The history's maximum and the level above which a forecast has exploded."""
-    observed = history.to_numpy(dtype=float)
-    observed = observed[np.isfinite(observed)]
-    peak = float(observed.max()) if observed.size else 0.0
-    return peak, EXPLOSION_FACTOR * max(peak, 1.0)
-
-
-def exploded(forecast: Forecast, history: pd.Series) -> str | None:
-    """Why `forecast` is a fit gone wrong (values or band beyond EXPLOSION_FACTOR × the history's maximum,
-    or not finite), or None."""
-    peak, limit = _explosion_limit(history)
-    arrays = (forecast.yhat, forecast.lower, forecast.upper)
-    if not all(np.isfinite(a).all() for a in arrays):
-        return "forecast has values that are not finite"
-    top_yhat, top_band = float(np.max(forecast.yhat, initial=0)), float(np.max(forecast.upper, initial=0))
-    if top_yhat > limit:
-        return f"forecast peak {top_yhat:,.0f} > {EXPLOSION_FACTOR:g}× the history's maximum {peak:,.0f}"
-    if top_band > limit:
-        return f"forecast band {top_band:,.0f} > {EXPLOSION_FACTOR:g}× the history's maximum {peak:,.0f}"
-    return None
-
-
-class _Exploded(Exception):
-    """A candidate's backtest forecast exploded; the message says how."""
-
-
-def _candidate_folds(history: pd.Series, name: str, horizon: timedelta, folds: int,
-                     events: pd.DataFrame | None, reasons: list[str]) -> list[_Fold]:
-    """The model's forecasts of the last `folds` windows of `horizon`, each fitted on the data before it
-    (oldest first). Windows too short for the model are skipped, their reason added to `reasons`.
-    Raises _Exploded when a window's forecast explodes."""
-    step = infer_step(history)
-    n = steps(horizon, step)
-    out: list[_Fold] = []
-    for k in range(folds, 0, -1):
-        split = len(history) - k * n
-        if split <= 0:
-            continue
-        train, test = history.iloc[:split], history.iloc[split:split + n]
-        if test.notna().sum() == 0:
-            continue
-        reason = requirement_of(name, train, step)
-        if reason is not None:
-            reasons.append(reason)
-            continue
-        forecast = make_candidate(name, step=step).fit(train, events=events).predict(horizon)
-        boom = exploded(forecast, train)
-        if boom is not None:
-            raise _Exploded(f"{boom} in the backtest window from {history.index[split]:%Y-%m-%d %H:%M}")
-        out.append(_Fold(split, test.to_numpy(), forecast))
-    return out
-
-
-def _pairs(folds: list[_Fold]) -> list[tuple[np.ndarray, np.ndarray]]:
-    return [(f.actual, f.yhat) for f in folds]
-
-
-def _quantile_forecast(yhat: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    idx = np.minimum(np.arange(len(yhat)), len(offsets) - 1)
-    return np.expm1(np.log1p(np.clip(yhat, 0, None)) + offsets[idx])
-
-
-def cross_pinball(pairs: list[tuple[np.ndarray, np.ndarray]], step: timedelta, quantile: float) -> float:
-    """Pinball loss, in % of the mean load, of each window's `quantile` forecast: its yhat shifted by the
-    `quantile` of the log errors of the other windows (of itself when it is the only one)."""
-    residuals = [log_residuals(a, y) for a, y in pairs]
-    actual, predicted = [], []
-    for i, (a, y) in enumerate(pairs):
-        others = [r for j, r in enumerate(residuals) if j != i] or residuals
-        actual.append(a)
-        predicted.append(_quantile_forecast(y, quantile_offsets(others, step, quantile)))
-    if not actual:
-        return float("nan")
-    return relative_pinball(np.concatenate(actual), np.concatenate(predicted), quantile)
-
-
-def cross_coverage(pairs: list[tuple[np.ndarray, np.ndarray]], step: timedelta) -> float:
-    """% of actual values inside each window's band calibrated on the other windows (NaN with one window)."""
-    if len(pairs) < 2:
-        return float("nan")
-    residuals = [log_residuals(a, y) for a, y in pairs]
-    inside, seen = 0, 0
-    for i, (a, y) in enumerate(pairs):
-        cal = calibrate([r for j, r in enumerate(residuals) if j != i], step)
-        if cal is None:
-            continue
-        ok = np.isfinite(a)
-        idx = np.minimum(np.arange(len(y)), len(cal.upper) - 1)
-        base = np.log1p(np.clip(y, 0, None))
-        lower = np.expm1(base + np.minimum(cal.lower[idx], 0))
-        upper = np.expm1(base + np.maximum(cal.upper[idx], 0))
-        inside += int(((a >= lower) & (a <= upper))[ok].sum())
-        seen += int(ok.sum())
-    return inside / seen * 100 if seen else float("nan")
-
-
-def _summarise(history: pd.Series, folds: list[_Fold], quantile: float) -> dict[str, float]:
-    """Mean sMAPE/MAPE/MASE over the windows, cross-fitted pinball loss and band coverage (see above)."""
-    step = infer_step(history)
-    season = max(1, round(DAY / step))
-    scores = [(smape(f.actual, f.yhat), mape(f.actual, f.yhat),
-               mase(f.actual, f.yhat, history.iloc[:f.split].to_numpy(), season)) for f in folds]
-    arr = np.array(scores, dtype=float)
-    with np.errstate(all="ignore"):
-        means = [float(np.nanmean(col)) if np.isfinite(col).any() else float("nan") for col in arr.T]
-    pairs = _pairs(folds)
-    return {"smape": means[0], "mape": means[1], "mase": means[2],
-            "pinball": cross_pinball(pairs, step, quantile), "coverage": cross_coverage(pairs, step),
-            "folds": float(len(folds))}
 
 
 def check_candidate_name(name: str) -> None:
@@ -275,18 +149,18 @@ class AutoPlan:
     combined_pinball: float = float("nan")
     quantile: float = UPPER_QUANTILE
     rejected: dict[str, str] = field(default_factory=dict)
-    backtests: dict[str, dict[int, _Fold]] = field(default_factory=dict)
+    backtests: dict[str, dict[int, Fold]] = field(default_factory=dict)
 
 
 def _backtest_all(history: pd.Series, names: list[str], horizon: timedelta, folds: int,
-                  events: pd.DataFrame | None, rejected: dict[str, str]) -> dict[str, dict[int, _Fold]]:
+                  events: pd.DataFrame | None, rejected: dict[str, str]) -> dict[str, dict[int, Fold]]:
     """Per model, its backtest folds by first row. Models whose fit breaks or that no fold fits are left
     out; models whose forecast explodes are left out and named in `rejected` with the reason."""
-    out: dict[str, dict[int, _Fold]] = {}
+    out: dict[str, dict[int, Fold]] = {}
     for name in names:
         try:
-            scored = _candidate_folds(history, name, horizon, folds, events, [])
-        except _Exploded as exc:
+            scored = candidate_folds(history, name, horizon, folds, events, [])
+        except Exploded as exc:
             rejected[name] = str(exc)
             continue
         except Exception:
@@ -298,7 +172,7 @@ def _backtest_all(history: pd.Series, names: list[str], horizon: timedelta, fold
     return out
 
 
-def _mix_pairs(backtests: dict[str, dict[int, _Fold]], members: list[str],
+def _mix_pairs(backtests: dict[str, dict[int, Fold]], members: list[str],
                weights: list[float]) -> list[tuple[np.ndarray, np.ndarray]]:
     """Actual and the weighted mix's yhat in every window all members were scored on (oldest first)."""
     common = sorted(set.intersection(*(set(backtests[m]) for m in members)))
@@ -310,7 +184,7 @@ def _mix_pairs(backtests: dict[str, dict[int, _Fold]], members: list[str],
     return pairs
 
 
-def mix_calibration(backtests: dict[str, dict[int, _Fold]], members: list[str], weights: list[float],
+def mix_calibration(backtests: dict[str, dict[int, Fold]], members: list[str], weights: list[float],
                     step: timedelta) -> BandCalibration | None:
     """The band calibration of a mix from its members' backtest windows (None when they share none)."""
     pairs = _mix_pairs(backtests, members, weights)
@@ -347,7 +221,7 @@ def plan_auto(history: pd.Series, names: list[str], horizon: timedelta, *, event
     history = prepare(history)
     step = infer_step(history)
     errors = {} if errors is None else errors
-    scored: dict[str, dict[int, _Fold]] = {}
+    scored: dict[str, dict[int, Fold]] = {}
     rejected: dict[str, str] = {}
     sel_h = horizon
     for sel_h in _auto_horizons(history, step, names, horizon, select_horizon):
@@ -359,7 +233,7 @@ def plan_auto(history: pd.Series, names: list[str], horizon: timedelta, *, event
     if not scored:
         return None
     for name, folds in scored.items():
-        errors[name] = _summarise(history, list(folds.values()), quantile)
+        errors[name] = summarise(history, list(folds.values()), quantile)
     scores = {n: _score(errors[n]) for n in scored}
     if not any(math.isfinite(s) for s in scores.values()):  # no load at all in the windows
         scores = {n: errors[n]["smape"] for n in scored}
@@ -402,17 +276,17 @@ def _auto_reason(plan: AutoPlan, names: list[str], errors: dict[str, dict[str, f
     return text
 
 
-_FoldCache = dict[tuple[str, timedelta], list["_Fold"]]
+_FoldCache = dict[tuple[str, timedelta], list[Fold]]
 
 
 def _scored_folds(history: pd.Series, name: str, horizon: timedelta, events: pd.DataFrame | None,
-                  cache: _FoldCache) -> list[_Fold]:
+                  cache: _FoldCache) -> list[Fold]:
     """`name`'s SCORE_FOLDS backtest windows of `horizon` with a finite error, once per fit; [] when its fit
     breaks or explodes in one of them."""
     key = (name, horizon)
     if key not in cache:
         try:
-            folds = _candidate_folds(history, name, horizon, SCORE_FOLDS, events, [])
+            folds = candidate_folds(history, name, horizon, SCORE_FOLDS, events, [])
         except Exception:
             # Too short, exploding, or its fit breaks on this series.
             folds = []
@@ -426,7 +300,7 @@ def _select(history: pd.Series, names: list[str], horizon: timedelta, events: pd
     for name in names:
         scored = _scored_folds(history, name, horizon, events, cache)
         if scored and name not in errors:
-            errors[name] = _summarise(history, scored, quantile)
+            errors[name] = summarise(history, scored, quantile)
     ranked = sorted((n for n in names if n in errors), key=lambda n: _score(errors[n]))
     return ranked[0] if ranked else None
 
@@ -445,7 +319,7 @@ def _own_calibration(history: pd.Series, name: str, horizon: timedelta, select_h
     if not folds:
         return None
     if name not in errors:
-        errors[name] = _summarise(history, folds, quantile)
+        errors[name] = summarise(history, folds, quantile)
     return calibrate([log_residuals(f.actual, f.yhat) for f in folds], infer_step(history))
 
 
@@ -541,7 +415,7 @@ def fit_local(name: str, history: pd.Series, horizon: timedelta, events: pd.Data
     if calibration is not None:
         forecast = calibration.apply(forecast)
         reason += f"; band calibrated on {calibration.windows} backtest windows"
-        peak, limit = _explosion_limit(history)
+        peak, limit = explosion_limit(history)
         if float(np.max(forecast.upper, initial=0)) > limit:
             # Past errors that large are real, but a band beyond any load ever seen would size fleets for it.
             forecast = replace(forecast, upper=np.minimum(forecast.upper, np.maximum(limit, forecast.yhat)))
