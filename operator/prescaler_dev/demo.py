@@ -1,9 +1,12 @@
 """`make demo`: the whole story on one machine, on scaled time.
 
-PostgreSQL and a real local control plane start; two weeks of fitness-app traffic are simulated; the CRD, a
-workload and a PredictiveScaler are applied with kubectl; the operator runs on a scaled clock while a live
-view prints time, forecast, load, desired and ready replicas; after a simulated day the backtest report is
-written and everything that was started is stopped.
+PostgreSQL, a Kafka broker and a real local control plane start. The fitness app's traffic reaches PostgreSQL
+the way it does in production: per-minute request counts are produced to a Kafka topic and `prescaler collect`
+(the Kafka feed) writes them to `traffic_log` — two weeks of history first (`collect --once`), then, while the
+operator runs on a scaled clock, each minute as it ends (the collector in its loop, on the same clock). The
+CRD, a workload and a PredictiveScaler are applied with kubectl; a live view prints time, forecast, load,
+desired and ready replicas; after a simulated day the backtest report is written and everything that was
+started is stopped.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,14 +27,61 @@ from typing import Any
 
 import pandas as pd
 
-from prescaler import backtest, db, history, ingest, report
+from prescaler import backtest, db, events, history, ingest, report
 from prescaler.clock import Clock
 from prescaler_dev import pgserver
+from prescaler_dev.kafka import KafkaBroker
 from prescaler_dev.localcluster import ClusterConfig, LocalCluster
 
 REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "fitness"
 SERVICE = "workout-api"
+TOPIC = "fitness-requests"
+
+
+def _collector_config(bootstrap: str) -> str:
+    return f"""sources:
+  default: {{}}
+feeds:
+  - name: fitness
+    source: default
+    kafka:
+      bootstrap_servers: [{bootstrap}]
+      topic: {TOPIC}
+      group: prescaler-demo
+      format: counts
+      services: [{SERVICE}]
+      # The demo's clock runs 480x: a short batch keeps the rows a few simulated minutes behind, not 40.
+      batch_time: 1s
+"""
+
+
+class MinuteProducer:
+    """Produces the simulated app's per-minute counts to Kafka, each minute once the clock has passed it."""
+
+    def __init__(self, bootstrap: str, traffic: pd.DataFrame) -> None:
+        from confluent_kafka import Producer
+
+        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "log_level": 0})
+        frame = traffic.sort_values("ts", kind="stable")
+        self.ts = pd.DatetimeIndex(frame["ts"])
+        self.endpoints = frame["endpoint"].to_numpy()
+        self.requests = frame["requests"].to_numpy()
+        self.sent = 0
+
+    def produce_until(self, end: datetime) -> int:
+        """Produce every minute that ends at or before `end` and was not produced yet; returns messages sent."""
+        stop = int(self.ts.searchsorted(pd.Timestamp(end) - pd.Timedelta(minutes=1), side="right"))
+        first = self.sent
+        for i in range(first, stop):
+            self.producer.produce(TOPIC, key=SERVICE, value=json.dumps({
+                "ts": self.ts[i].isoformat(), "service": SERVICE, "endpoint": str(self.endpoints[i]),
+                "requests": int(self.requests[i])}))
+            if (i - first) % 50_000 == 49_999:
+                self.producer.flush()
+        self.producer.flush()
+        self.sent = max(first, stop)
+        return self.sent - first
 
 
 def _workload(requests_per_replica: int, lead: str) -> str:
@@ -98,10 +149,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Two weeks of history before the simulated "now", plus the days the demo lives through.
     now0 = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=2)
     start = now0 - timedelta(days=14)
-    print("▶ simulating fitness traffic (14 days of history + the demo's days, 1-minute buckets)")
-    sim = ingest.simulate(engine, start=start, days=14 + args.days + 1, step=timedelta(minutes=1), seed=7,
-                          service=SERVICE)
-    print(f"  {sim.rows:,} rows, {sim.events} events")
+    print("▶ simulating fitness traffic (14 days of history + the demo's days, per minute and endpoint)")
+    traffic, calendar = ingest.simulate_frame(start=start, days=14 + args.days + 1, step=timedelta(minutes=1),
+                                              seed=7, service=SERVICE)
+    events_csv = args.out / "demo-events.csv"
+    calendar.rename(columns={"starts_at": "start", "ends_at": "end"})[["name", "kind", "start", "end", "service"]] \
+        .to_csv(events_csv, index=False, date_format="%Y-%m-%dT%H:%M:%SZ")
+    imported = events.import_events(engine, events_csv)
+    print(f"  {len(traffic):,} per-minute counts, {imported.rows_read} calendar events (challenges, pushes)")
+
+    print("▶ Kafka (KRaft broker on loopback) and `prescaler collect --once` for the history")
+    kafka_state = state / "kafka-run"
+    shutil.rmtree(kafka_state, ignore_errors=True)  # a fresh topic and offsets, like the fresh database
+    broker = KafkaBroker(kafka_state).start()
+    try:
+        config_path = args.out / "demo-collector.yaml"
+        config_path.write_text(_collector_config(broker.bootstrap))
+        broker.create_topic(TOPIC, partitions=2)
+        producer = MinuteProducer(broker.bootstrap, traffic)
+        sent = producer.produce_until(now0)
+        t0 = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "prescaler.cli", "collect", "--config", str(config_path),
+                               "--once"], env={**os.environ, "PRESCALER_DATABASE_URL": url},
+                              capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"collect --once failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    except BaseException:
+        broker.stop()
+        raise
+    print(f"  {sent:,} messages produced; collected in {time.monotonic() - t0:.0f}s")
     hist = history.read_history(engine, history.default_source(), SERVICE, start, now0, timedelta(minutes=5))
     peak_per_min = float(hist.max()) / 5
     rpr = max(1, math.ceil(peak_per_min / 25))  # the historical peak needs ~25 replicas
@@ -110,6 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cluster = LocalCluster(ClusterConfig(state_dir=state / "cluster", base_port=17443,
                                          pod_ready_delay=args.pod_ready_delay))
     operator: subprocess.Popen[bytes] | None = None
+    collector: subprocess.Popen[bytes] | None = None
     samples: list[dict[str, object]] = []
     try:
         print("▶ local control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok)")
@@ -135,12 +212,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                  "--metrics-port", "19090", "--liveness-port", "19081", "--workers", "1"],
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
+        collector_log = args.out / "demo-collector.log"
+        with collector_log.open("wb") as log:
+            collector = subprocess.Popen(
+                [sys.executable, "-m", "prescaler.cli", "collect", "--config", str(config_path),
+                 "--metrics-port", "19091", "--no-leader-election"],
+                env={**env, "PRESCALER_LOG_LEVEL": "INFO"}, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        print(f"▶ collector on the same clock: Kafka → traffic_log each minute (log: {collector_log.name})")
         end = now0 + timedelta(days=args.days)
         print(f"\n{'time':>16} {'forecast/min':>13} {'load/min':>10} {'desired':>8} {'ready':>6}  reason")
         next_print = now0
         while clock.now() < end:
             if operator.poll() is not None:
                 raise SystemExit(f"operator exited with {operator.returncode}; see {log_path}")
+            if collector.poll() is not None:
+                raise SystemExit(f"collector exited with {collector.returncode}; see {collector_log}")
+            producer.produce_until(clock.now())
             ps = _kubectl_json(cluster, "-n", NAMESPACE, "get", "predictivescaler", SERVICE)
             dep = _kubectl_json(cluster, "-n", NAMESPACE, "get", "deployment", SERVICE)
             st = ps.get("status", {})
@@ -150,23 +239,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "spec": dep.get("spec", {}).get("replicas")}
             samples.append(sample)
             if now >= next_print:
+                # The newest collected minute (the collector trails the scaled clock by a few minutes).
                 load = history.read_history(engine, history.default_source(), SERVICE,
-                                            now - timedelta(minutes=10), now, timedelta(minutes=5)).dropna()
+                                            now - timedelta(minutes=30), now, timedelta(minutes=1)).dropna()
                 peak = st.get("nextPeak", {})
                 fc = f"{peak.get('requests', 0):,}@{str(peak.get('at', ''))[11:16]}" if peak else "-"
-                lv = f"{float(load.iloc[-1]) / 5:,.0f}" if not load.empty else "-"
+                lv = f"{float(load.iloc[-1]):,.0f}" if not load.empty else "-"
                 print(f"{now:%a %d %H:%M:%S} {fc:>13} {lv:>10} {st.get('desiredReplicas', '-')!s:>8} "
                       f"{ready:>6}  {str(st.get('reason', ''))[:70]}", flush=True)
                 next_print = now + timedelta(minutes=30)
             time.sleep(0.5)
     finally:
-        if operator is not None and operator.poll() is None:
-            os.killpg(operator.pid, signal.SIGTERM)
-            try:
-                operator.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(operator.pid, signal.SIGKILL)
+        for proc in (operator, collector):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
         cluster.stop()
+        broker.stop()
 
     print("\n▶ report")
     decisions = pd.read_sql(
@@ -190,7 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     engine.dispose()
     if not was_running:
         pgserver.stop()
-    print("▶ done: operator, control plane" + ("" if was_running else " and PostgreSQL") + " stopped")
+    print("▶ done: operator, collector, Kafka, control plane" + ("" if was_running else " and PostgreSQL")
+          + " stopped")
     return 0
 
 
