@@ -83,7 +83,7 @@ def _body(**spec_overrides: Any) -> dict[str, Any]:
 
 
 def _reconciler(engine: Engine, actuator: FakeActuator, pool: forecasting.FitPool) -> Reconciler:
-    return Reconciler(Services(engine=engine, actuator=actuator, pool=pool,  # type: ignore[arg-type]
+    return Reconciler(Services(engine=engine, actuator=actuator, pool=pool,
                                clock=FixedClock(NOW), sources={"default": history.default_source()}))
 
 
@@ -262,7 +262,7 @@ class FakePool:
 
 
 def _fleet(engine: Engine, pool: Any, clock: FixedClock) -> Reconciler:
-    return Reconciler(Services(engine=engine, actuator=FakeActuator(), pool=pool,  # type: ignore[arg-type]
+    return Reconciler(Services(engine=engine, actuator=FakeActuator(), pool=pool,
                                clock=clock, sources={"default": history.default_source()}))
 
 
@@ -392,3 +392,42 @@ def test_a_changed_spec_reads_its_own_stored_forecast(engine: Engine, monkeypatc
     # The newest row has other inputs: that scaler alone asks for a row made with its own.
     assert one_by_one == ["changed/web"]
     assert outcome.decision is not None
+
+
+def test_decisions_taken_together_share_one_commit(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    from prescaler.errors import DataUnavailable
+    from prescaler.planning import Decision
+    from prescaler.reconcile.tick import DecisionLog
+
+    commits: list[int] = []
+    real = db.record_decisions
+
+    def record(engine: Engine, rows: Sequence[dict[str, Any]]) -> None:
+        commits.append(len(rows))
+        real(engine, rows)
+
+    monkeypatch.setattr(db, "record_decisions", record)
+    decision = Decision(desired=3, current=1, recommended=3, direction="up", reason="test", stale=False)
+    rows = [db.decision_row(namespace="burst", name=f"app-{i}", target_kind="Deployment", target_name=f"app-{i}",
+                            decision=decision, decided_at=NOW, applied=True) for i in range(5)]
+    log = DecisionLog(engine)
+
+    async def burst() -> None:
+        await asyncio.gather(*(log.record(row) for row in rows))  # each returns once its row is committed
+
+    asyncio.run(burst())
+    assert commits == [5]
+    with engine.connect() as conn:
+        names = conn.execute(sa.select(db.scaling_decisions.c.name)
+                             .where(db.scaling_decisions.c.namespace == "burst")).scalars().all()
+    assert sorted(names) == [f"app-{i}" for i in range(5)]
+
+    def down(engine: Engine, rows: Sequence[dict[str, Any]]) -> None:
+        raise DataUnavailable("database unavailable while recording a scaling decision")
+
+    monkeypatch.setattr(db, "record_decisions", down)
+
+    async def failing() -> list[Any]:
+        return await asyncio.gather(*(log.record(row) for row in rows[:2]), return_exceptions=True)
+
+    assert all(isinstance(r, DataUnavailable) for r in asyncio.run(failing()))

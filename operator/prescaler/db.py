@@ -392,7 +392,15 @@ def prune_forecasts(engine: Engine, scaler_key: str, keep: int = 3) -> int:
 def record_decision(engine: Engine, *, namespace: str, name: str, target_kind: str, target_name: str,
                     decision: Decision, decided_at: datetime, applied: bool) -> None:
     """Append one planner decision (with its reason) to scaling_decisions."""
-    row = {
+    record_decisions(engine, [decision_row(namespace=namespace, name=name, target_kind=target_kind,
+                                           target_name=target_name, decision=decision, decided_at=decided_at,
+                                           applied=applied)])
+
+
+def decision_row(*, namespace: str, name: str, target_kind: str, target_name: str, decision: Decision,
+                 decided_at: datetime, applied: bool) -> dict[str, Any]:
+    """One scaling_decisions row."""
+    return {
         "decided_at": decided_at, "namespace": namespace, "name": name, "target_kind": target_kind,
         "target_name": target_name, "current_replicas": decision.current,
         "desired_replicas": decision.desired, "recommended_replicas": decision.recommended,
@@ -401,5 +409,11 @@ def record_decision(engine: Engine, *, namespace: str, name: str, target_kind: s
         "observed_load": _opt_float(decision.observed_load), "peak_at": decision.peak_at,
         "peak_load": _opt_float(decision.peak_load), "reason": decision.reason, "applied": applied,
     }
+
+
+def record_decisions(engine: Engine, rows: Sequence[dict[str, Any]]) -> None:
+    """Append decision rows in one transaction: ticks that decide at the same moment share one commit."""
+    if not rows:
+        return
     with unavailable_on_error("recording a scaling decision"), engine.begin() as conn:
-        conn.execute(scaling_decisions.insert(), row)
+        conn.execute(scaling_decisions.insert(), list(rows))
