@@ -6,9 +6,10 @@ import asyncio
 import contextlib
 import functools
 import logging
+import threading
 import time
-from collections.abc import Hashable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
@@ -68,7 +69,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         log.warning("database not migrated at startup: %s", exc)
     _reconciler = Reconciler(Services(
         engine=engine,
-        actuator=Actuator(),
+        actuator=LazyActuator(),
         pool=forecasting.FitPool(max_workers=cfg.workers, timeout_s=cfg.fit_timeout_s),
         clock=cfg.clock,
         sources=cfg.sources,
@@ -76,13 +77,10 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         max_concurrent=cfg.max_concurrent_reconciles,
         refit_spread=cfg.refit_spread,
     ))
-    # Both before kopf starts its watches and timers, so the first ticks find the forecasts and targets in memory.
+    # Both read while kopf starts its own watch, so the first ticks find the forecasts and targets in memory.
     _reconciler.start()
     _cache = ClusterCache.build(cfg.namespaces)
-    for informer in _cache.all():
-        informer.start()
-    if not await asyncio.to_thread(_wait_synced, _cache, 120.0):
-        log.warning("the cluster cache is not listed yet: ticks wait for it")
+    _cache.start()
 
 
 @kopf.on.cleanup()
@@ -93,8 +91,7 @@ async def cleanup(**_: Any) -> None:
             await asyncio.wait_for(_reconciler.drain(), timeout=10)
         _reconciler.s.pool.shutdown()
     if _cache is not None:
-        for informer in _cache.all():
-            informer.stop()
+        _cache.stop()
 
 
 def _target_state(kind: str) -> Extract[TargetState]:
@@ -121,6 +118,30 @@ def _scaler(obj: Mapping[str, Any]) -> tuple[Hashable, tuple[str, str]]:
             (str(meta.get("creationTimestamp")), str(meta["name"])))
 
 
+class LazyActuator:
+    """`Actuator` built on first use, in the thread that uses it: its typed API classes take seconds to import,
+    and a restart's first decisions rarely patch anything."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._actuator: Actuator | None = None
+
+    def _get(self) -> Actuator:
+        with self._lock:
+            if self._actuator is None:
+                self._actuator = Actuator()
+            return self._actuator
+
+    def read_target(self, namespace: str, ref: TargetRef) -> TargetState:
+        return self._get().read_target(namespace, ref)
+
+    def scale(self, namespace: str, ref: TargetRef, replicas: int) -> None:
+        self._get().scale(namespace, ref, replicas)
+
+    def set_hpa_min(self, namespace: str, name: str, min_replicas: int) -> None:
+        self._get().set_hpa_min(namespace, name, min_replicas)
+
+
 @dataclass
 class ClusterCache:
     """What ticks look up about the cluster (an informer per kind; see prescaler.informers for why not
@@ -130,21 +151,25 @@ class ClusterCache:
     statefulsets: Informer[TargetState]
     hpas: Informer[HpaState]  # by the (namespace, kind, name) they scale
     scalers: Informer[tuple[str, str]]  # (creationTimestamp, name) by the target they scale
+    _listed: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def build(cls, namespaces: tuple[str, ...]) -> ClusterCache:
-        api = client.ApiClient()
-        apps, hpa = client.AppsV1Api(api), client.AutoscalingV2Api(api)
-        scalers = functools.partial(client.CustomObjectsApi(api).list_cluster_custom_object, GROUP, VERSION, PLURAL)
+        # The generic list call serves every kind as plain JSON: the typed API classes take seconds to import.
+        objects = client.CustomObjectsApi(client.ApiClient())
+
+        def kind(group: str, version: str, plural: str) -> Callable[..., Any]:
+            return functools.partial(objects.list_cluster_custom_object, group, version, plural)
+
         chosen = namespace_filter(namespaces)
         return cls(
-            deployments=Informer("deployments", apps.list_deployment_for_all_namespaces,
-                                 _target_state("Deployment"), namespaces=chosen),
-            statefulsets=Informer("statefulsets", apps.list_stateful_set_for_all_namespaces,
+            deployments=Informer("deployments", kind("apps", "v1", "deployments"), _target_state("Deployment"),
+                                 namespaces=chosen),
+            statefulsets=Informer("statefulsets", kind("apps", "v1", "statefulsets"),
                                   _target_state("StatefulSet"), namespaces=chosen),
-            hpas=Informer("horizontalpodautoscalers", hpa.list_horizontal_pod_autoscaler_for_all_namespaces, _hpa,
+            hpas=Informer("horizontalpodautoscalers", kind("autoscaling", "v2", "horizontalpodautoscalers"), _hpa,
                           namespaces=chosen),
-            scalers=Informer(PLURAL, scalers, _scaler, namespaces=chosen),
+            scalers=Informer(PLURAL, kind(GROUP, VERSION, PLURAL), _scaler, namespaces=chosen),
         )
 
     def all(self) -> tuple[Informer[Any], ...]:
@@ -152,6 +177,33 @@ class ClusterCache:
 
     def synced(self) -> bool:
         return all(i.synced.is_set() for i in self.all())
+
+    async def ready(self, timeout_s: float) -> bool:
+        """Wait (at most `timeout_s`) until every kind was listed once; one poller serves every waiting tick."""
+        if self.synced():
+            return True
+        if self._listed is None or self._listed.get_loop() is not asyncio.get_running_loop():
+            self._listed = asyncio.get_running_loop().create_task(self._poll())
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._listed), timeout_s)
+        return self.synced()
+
+    async def _poll(self) -> None:
+        started = time.monotonic()
+        while not self.synced():
+            await asyncio.sleep(0.05)
+        log.info("cluster cache listed in %.1fs: %d deployments, %d statefulsets, %d HPAs, %d PredictiveScalers",
+                 time.monotonic() - started, len(self.deployments), len(self.statefulsets), len(self.hpas),
+                 len(self.scalers))
+
+    def start(self) -> None:
+        for informer in self.all():
+            informer.start()
+        self._listed = asyncio.get_running_loop().create_task(self._poll())
+
+    def stop(self) -> None:
+        for informer in self.all():
+            informer.stop()
 
     def target(self, namespace: str, ref: TargetRef) -> TargetState | None:
         found = (self.deployments if ref.kind == "Deployment" else self.statefulsets).find(ref.key(namespace))
@@ -172,8 +224,8 @@ async def reconcile_timer(
     if _config.peering and time.monotonic() - _started_at < _config.peering_settle_s:
         # Let peering see every peer first, so a lower-priority replica never acts even once.
         return
-    if not _cache.synced():
-        return  # a tick on a partial picture could miss a target, a rival or an HPA
+    if not await _cache.ready(timeout_s=60.0):
+        return  # a tick on a partial picture could miss a target, a rival or an HPA; kopf wakes it again
     if "scaler_state" not in memo:
         memo["scaler_state"] = ScalerState()
     ref = spec.get("scaleTargetRef") or {}
@@ -190,11 +242,6 @@ async def reconcile_timer(
     patch.status.update(outcome.status)
     for kind, reason, message in outcome.events:
         kopf.event(body, type=kind, reason=reason, message=message[:1000])
-
-
-def _wait_synced(cache: ClusterCache, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    return all(i.synced.wait(max(0.0, deadline - time.monotonic())) for i in cache.all())
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)  # type: ignore[arg-type]
