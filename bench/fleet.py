@@ -466,6 +466,7 @@ class RunConfig:
     store_timeout_s: float
     profile: Path | None
     keep: bool
+    seed_age: timedelta | None = None
 
 
 @dataclass
@@ -481,6 +482,7 @@ class PhaseRun:
     samples: list[MemorySample]
     end_mem: MemorySample
     log_errors: int
+    markers: dict[str, float]  # seconds from the start to log lines that time the operator's own start-up
 
 
 def _profile(pid: int, out: Path, seconds: float) -> subprocess.Popen[bytes] | None:
@@ -564,14 +566,30 @@ def run_phase(label: str, cfg: RunConfig, cluster: LocalCluster, url: str, log_p
         f.seek(log_from)
         running_log = f.read().decode(errors="replace").split("Signal SIGTERM is received")[0]
     errors = sum(1 for line in running_log.splitlines() if " ERROR " in line)
-    return PhaseRun(started_at, ended_at, wall, cpu, main_cpu, text, list(op.samples), end_mem, errors)
+    return PhaseRun(started_at, ended_at, wall, cpu, main_cpu, text, list(op.samples), end_mem, errors,
+                    _markers(running_log, started_at))
+
+
+MARKERS = {"startup_done": "Activity 'startup' succeeded", "forecasts_prefetched": "prefetched the stored forecasts",
+           "cluster_cache_listed": "cluster cache listed"}
+
+
+def _markers(log_text: str, started_at: datetime) -> dict[str, float]:
+    found: dict[str, float] = {}
+    for line in log_text.splitlines():
+        for name, text in MARKERS.items():
+            if name not in found and text in line:
+                with contextlib.suppress(ValueError):
+                    at = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").replace(tzinfo=UTC)
+                    found[name] = round((at - started_at).total_seconds(), 1)
+    return found
 
 
 def analyse_phase(run: PhaseRun, rows: RowLog, decisions: dict[tuple[str, str], list[datetime]],
                   keys: Sequence[tuple[str, str]], refresh: str) -> dict[str, Any]:
     """What one operator run did: start-up, lag, stored forecasts and fits, memory, CPU."""
     own = {k: [t for t in decisions.get(k, []) if run.started_at <= t <= run.ended_at] for k in keys}
-    out: dict[str, Any] = {"wall_s": round(run.wall_s, 1)}
+    out: dict[str, Any] = {"wall_s": round(run.wall_s, 1), "startup_markers_s": run.markers}
     out["reconcile"] = analyse_decisions(own, keys, run.ended_at)
     per_minute = [(len(t) - 1) / ((t[-1] - t[0]).total_seconds() / 60) for t in own.values() if len(t) > 1]
     out["reconcile"]["decisions_per_scaler_minute"] = round(float(np.mean(per_minute)), 3) if per_minute else None
@@ -579,6 +597,10 @@ def analyse_phase(run: PhaseRun, rows: RowLog, decisions: dict[tuple[str, str], 
     # From the operator's start to each first decision row being written (seen by the poller, +-0.5 s).
     written = [(first[k] - run.started_at).total_seconds() for k in keys if k in first]
     out["start_to_first_decision_s"] = {**summary(written), "undecided": len(keys) - len(written)}
+    # The same from the end of the operator's own start-up (imports, schema check): what the fleet's size adds.
+    ready = run.markers.get("startup_done")
+    if ready is not None:
+        out["startup_done_to_first_decision_s"] = summary([w - ready for w in written])
     stored = rows.forecasts_between(run.started_at, run.ended_at)
     before = {r.scaler_key for r in rows.forecasts if r.seen < run.started_at}
     minutes = [0] * (int(run.wall_s // 60) + 1)
@@ -625,6 +647,32 @@ def analyse_phase(run: PhaseRun, rows: RowLog, decisions: dict[tuple[str, str], 
     return out
 
 
+def seed_forecasts(url: str, fleet: Sequence[Scaler], cfg: RunConfig, age: timedelta) -> datetime:
+    """Stored forecasts as an operator that fitted the whole fleet `age` ago leaves them (one per service,
+    seasonal-naive, under each scaler's own forecast key), so a restart can be measured with refits coming due
+    without first waiting through a cold phase of `auto` fits and most of a refresh interval."""
+    from prescaler import forecasting, history
+    from prescaler.spec import parse_spec
+
+    engine = db.make_engine(url)
+    generated = pd.Timestamp(datetime.now(UTC) - age).floor(pd.Timedelta(STEP)).to_pydatetime()
+    fits: dict[str, Any] = {}
+    try:
+        for s in fleet:
+            spec = parse_spec(scaler(s, cfg.refresh, cfg.model)["spec"])
+            if s.service not in fits:
+                hist = history.read_history(engine, history.default_source(), s.service, generated - spec.history,
+                                            generated, spec.step)
+                fits[s.service] = forecasting.fit_predict("seasonal-naive", hist, spec.horizon)
+            fit = fits[s.service]
+            db.save_forecast(engine, scaler_key=f"{s.namespace}/{s.name}", series=s.service, forecast=fit.forecast,
+                             generated_at=generated, smape=fit.smape, fit_seconds=fit.fit_seconds,
+                             params_hash=spec.forecast_key(), note="seeded by bench/fleet.py")
+    finally:
+        engine.dispose()
+    return generated
+
+
 def run_size(cfg: RunConfig) -> dict[str, Any]:
     n = cfg.size
     late_n = round(n * cfg.late_fraction)
@@ -662,8 +710,15 @@ def run_size(cfg: RunConfig) -> dict[str, Any]:
         result["cluster_start_s"] = round(cluster.startup_seconds or 0.0, 1)
         print(f"[{n}] cluster up ({nodes} kwok nodes) in {result['cluster_start_s']}s", flush=True)
         cluster.kubectl("apply", "-f", str(REPO / "crds"))
-        cluster.kubectl("wait", "--for=condition=Established", "crd/predictivescalers.prescaler.dev",
-                        "--timeout=60s")
+        for attempt in range(3):  # a CRD just created may have no conditions yet: kubectl wait then fails at once
+            try:
+                cluster.kubectl("wait", "--for=condition=Established", "crd/predictivescalers.prescaler.dev",
+                                "--timeout=60s")
+                break
+            except Exception:
+                if attempt == 2:
+                    raise
+                time.sleep(2)
         namespaces = sorted({s.namespace for s in fleet})
         apply_batches(cluster, [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
                                 for ns in namespaces])
@@ -675,12 +730,23 @@ def run_size(cfg: RunConfig) -> dict[str, Any]:
         print(f"[{n}] applied {n} Deployments and {len(early)} PredictiveScalers in {result['apply_s']}s",
               flush=True)
 
+        cold: PhaseRun | None = None
+        if cfg.seed_age is not None:
+            t0 = time.monotonic()
+            generated = seed_forecasts(url, fleet, cfg, cfg.seed_age)
+            result["seeded"] = {"generated_at": generated.isoformat(), "age_s": cfg.seed_age.total_seconds(),
+                                "seconds": round(time.monotonic() - t0, 1)}
+            print(f"[{n}] seeded stored forecasts generated at {generated:%H:%M} in {result['seeded']['seconds']}s",
+                  flush=True)
         rows = RowLog(url)
         rows.start()
-        every = {f"{s.namespace}/{s.name}" for s in early}  # and the late ones once created
-        cold = run_phase("cold", cfg, cluster, url, state / "operator.log", rows, cfg.duration_s, late=late,
-                         wait_stored=every)
-        print(f"[{n}] cold phase done after {cold.wall_s:.0f}s; restarting the operator", flush=True)
+        if cfg.seed_age is None:
+            every = {f"{s.namespace}/{s.name}" for s in early}  # and the late ones once created
+            cold = run_phase("cold", cfg, cluster, url, state / "operator.log", rows, cfg.duration_s, late=late,
+                             wait_stored=every)
+            print(f"[{n}] cold phase done after {cold.wall_s:.0f}s; restarting the operator", flush=True)
+        else:
+            time.sleep(3)  # the row poller has seen the seeded rows: they count as stored before the start
         warm = run_phase("restart", cfg, cluster, url, state / "operator.log", rows, cfg.restart_duration_s,
                          profile=cfg.profile)
         rows.stop()
@@ -698,14 +764,16 @@ def run_size(cfg: RunConfig) -> dict[str, Any]:
         early_keys = [(s.namespace, s.name) for s in early]
         late_keys = [(s.namespace, s.name) for s in late if (s.namespace, s.name) in created]
         result["decisions"] = len(decided)
-        result["cold"] = analyse_phase(cold, rows, decisions, early_keys + late_keys, cfg.refresh)
-        # The cold start-up counts the scalers that existed when the operator started.
-        first = rows.first_decisions(cold.started_at)
-        result["cold"]["start_to_first_decision_s"] = {
-            **summary([(first[k] - cold.started_at).total_seconds() for k in early_keys if k in first]),
-            "undecided": sum(1 for k in early_keys if k not in first)}
-        live = [(first[k] - created[k]).total_seconds() for k in late_keys if k in first and k in created]
-        result["cold"]["created_to_first_decision_s"] = {**summary(live), "undecided": len(late_keys) - len(live)}
+        if cold is not None:
+            result["cold"] = analyse_phase(cold, rows, decisions, early_keys + late_keys, cfg.refresh)
+            # The cold start-up counts the scalers that existed when the operator started.
+            first = rows.first_decisions(cold.started_at)
+            result["cold"]["start_to_first_decision_s"] = {
+                **summary([(first[k] - cold.started_at).total_seconds() for k in early_keys if k in first]),
+                "undecided": sum(1 for k in early_keys if k not in first)}
+            live = [(first[k] - created[k]).total_seconds() for k in late_keys if k in first and k in created]
+            result["cold"]["created_to_first_decision_s"] = {**summary(live),
+                                                             "undecided": len(late_keys) - len(live)}
         result["restart"] = analyse_phase(warm, rows, decisions, early_keys + late_keys, cfg.refresh)
         return result
     finally:
@@ -723,6 +791,12 @@ def run_size(cfg: RunConfig) -> dict[str, Any]:
             shutil.rmtree(state, ignore_errors=True)
 
 
+def _duration(text: str) -> timedelta:
+    from prescaler.durations import parse_duration
+
+    return parse_duration(text, field="--seed-age")
+
+
 def _minutes(text: str) -> float:
     from prescaler.durations import parse_duration
 
@@ -738,11 +812,11 @@ def _fmt(v: Any, unit: str = "", digits: int = 1) -> str:
 
 
 def targets(r: dict[str, Any]) -> dict[str, bool | None]:
-    cold, warm = r.get("cold", {}), r.get("restart", {})
-    p99 = [ph.get("reconcile", {}).get("lag_s", {}).get("p99") for ph in (cold, warm)]
+    cold, warm = r.get("cold") or {}, r.get("restart") or {}
+    p99 = [ph.get("reconcile", {}).get("lag_s", {}).get("p99") for ph in (cold, warm) if ph]
     first = cold.get("created_to_first_decision_s", {}).get("p99")
     restart = warm.get("start_to_first_decision_s", {})
-    rss = max(ph.get("memory_mib", {}).get("rss_peak", math.inf) for ph in (cold, warm))
+    rss = max(ph.get("memory_mib", {}).get("rss_peak", math.inf) for ph in (cold, warm) if ph)
     return {
         "every_scaler_each_tick_after_restart": warm.get("reconcile", {}).get("scalers_reconciled_every_tick")
         == warm.get("reconcile", {}).get("scalers_checked"),
@@ -766,9 +840,13 @@ def format_table(results: list[dict[str, Any]]) -> str:
 
         rows += [
             (f"[{phase}] run length", lambda r, g=get: _fmt(g(r)["wall_s"], " s", 0)),
+            (f"[{phase}] start -> startup / cache / forecasts", lambda r, g=get: " / ".join(
+                _fmt(g(r)["startup_markers_s"].get(k), " s") for k in MARKERS)),
             (f"[{phase}] start -> each first decision p50/p99/max",
              lambda r, g=get: three(g(r)["start_to_first_decision_s"])
              + f" ({g(r)['start_to_first_decision_s']['undecided']} undecided)"),
+            (f"[{phase}] startup done -> each first decision", lambda r, g=get: three(
+                g(r)["startup_done_to_first_decision_s"])),
             (f"[{phase}] reconcile lag p50 / p99 / max", lambda r, g=get: three(g(r)["reconcile"]["lag_s"])),
             (f"[{phase}] reconciled every tick",
              lambda r, g=get: f"{g(r)['reconcile']['scalers_reconciled_every_tick']}/"
@@ -832,6 +910,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pod-ready-delay", type=float, default=1.0)
     p.add_argument("--output", type=Path, default=RESULTS / "fleet.json")
     p.add_argument("--keep", action="store_true", help="keep the database and logs (for debugging)")
+    p.add_argument("--seed-age", default=None,
+                   help="skip the cold phase: store every scaler's forecast as made this long ago (e.g. 35m), then "
+                        "run the restart phase (refits come due during it)")
     return p
 
 
@@ -860,7 +941,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             workers=args.workers, late_fraction=args.late_fraction,
                             late_at_s=args.late_at_s if args.late_at_s is not None else 0.4 * args.duration_s,
                             pod_ready_delay=args.pod_ready_delay, store_timeout_s=args.store_timeout_s,
-                            profile=args.profile, keep=args.keep)
+                            profile=args.profile, keep=args.keep,
+                            seed_age=_duration(args.seed_age) if args.seed_age else None)
             print(f"\n=== fleet of {size} PredictiveScalers ({args.duration_s:.0f}s) ===", flush=True)
             try:
                 results.append(run_size(cfg))
