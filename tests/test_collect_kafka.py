@@ -42,6 +42,7 @@ from prescaler.collect.store import CountWriter, Fenced, OffsetMove, load_offset
 from prescaler.errors import InputError
 from prescaler.history import default_source
 from prescaler_dev.kafka import KafkaBroker, free_port
+from test_collect import _self_signed
 
 UTC = dt.UTC
 MINUTE = dt.timedelta(minutes=1)
@@ -52,7 +53,10 @@ pytestmark = pytest.mark.timeout(600)
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
-    kafka = KafkaBroker(tmp_path_factory.mktemp("kafka")).start()
+    """One broker for the module, with a second listener that wants SASL/PLAIN over TLS."""
+    state = tmp_path_factory.mktemp("kafka")
+    cert, key = _self_signed(state)
+    kafka = KafkaBroker(state, sasl_users={"collector": "s3cret"}, tls_cert=cert, tls_key=key).start()
     try:
         yield kafka
     finally:
@@ -390,7 +394,10 @@ def test_two_collectors_in_one_group_share_partitions_and_count_once(
     try:
         wait_for("the first collector to count something", lambda: stored_offsets(engine) > 0)
         second = LoopCollector(config, url, tmp_path / "two.log", clock).start()  # a rebalance, mid-stream
-        produce(broker, topic, values[10_000:], keys=keys[10_000:])
+        wait_for("the partitions shared out", lambda: second.metric("prescaler_collector_series") > 0
+                 and first.metric("prescaler_collector_series") < 4, timeout=180)
+        for q in range(4):  # every partition gets some of the rest, whoever owns it
+            produce(broker, topic, values[10_000 + q::4], partition=q)
         wait_for("every event counted", lambda: sum(table(engine).values()) >= sent.messages, timeout=180)
         time.sleep(3)  # a few more cycles on both: a double count would show now
         assert table(engine) == sent.counts
@@ -611,6 +618,40 @@ def test_messages_deleted_by_retention_before_collection_are_counted_as_expired(
     assert once(config, engine) == 0
     assert table(engine) == Counter({(m0, "web", "/"): 10, (m0 + MINUTE, "web", "/"): 6})
     assert metric("prescaler_collector_messages_dropped_total", feed="requests", reason="expired") - before == 4
+
+
+# --- credentials ---------------------------------------------------------------------------------------------
+
+def test_sasl_over_tls_with_a_ca_bundle_and_clear_errors_for_a_wrong_password_or_an_untrusted_broker(
+        broker: KafkaBroker, engine_for: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    _, engine = engine_for()
+    topic = new_topic(broker, partitions=1)
+    values, keys, sent = events(recent_minute(10), 200)
+    produce(broker, topic, values, keys=keys)
+    password = tmp_path / "password"
+    password.write_text("s3cret\n")
+    ca = str(broker.tls_cert)
+    good = write_config(tmp_path / "good.yaml", broker.secure_bootstrap, topic, timeout="5s", tls={"ca_file": ca},
+                        sasl={"mechanism": "PLAIN", "username": "collector", "password_file": str(password)})
+    assert once(good, engine) == 0, capsys.readouterr().err
+    assert table(engine) == sent.counts
+
+    monkeypatch.setenv("PRESCALER_TEST_KAFKA_PASSWORD", "wrong")
+    bad_password = write_config(tmp_path / "bad.yaml", broker.secure_bootstrap, topic, timeout="5s",
+                                tls={"ca_file": ca}, sasl={"mechanism": "PLAIN", "username": "collector",
+                                                           "password_env": "PRESCALER_TEST_KAFKA_PASSWORD"})
+    capsys.readouterr()
+    assert once(bad_password, engine) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and ": auth: Kafka at " in err[0] and "refused the credentials" in err[0], err
+
+    untrusted = write_config(tmp_path / "untrusted.yaml", broker.secure_bootstrap, topic, timeout="5s", tls={},
+                             sasl={"mechanism": "PLAIN", "username": "collector", "password_file": str(password)})
+    assert once(untrusted, engine) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and ": tls: Kafka at " in err[0] and "TLS handshake" in err[0], err
+    assert table(engine) == sent.counts
 
 
 # --- bad input -----------------------------------------------------------------------------------------------

@@ -122,6 +122,12 @@ class KafkaBroker:
     port: int = field(default_factory=free_port)
     controller_port: int = field(default_factory=free_port)
     heap: str = "512m"
+    # A second listener for clients that authenticate: SASL/PLAIN users, TLS from a PEM certificate and key
+    # (SASL_SSL with both, SASL_PLAINTEXT or SSL with one), on `secure_port`.
+    sasl_users: dict[str, str] = field(default_factory=dict)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    secure_port: int = field(default_factory=free_port)
     pid: int | None = None
     _start_time: int | None = None
 
@@ -130,20 +136,53 @@ class KafkaBroker:
         return f"127.0.0.1:{self.port}"
 
     @property
+    def secure_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.secure_port}"
+
+    @property
+    def secure_protocol(self) -> str | None:
+        tls = self.tls_cert is not None and self.tls_key is not None
+        if self.sasl_users:
+            return "SASL_SSL" if tls else "SASL_PLAINTEXT"
+        return "SSL" if tls else None
+
+    def _secure_settings(self) -> tuple[list[str], list[str], list[str]]:
+        """(listeners, protocol map entries, properties) of the secure listener, or nothing."""
+        protocol = self.secure_protocol
+        if protocol is None:
+            return [], [], []
+        props = []
+        if self.tls_cert is not None and self.tls_key is not None:
+            pem = self.state_dir / "secure-keystore.pem"  # Kafka reads the key and its chain from one PEM file
+            pem.write_text(self.tls_key.read_text() + self.tls_cert.read_text())
+            props += ["listener.name.secure.ssl.keystore.type=PEM", f"listener.name.secure.ssl.keystore.location={pem}"]
+        if self.sasl_users:
+            users = " ".join(f'user_{u}="{p}"' for u, p in self.sasl_users.items())
+            props += ["listener.name.secure.sasl.enabled.mechanisms=PLAIN",
+                      "listener.name.secure.plain.sasl.jaas.config="
+                      f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};"]
+        return [f"SECURE://127.0.0.1:{self.secure_port}"], [f"SECURE:{protocol}"], props
+
+    @property
     def log_path(self) -> Path:
         return self.state_dir / "broker.log"
 
     def _write_config(self) -> Path:
         data = self.state_dir / "data"
         props = self.state_dir / "server.properties"
+        secure, secure_map, secure_props = self._secure_settings()
+        listeners = ",".join([f"PLAINTEXT://127.0.0.1:{self.port}", *secure])
+        protocols = ",".join(["CONTROLLER:PLAINTEXT", "PLAINTEXT:PLAINTEXT", *secure_map])
         props.write_text("\n".join([
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}",
-            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+            f"listeners={listeners},CONTROLLER://127.0.0.1:{self.controller_port}",
+            f"advertised.listeners={listeners}",
             "controller.listener.names=CONTROLLER",
-            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "inter.broker.listener.name=PLAINTEXT",
+            f"listener.security.protocol.map={protocols}",
+            *secure_props,
             f"log.dirs={data}",
             "num.partitions=2",
             "offsets.topic.replication.factor=1",
@@ -167,7 +206,7 @@ class KafkaBroker:
     def start(self, timeout: float = START_TIMEOUT_S) -> KafkaBroker:
         libs = fetch()
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        for p in (self.port, self.controller_port):
+        for p in (self.port, self.controller_port, *([self.secure_port] if self.secure_protocol else [])):
             if port_in_use(p):
                 raise KafkaError(f"port {p} is already in use")
         props = self._write_config()
