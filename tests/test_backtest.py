@@ -18,7 +18,7 @@ from prescaler.backtest import ForecastQuality, compare_frontiers, format_table,
 from prescaler.backtest.policies import Fit, predictive_requests, sizing
 from prescaler.backtest.results import forecast_quality
 from prescaler.backtest.track import Track, build_track, calibrations, samples_by_bucket, sizing_of
-from prescaler.calibration import Samples, calibrate
+from prescaler.calibration import calibrate
 from prescaler.errors import InputError
 from prescaler.forecasting import Forecast
 from prescaler.planning import ScalingPolicy, forecast_peak, plan
@@ -503,15 +503,14 @@ def test_the_replay_equals_the_planner_called_at_every_bucket(level: float | Non
     samples = samples_by_bucket(track, load, prev, delay, "yhat" if level is not None else quantile)  # type: ignore[arg-type]
     cals = calibrations(track, samples, window_steps=refit * 2, service_level=level, headroom_percent=10.0)
     # Lower the bar so the short record calibrates from the second day on.
-    cals = [calibrate(Samples(samples.lead_s[max(0, s - 2 * refit):s], samples.actual[max(0, s - 2 * refit):s],
-                              samples.forecast[max(0, s - 2 * refit):s], samples.observed[max(0, s - 2 * refit):s]),
-                      service_level=level, headroom_percent=10.0, min_samples=48) for s in starts]
-    sized = sizing_of(track, cals, quantile=quantile, headroom_percent=10.0)  # type: ignore[arg-type]
+    cals = [calibrate(samples.rows(slice(max(0, s - 2 * refit), s)), service_level=level, headroom_percent=10.0,
+                      min_samples=48) for s in starts]
+    sized = sizing_of(track, cals, quantile=quantile)  # type: ignore[arg-type]
     pol = sizing(50.0, delay * step, step, 10.0, quantile, backtest.HPA_WINDOW, level)  # type: ignore[arg-type]
     off = refit  # replay from the second day, as after a calibration warm-up
     times = list(span[off:].to_pydatetime())
-    fast = predictive_requests(times, prev[off:], sized.peak[off:], track.stale[off:], sized.factor[off:],
-                               sized.trust[off:], pol)
+    fast = predictive_requests(times, prev[off:], sized.peak[off:], track.stale[off:], sized.trust[off:],
+                               sized.multiplier[off:], pol)
     slow = _plan_per_bucket(times, prev[off:], track, cals, off, pol, span, fits)
     assert fast.tolist() == slow.tolist()
     if level is not None:

@@ -61,54 +61,77 @@ def test_service_level_outside_0_100_is_rejected_naming_the_field(text: str) -> 
 
 
 def test_needed_multiplier_worked_example() -> None:
-    # Forecast 100 everywhere; loads 90..130. Served 99% of 4,400 allows 44 unserved (× (n+1)/n = 48.4):
-    # m·100 must leave at most that above it: only the 130 bucket misses, by 130 − 100m ≤ 48.4 → m ≥ 0.816,
-    # and then 120 − 81.6 = 38.4 too: two buckets, 250 − 200m ≤ 48.4 → m ≥ 1.008.
-    a = [90, 100, 110, 120, 130] * 8
-    m = needed_multiplier(np.array(a, dtype=float), np.full(40, 100.0), 99.0)
-    budget = 0.01 * sum(a) * 41 / 40
-    assert shortfall(np.array(a, dtype=float), m * np.full(40, 100.0)) == pytest.approx(budget)
-    assert shortfall(np.array(a, dtype=float), (m - 1e-3) * np.full(40, 100.0)) > budget
-    assert 1.2 < m < 1.3
+    # Forecast 100 everywhere, nothing observed; loads 90..130, eight of each. Served 99% of 4,400 allows 44
+    # unserved (× 41/40 = 45.1): the eight 130s alone may miss by that much, 8·(130 − 100m) ≤ 45.1, so
+    # m ≥ 1.2436: the grid's next step up.
+    a = np.array([90, 100, 110, 120, 130] * 8, dtype=float)
+    s = samples(a, np.full(40, 100.0))
+    m = needed_multiplier(s, 99.0)
+    budget = 0.01 * a.sum() * 41 / 40
+    assert shortfall(a, m * 100) <= budget < shortfall(a, m / 1.0025 * 100)
+    assert 1.2436 <= m < 1.2436 * 1.0025
 
 
 def test_needed_multiplier_edges() -> None:
     # A perfect forecast needs no more than itself (floored at MIN_MULTIPLIER when biased high).
-    assert 0.99 < needed_multiplier(np.full(50, 100.0), np.full(50, 100.0), 99.9) <= 1.0
-    assert needed_multiplier(np.full(50, 100.0), np.full(50, 400.0), 99.9) == MIN_MULTIPLIER
-    # Load where the signal is zero cannot be reached by any multiplier.
-    assert needed_multiplier(np.array([100.0] * 49 + [1000.0]), np.array([100.0] * 49 + [0.0]), 99.9) \
-        == MAX_MULTIPLIER
-    assert needed_multiplier(np.zeros(10), np.ones(10), 99.9) == MIN_MULTIPLIER
+    assert 0.99 < needed_multiplier(samples(np.full(50, 100.0), np.full(50, 100.0)), 99.9) <= 1.0025
+    assert needed_multiplier(samples(np.full(50, 100.0), np.full(50, 400.0)), 99.9) == MIN_MULTIPLIER
+    # Load where forecast and floor are zero cannot be reached by any multiplier.
+    assert needed_multiplier(samples([100.0] * 49 + [1000.0], [100.0] * 49 + [0.0]), 99.9) == MAX_MULTIPLIER
+    assert needed_multiplier(samples(np.zeros(10), np.ones(10)), 99.9) == MIN_MULTIPLIER
+    # The observed load is a floor the multiplier does not scale: a forecast of half the load with the load
+    # observed under it needs no multiplier at all.
+    assert needed_multiplier(samples(np.full(50, 100.0), np.full(50, 50.0), np.full(50, 100.0)), 99.9) \
+        == MIN_MULTIPLIER
+
+
+def test_a_bucket_is_served_by_the_least_its_decisions_asked_for() -> None:
+    # Two decisions per bucket (a one-step start-up): the later one sized low, so the bucket gets that.
+    a = np.full(60, 100.0)
+    two = Samples(lead_s=np.full(60, 3600.0), actual=a, forecast=np.tile([100.0, 50.0], (60, 1)),
+                  observed=np.zeros((60, 2)))
+    assert needed_multiplier(two, 99.0) == pytest.approx(2 * 0.99, abs=0.01)
+    # A decision without a forecast (stale) does not limit the bucket.
+    stale = Samples(lead_s=np.full(60, 3600.0), actual=a, forecast=np.tile([100.0, np.nan], (60, 1)),
+                    observed=np.zeros((60, 2)))
+    assert needed_multiplier(stale, 99.0) == pytest.approx(0.99, abs=0.01)
 
 
 pairs = st.lists(
-    st.tuples(st.floats(0, 1e4, allow_nan=False), st.floats(0.01, 1e4, allow_nan=False)), min_size=1, max_size=80
+    st.tuples(st.floats(0, 1e4, allow_nan=False), st.floats(0.01, 1e4, allow_nan=False),
+              st.floats(0, 1e4, allow_nan=False)), min_size=1, max_size=80
 )
 
 
+def _from(data: list[tuple[float, float, float]]) -> Samples:
+    a, f, r = (np.array(x) for x in zip(*data, strict=True))
+    return samples(a, f, r)
+
+
 @settings(max_examples=200, deadline=None)
-@given(pairs, st.floats(50, 99.99), st.floats(50, 99.99))
+@given(pairs, st.floats(50, 99.99), st.floats(50, 99.99), st.sampled_from([0.0, 0.5, 1.0]))
 def test_a_higher_service_level_never_needs_a_lower_multiplier(
-    data: list[tuple[float, float]], s1: float, s2: float
+    data: list[tuple[float, float, float]], s1: float, s2: float, trust: float
 ) -> None:
-    a, s = (np.array(x) for x in zip(*data, strict=True))
     lo, hi = sorted((s1, s2))
-    assert needed_multiplier(a, s, hi) >= needed_multiplier(a, s, lo) - 1e-12
+    assert needed_multiplier(_from(data), hi, trust) >= needed_multiplier(_from(data), lo, trust)
 
 
 @settings(max_examples=200, deadline=None)
 @given(pairs, st.floats(50, 99.99))
-def test_the_multiplier_meets_the_level_in_sample_and_is_the_smallest(data: list[tuple[float, float]],
+def test_the_multiplier_meets_the_level_in_sample_and_is_the_smallest(data: list[tuple[float, float, float]],
                                                                       level: float) -> None:
-    a, s = (np.array(x) for x in zip(*data, strict=True))
-    m = needed_multiplier(a, s, level)
-    total = float(a.sum())
-    budget = (1 - level / 100) * total * (len(a) + 1) / len(a)
+    s = _from(data)
+    m = needed_multiplier(s, level)
+    budget = (1 - level / 100) * float(s.actual.sum()) * (len(s) + 1) / len(s)
+
+    def unserved(mult: float) -> float:
+        return shortfall(s.actual, np.maximum(mult * s.forecast, s.observed))
+
     if m < MAX_MULTIPLIER:
-        assert shortfall(a, m * s) <= budget * (1 + 1e-9) + 1e-9
-    if MIN_MULTIPLIER < m < MAX_MULTIPLIER:
-        assert shortfall(a, m * s * (1 - 1e-6)) >= budget * (1 - 1e-6) - 1e-6
+        assert unserved(m) <= budget
+    if m > MIN_MULTIPLIER:
+        assert unserved(m / 1.0025 * (1 - 1e-12)) > budget
 
 
 # ---- trust --------------------------------------------------------------------------------------------
@@ -205,23 +228,25 @@ def _forecast(generated: datetime, values: list[float]) -> Forecast:
     return Forecast(ds=ds, yhat=y, lower=y * 0.9, upper=y * 1.1, model="test")
 
 
-def test_samples_pair_each_bucket_with_the_forecast_in_force_at_its_decision() -> None:
+def test_samples_pair_each_bucket_with_the_forecasts_in_force_at_its_decisions() -> None:
     start = NOW - 10 * H
     old = _forecast(start, [100.0] * 30)
     new = _forecast(start + 5 * H, [200.0] * 30)
     actuals = pd.Series(np.arange(12, dtype=float) * 10,
                         index=pd.date_range(start - 2 * H, periods=12, freq="1h", tz="UTC"))
     s = samples_from_forecasts([(start + 5 * H, new), (start, old)], actuals, now=NOW, lead_time=H)
-    # Buckets from `start` (the first with a forecast in force an hour before) to the last complete one.
-    assert len(s) == 10 - 1
-    # The bucket at start + 5h was decided at start + 4h: the old forecast, lead 5h.
-    i = 4
-    assert s.forecast[i] == 100.0 and s.lead_s[i] == 5 * 3600
-    # From start + 6h the new one, lead 1h.
-    assert s.forecast[i + 1] == 200.0 and s.lead_s[i + 1] == 3600
-    # The floor saw the bucket before the decision: for the bucket at start + 5h, the one at start + 3h.
-    assert s.observed[i] == actuals[start + 3 * H]
+    # Every bucket with a forecast in force at one of its decisions (an hour before it, and at its start),
+    # up to the last complete one: from `start` on.
+    assert len(s) == 10 and s.forecast.shape == (10, 2)
+    # The bucket at start + 5h: decided at start + 4h with the old forecast (lead 5h), and at its start
+    # with the new one.
+    i = 5
+    assert s.forecast[i].tolist() == [100.0, 200.0] and s.lead_s[i] == 5 * 3600
+    # Each decision's floor is the bucket complete by then: start + 3h, and start + 4h.
+    assert s.observed[i].tolist() == [actuals[start + 3 * H], actuals[start + 4 * H]]
     assert s.actual[i] == actuals[start + 5 * H]
+    # The first bucket had no forecast an hour before it: that decision does not limit it.
+    assert math.isnan(s.forecast[0][0]) and s.forecast[0][1] == 100.0
 
 
 def test_calibration_from_stored_forecasts_end_to_end() -> None:

@@ -1,39 +1,47 @@
 """Service-level calibration and the trust-weighted reactive blend: pure maths on the scaler's own record.
 
 Data and `now` in, numbers out; no I/O. The backtest builds its samples from its own refits; the operator
-from its stored forecasts and the traffic that came (`samples_from_forecasts`).
+from the forecasts it used and the traffic that came (`samples_from_forecasts`).
 
-**Samples.** One per load bucket u that has already come: the load A(u); what the forecast in force at the
-decision that made u's capacity ready said, F(u) = its highest yhat over [u − leadTime, u] (the planner's
-window); what the reactive floor saw at that decision, R(u) = the last complete bucket before it; and the
-lead u − generated_at of that forecast. Only the trailing `CALIBRATION_WINDOW` counts.
+**The sizing these calibrate.** With a service level the planner provisions
 
-**Trust (the blend with reactive).** The sizing signal is S_w = R + w·max(0, F − R): at w = 1 the planner's
-usual max(F, R), at w = 0 the reactive floor alone, in between only w of the forecast's rise above what is
-observed. For each w of `TRUST_LEVELS` the trailing window gives its cost at equal service: the multiplier
-S_w needs to serve the level (below) times ΣS_w, i.e. the replica-hours it would have spent. The level is
-the service level when one is set; in headroom mode it is what full trust with the headroom served on the
-same record, so every blend is priced at the service the plan actually gave (at equal cost, the cheaper one
-leaves less unserved: the same comparison). w = 0 is reactive alone, so the chosen blend is never worse
-than reactive on the record. The forecast keeps full trust unless a lower w was cheaper by more than
-`TRUST_MARGIN`: a good forecast is never drowned by noise, and one that lost to reactive on its own record
-is leaned away from, by rule.
+    max(m · B_w, R),    B_w = w·F + (1 − w)·R,
+
+where F is the forecast's peak over the lead window, R the load observed now (the reactive floor, never
+scaled down), w the trust in the forecast and m the calibrated multiplier. At w = 1 this is the forecast
+with the floor under it; at w = 0 reactive scaling with a calibrated headroom.
+
+**Samples.** One per load bucket u that has come: the load A(u), and for each decision whose capacity can
+serve u — those from u − leadTime to u: a scale-up takes leadTime to be ready, a scale-down applies at once,
+so the capacity in u is the smallest any of them asked for — the F and R that decision saw (NaN F: it had no
+forecast and did not limit u). The lead is u − generated_at of the forecast in force at the first of them.
+Only the trailing `CALIBRATION_WINDOW` counts.
 
 **Calibration (conformal risk control on the shortfall).** For a service level s (the share of requests
-served), the multiplier m on S_w is the smallest with
+served), m is the smallest on the grid `MULTIPLIERS` with
 
-    n/(n+1) · Σ max(0, A − m·S_w)  ≤  (1 − s) · Σ A        over the bucket's samples,
+    n/(n+1) · Σ max(0, A − provisioned(m))  ≤  (1 − s) · Σ A        over the bucket's samples,
 
 i.e. the load-weighted unserved share is controlled, not the share of buckets covered (a 99.9% service
 level needs a far lower quantile than 99.9% coverage when misses are small). This is split-conformal risk
 control (Angelopoulos et al., "Conformal Risk Control", 2022) with a monotone loss, the unserved load,
-without its worst-case term B/(n+1), which at 99.9% would need thousands of samples per bucket. The
-"calibrated quantile" reported beside m is the share of samples with A ≤ m·S_w.
+without its worst-case term B/(n+1), which at 99.9% would need thousands of samples per bucket. The search
+runs on a fixed grid, so a higher level never yields a lower m. The "calibrated quantile" reported beside
+m is the share of samples whose load stayed within the sizing.
 
 Per lead time: samples are grouped by lead into `LEAD_EDGES` buckets, since errors grow with lead. A bucket
 with fewer than `MIN_SAMPLES` takes in the next longer buckets until it has enough (longer leads err more,
 so widening this way errs on the safe side); with fewer than `MIN_SAMPLES` in all, there is no calibration
 and the planner falls back to the manual sizing (quantile and headroomPercent), saying so.
+
+**Trust (the blend with reactive).** For each w of `TRUST_LEVELS` the trailing record gives its cost at
+equal service: the capacity max(m_w·B_w, R) it would have held, with m_w calibrated to the level. The level
+is the service level when one is set, capped at `TRUST_LEVEL_CAP` so that one unforecastable spike does not
+decide the trust for two weeks; in headroom mode it is what full trust with the headroom served on the same
+record. At equal service the cheaper leaves less unserved at equal cost: the same comparison. w = 0 is
+reactive alone, so the chosen blend is never worse than reactive on the record. The forecast keeps full
+trust unless a lower w was cheaper by more than `TRUST_MARGIN`: a good forecast is never drowned by noise,
+and one that lost to reactive on its own record is leaned away from, by rule.
 """
 
 from __future__ import annotations
@@ -62,12 +70,17 @@ LEAD_EDGES: tuple[timedelta, ...] = (
     timedelta(days=2),
 )
 TRUST_LEVELS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
-# A lower trust must beat full trust by this share of its cost (or unserved load) to be chosen.
+# A lower trust must beat full trust by this share of its cost to be chosen.
 TRUST_MARGIN = 0.05
+# Trust is priced at the service level, but no higher than this: at 99.9% over two weeks the price is set
+# by the single worst bucket, and an unforecastable spike would then decide the trust for two weeks.
+TRUST_LEVEL_CAP = 99.5
 # A multiplier is kept within these: below, a forecast biased high would be trusted into starving the
-# service; above, one broken bucket would scale to the moon.
+# service; above, one broken bucket would scale to the moon. The grid steps by 0.25%.
 MIN_MULTIPLIER = 0.5
 MAX_MULTIPLIER = 10.0
+MULTIPLIERS = MIN_MULTIPLIER * 1.0025 ** np.arange(int(math.log(MAX_MULTIPLIER / MIN_MULTIPLIER)
+                                                          / math.log(1.0025)) + 1)
 
 
 def parse_service_level(text: str, field: str = "serviceLevel") -> float:
@@ -88,41 +101,79 @@ def check_service_level(percent: float, field: str = "serviceLevel") -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Samples
+# Samples and the sizing
 
 
 @dataclass(frozen=True)
 class Samples:
-    """Paired records, one per load bucket (see the module docstring); all arrays have the same length."""
+    """Paired records, one row per load bucket (see the module docstring).
+
+    `forecast` and `observed` have one column per decision that can serve the bucket (a 1-D array is one
+    decision); all have the same number of rows.
+    """
 
     lead_s: np.ndarray  # seconds from the forecast's generation to the bucket
     actual: np.ndarray  # A: the load that came
-    forecast: np.ndarray  # F: the forecast's peak over the decision's window (NaN: no forecast)
-    observed: np.ndarray  # R: what the reactive floor saw at the decision (NaN: nothing)
+    forecast: np.ndarray  # F per decision: the forecast's peak over its window (NaN: no forecast)
+    observed: np.ndarray  # R per decision: what the reactive floor saw (NaN: nothing)
 
     def __post_init__(self) -> None:
         n = len(self.actual)
         if not len(self.lead_s) == len(self.forecast) == len(self.observed) == n:
             raise ValueError("samples must have one lead, forecast and observation per actual")
+        if np.shape(self.forecast) != np.shape(self.observed):
+            raise ValueError("samples need one observation per forecast")
 
     def __len__(self) -> int:
         return len(self.actual)
 
+    def rows(self, pick: np.ndarray | slice) -> Samples:
+        return Samples(lead_s=self.lead_s[pick], actual=self.actual[pick], forecast=self.forecast[pick],
+                       observed=self.observed[pick])
+
     def usable(self) -> Samples:
-        """Samples with an actual and a forecast, negative values and missing observations set to zero."""
-        ok = np.isfinite(self.actual) & np.isfinite(self.forecast) & np.isfinite(self.lead_s)
+        """Rows with an actual, a lead and a forecast at one decision at least, as 2-D arrays; negative
+        values and missing observations count as zero."""
+        f = np.asarray(self.forecast, dtype=float)
+        r = np.asarray(self.observed, dtype=float)
+        if f.ndim == 1:
+            f, r = f[:, None], r[:, None]
+        ok = np.isfinite(self.actual) & np.isfinite(self.lead_s) & np.isfinite(f).any(axis=1)
+        f = f[ok]
         return Samples(
             lead_s=np.asarray(self.lead_s, dtype=float)[ok],
             actual=np.maximum(np.asarray(self.actual, dtype=float)[ok], 0.0),
-            forecast=np.maximum(np.asarray(self.forecast, dtype=float)[ok], 0.0),
-            observed=np.maximum(np.nan_to_num(np.asarray(self.observed, dtype=float)[ok], nan=0.0), 0.0),
+            forecast=np.where(np.isfinite(f), np.maximum(f, 0.0), np.nan),
+            observed=np.maximum(np.nan_to_num(r[ok], nan=0.0), 0.0),
         )
 
 
+def blend(forecast: np.ndarray | float, observed: np.ndarray | float, trust: np.ndarray | float) -> np.ndarray:
+    """B_w = w·F + (1 − w)·R: the forecast trusted `trust`, the rest the observation."""
+    f, r = np.asarray(forecast, dtype=float), np.asarray(observed, dtype=float)
+    return np.asarray(trust * f + (1 - trust) * r)
+
+
 def blended(forecast: np.ndarray | float, observed: np.ndarray | float, trust: np.ndarray | float) -> np.ndarray:
-    """S_w = R + w·max(0, F − R): the reactive floor plus `trust` of the forecast's rise above it."""
+    """max(B_w, R) = R + w·max(0, F − R): the headroom sizing's signal, the floor plus the trusted rise."""
     f, r = np.asarray(forecast, dtype=float), np.asarray(observed, dtype=float)
     return np.asarray(r + trust * np.maximum(0.0, f - r))
+
+
+def provision(forecast: np.ndarray | float, observed: np.ndarray | float, trust: np.ndarray | float,
+              multiplier: np.ndarray | float) -> np.ndarray:
+    """The service-level sizing: max(m·B_w, R), the calibrated blend with the observed load under it."""
+    return np.asarray(np.maximum(multiplier * blend(forecast, observed, trust), np.asarray(observed, dtype=float)))
+
+
+def _capacity(s: Samples, trust: float, multiplier: float | np.ndarray) -> np.ndarray:
+    """Per usable row, the capacity the sizing leaves: the smallest any of its decisions asked for.
+
+    `multiplier` is one for all rows or one per row.
+    """
+    m = np.asarray(multiplier, dtype=float)
+    asked = provision(s.forecast, s.observed, trust, m[:, None] if m.ndim == 1 else m)
+    return np.asarray(np.min(np.where(np.isnan(s.forecast), np.inf, asked), axis=1))
 
 
 def samples_from_forecasts(
@@ -133,11 +184,12 @@ def samples_from_forecasts(
     lead_time: timedelta,
     window: timedelta = CALIBRATION_WINDOW,
 ) -> Samples:
-    """The operator's samples: stored forecasts (generated_at, forecast) against the traffic that came.
+    """The operator's samples: the forecasts it used (generated_at, forecast) against the traffic that came.
 
     `actuals` is the load per forecast step (UTC bucket starts, NaN = missing). A bucket counts once it is
-    complete (it ends by `now`) and lies within `window`; it is paired with the newest forecast generated
-    by its decision time, bucket start − `lead_time`, as the planner would have used it.
+    complete (it ends by `now`) and lies within `window`. Its decisions are one per step from bucket start
+    − `lead_time` to the bucket start, each with the newest forecast generated by then (its peak over the
+    planner's window [t, t + lead_time + step)) and the last bucket complete by then (the floor).
     """
     if len(actuals) < 2 or not forecasts:
         return _empty()
@@ -150,23 +202,31 @@ def samples_from_forecasts(
     ordered = sorted(forecasts, key=lambda gf: gf[0])
     generated = pd.DatetimeIndex([pd.Timestamp(g) for g, _ in ordered])
     lead = pd.Timedelta(lead_time)
-    rows: list[tuple[float, float, float, float]] = []
-    for i in (int(k) for k in np.flatnonzero(keep)):
+    k = max(0, math.ceil(lead / step - 1e-9)) + 1
+    leads, loads, fs, rs = [], [], [], []
+    for i in (int(x) for x in np.flatnonzero(keep)):
         u = idx[i]
-        decided = u - lead
-        k = int(generated.searchsorted(decided, side="right")) - 1
-        if k < 0:
+        row_f, row_r = np.full(k, np.nan), np.full(k, np.nan)
+        first: int | None = None
+        for j in range(k):
+            decided = u - lead + j * step if j < k - 1 else u
+            g = int(generated.searchsorted(decided, side="right")) - 1
+            if g < 0:
+                continue
+            first = g if first is None else first
+            row_f[j] = _window_max(ordered[g][1], decided, decided + lead + step)
+            # The floor saw the last bucket complete at the decision.
+            b = int(idx.searchsorted(decided - step, side="right")) - 1
+            row_r[j] = values[b] if 0 <= b < len(values) else math.nan
+        if first is None:
             continue
-        fc = ordered[k][1]
-        f = _window_max(fc, decided, u + step)
-        # The floor saw the last bucket complete at the decision.
-        j = int(idx.searchsorted(decided - step, side="right")) - 1
-        r = values[j] if 0 <= j < len(values) else math.nan
-        rows.append(((u - generated[k]).total_seconds(), values[i], f, r))
-    if not rows:
+        leads.append((u - generated[first]).total_seconds())
+        loads.append(values[i])
+        fs.append(row_f)
+        rs.append(row_r)
+    if not loads:
         return _empty()
-    arr = np.array(rows, dtype=float)
-    return Samples(lead_s=arr[:, 0], actual=arr[:, 1], forecast=arr[:, 2], observed=arr[:, 3])
+    return Samples(lead_s=np.array(leads), actual=np.array(loads), forecast=np.array(fs), observed=np.array(rs))
 
 
 @dataclass
@@ -214,53 +274,55 @@ def _window_max(fc: Forecast, start: pd.Timestamp, end: pd.Timestamp) -> float:
 
 def _empty() -> Samples:
     e = np.zeros(0)
-    return Samples(lead_s=e, actual=e, forecast=e, observed=e)
+    return Samples(lead_s=e, actual=e, forecast=np.zeros((0, 1)), observed=np.zeros((0, 1)))
 
 
 # ---------------------------------------------------------------------------------------------------------
 # The maths
 
 
-def needed_multiplier(actual: np.ndarray, signal: np.ndarray, level_percent: float) -> float:
-    """Smallest m with n/(n+1)·Σmax(0, A − m·S) ≤ (1 − level)·ΣA (see the module docstring), within
-    [MIN_MULTIPLIER, MAX_MULTIPLIER]. Non-decreasing in `level_percent`."""
-    a = np.maximum(np.asarray(actual, dtype=float), 0.0)
-    s = np.maximum(np.asarray(signal, dtype=float), 0.0)
-    n = len(a)
-    total = float(a.sum())
-    if n == 0 or total <= 0:
-        return MIN_MULTIPLIER
-    budget = (1 - level_percent / 100) * total * (n + 1) / n
-    # Load no multiplier can reach (a zero signal) is unserved whatever m is.
-    fixed = float(a[s <= 0].sum())
-    a, s = a[s > 0], s[s > 0]
-    if fixed > budget or len(a) == 0:
-        return MAX_MULTIPLIER if fixed > budget else MIN_MULTIPLIER
-    room = budget - fixed
-    ratio = a / s
-    order = np.argsort(-ratio, kind="stable")
-    r, a_sorted, s_sorted = ratio[order], a[order], s[order]
-    # Between consecutive ratios r[k] ≥ m ≥ r[k+1], the shortfall is A_k − m·S_k over the k+1 largest.
-    cum_a, cum_s = np.cumsum(a_sorted), np.cumsum(s_sorted)
-    nxt = np.append(r[1:], 0.0)
-    at_next = cum_a - nxt * cum_s  # shortfall at m = r[k+1]
-    over = at_next > room
-    k = int(np.argmax(over)) if over.any() else len(r)
-    # k == len(r): even m = 0 leaves the shortfall within budget.
-    m = 0.0 if k >= len(r) else (cum_a[k] - room) / cum_s[k]
-    return float(min(MAX_MULTIPLIER, max(MIN_MULTIPLIER, m)))
-
-
-def cost_at_level(actual: np.ndarray, signal: np.ndarray, level_percent: float) -> float:
-    """What sizing from `signal` costs to serve `level_percent` of `actual`: the needed multiplier × ΣS, in
-    load units (replica-hours × capacity, before whole replicas); inf when no multiplier can."""
-    m = needed_multiplier(actual, signal, level_percent)
-    total = float(np.maximum(np.asarray(actual, dtype=float), 0.0).sum())
+def _budget(actual: np.ndarray, level_percent: float) -> float:
+    """The unserved load the level allows, with split conformal's finite-sample correction n/(n+1)."""
     n = len(actual)
-    budget = (1 - level_percent / 100) * total * (n + 1) / max(n, 1)
-    if shortfall(actual, m * np.asarray(signal, dtype=float)) > budget * (1 + 1e-9) + 1e-9:
-        return math.inf
-    return m * float(np.asarray(signal, dtype=float).sum())
+    return (1 - level_percent / 100) * float(np.sum(actual)) * (n + 1) / max(n, 1)
+
+
+def needed_multiplier(samples: Samples, level_percent: float, trust: float = 1.0) -> float:
+    """Smallest m of `MULTIPLIERS` whose sizing max(m·B_w, R) leaves at most the level's share of the load
+    unserved on `samples` (see the module docstring); MAX_MULTIPLIER when none does.
+
+    The unserved load falls as m grows, so a binary search over the fixed grid finds it, and a higher
+    level (a smaller budget) never yields a lower m.
+    """
+    s = samples.usable()
+    budget = _budget(s.actual, level_percent)
+    if len(s) == 0 or budget < 0:
+        return MIN_MULTIPLIER
+
+    def meets(m: float) -> bool:
+        return shortfall(s.actual, _capacity(s, trust, m)) <= budget
+
+    lo, hi = 0, len(MULTIPLIERS) - 1
+    if not meets(float(MULTIPLIERS[hi])):
+        return MAX_MULTIPLIER
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if meets(float(MULTIPLIERS[mid])):
+            hi = mid
+        else:
+            lo = mid + 1
+    return float(MULTIPLIERS[lo])
+
+
+def cost_at_level(samples: Samples, level_percent: float, trust: float) -> tuple[float, float]:
+    """The multiplier the trust needs for the level, and what its capacity costs on the record (load units,
+    i.e. replica-hours × capacity before whole replicas); cost inf when no multiplier meets the level."""
+    s = samples.usable()
+    m = needed_multiplier(s, level_percent, trust)
+    capacity = _capacity(s, trust, m)
+    if shortfall(s.actual, capacity) > _budget(s.actual, level_percent) * (1 + 1e-9) + 1e-9:
+        return m, math.inf
+    return m, float(capacity.sum())
 
 
 def shortfall(actual: np.ndarray, provisioned: np.ndarray) -> float:
@@ -270,11 +332,11 @@ def shortfall(actual: np.ndarray, provisioned: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class Trust:
-    """How much of the forecast's rise above the reactive floor the plan follows, and why."""
+    """How much the plan trusts the forecast against the observed load, and why."""
 
-    weight: float  # w of S_w; 1 = full trust
+    weight: float  # w of B_w; 1 = full trust
     reason: str
-    # Per trust level: the criterion it was chosen by (cost at the service level, or unserved at equal cost).
+    # Per trust level: its cost at equal service on the record (what it was chosen by).
     scores: tuple[tuple[float, float], ...] = ()
 
     @property
@@ -289,19 +351,20 @@ def choose_trust(samples: Samples, *, service_level: float | None, headroom_perc
     if len(s) < min_samples:
         return Trust(1.0, f"{len(s)} of {min_samples} samples: forecast trusted until the record is long enough")
     if service_level is not None:
-        level = service_level
-        what = f"cost at {service_level:g}% served"
+        level = min(service_level, TRUST_LEVEL_CAP)
+        what = f"cost at {level:g}% served"
     else:
         # The service full trust with the headroom gave on the record is the bar every blend must meet.
-        full_trust = blended(s.forecast, s.observed, 1.0) * (1 + headroom_percent / 100)
-        served, _ = realized(s.actual, full_trust)
-        level = served if served is not None else 100.0
-        what = f"cost at the {level:.3g}% served full trust with {headroom_percent:g}% headroom gave"
-    scores = [(w, cost_at_level(s.actual, blended(s.forecast, s.observed, w), level)) for w in TRUST_LEVELS]
-    full = dict(scores)[1.0]
+        full = np.min(np.where(np.isnan(s.forecast), np.inf,
+                               blended(s.forecast, s.observed, 1.0) * (1 + headroom_percent / 100)), axis=1)
+        served, _ = realized(s.actual, full)
+        level = min(served if served is not None else 100.0, TRUST_LEVEL_CAP)
+        what = f"cost at the {level:.4g}% served full trust with {headroom_percent:g}% headroom gave"
+    scores = [(w, cost_at_level(s, level, w)[1]) for w in TRUST_LEVELS]
+    full_cost = dict(scores)[1.0]
     best_w, best = min(scores, key=lambda ws: (ws[1], -ws[0]))
-    if best_w < 1.0 and best < full * (1 - TRUST_MARGIN):
-        ratio = full / best if best > 0 else math.inf
+    if best_w < 1.0 and best < full_cost * (1 - TRUST_MARGIN):
+        ratio = full_cost / best if best > 0 else math.inf
         return Trust(best_w, f"forecast trust {best_w:.0%}: over the last {len(s)} buckets, full trust's "
                              f"{what} was {ratio:.2f}× this blend's", tuple(scores))
     return Trust(1.0, f"forecast trusted: no blend with reactive beat it on {what} over {len(s)} buckets",
@@ -315,7 +378,7 @@ class LeadBucket:
     start: timedelta
     end: timedelta | None
     multiplier: float
-    quantile: float  # share of its samples with A ≤ multiplier × S
+    quantile: float  # share of its samples whose load stayed within the sizing
     samples: int  # samples it was calibrated on (more than its own when widened)
 
     def holds(self, lead: timedelta) -> bool:
@@ -374,11 +437,10 @@ class Calibration:
 def calibrate_levels(samples: Samples, *, service_level: float, trust: float,
                      min_samples: int = MIN_SAMPLES,
                      edges: Sequence[timedelta] = LEAD_EDGES) -> tuple[LeadBucket, ...]:
-    """Per lead bucket, the multiplier on S_trust that meets `service_level`; () with too few samples."""
+    """Per lead bucket, the multiplier on B_trust that meets `service_level`; () with too few samples."""
     s = samples.usable()
     if len(s) < min_samples:
         return ()
-    signal = blended(s.forecast, s.observed, trust)
     bounds = [timedelta(0), *edges]
     out: list[LeadBucket] = []
     for i, start in enumerate(bounds):
@@ -393,9 +455,10 @@ def calibrate_levels(samples: Samples, *, service_level: float, trust: float,
             hi_i += 1
         if pick.sum() < min_samples:
             pick = np.ones(len(s), dtype=bool)  # every lead at once: the pooled record
-        m = needed_multiplier(s.actual[pick], signal[pick], service_level)
-        covered = float(np.mean(s.actual[pick] <= m * signal[pick] + 1e-12))
-        out.append(LeadBucket(start, end, m, covered, int(pick.sum())))
+        part = s.rows(pick)
+        m = needed_multiplier(part, service_level, trust)
+        _, covered = realized(part.actual, _capacity(part, trust, m))
+        out.append(LeadBucket(start, end, m, (covered or 0.0) / 100, int(pick.sum())))
     return tuple(out)
 
 
@@ -445,8 +508,7 @@ def status_fields(calibration: Calibration, samples: Samples, *, lead: timedelta
     bucket = calibration.bucket(lead)
     usable = samples.usable()
     if bucket is not None and len(usable):
-        sized = calibration.multipliers(usable.lead_s) * blended(usable.forecast, usable.observed,
-                                                                 calibration.trust.weight)
+        sized = _capacity(usable, calibration.trust.weight, calibration.multipliers(usable.lead_s))
         served, coverage = realized(usable.actual, sized)
         level.update({"calibratedQuantile": f"{100 * bucket.quantile:.1f}%", "multiplier": f"{bucket.multiplier:.3f}"})
         if served is not None and coverage is not None:

@@ -9,8 +9,9 @@ forecasts take the fallback and never scale down. No I/O; `now` is an argument.
 
 1. peak (`peak_load`): P, R and which of them drives the count;
    sizing (`size_load`): the load to provision for and the factor on it — max(P, R) with headroom by
-   default; with a `Calibration`, R plus the trusted share of P's rise above R (the blend with reactive),
-   and with a service level the calibrated multiplier instead of the headroom (see `prescaler.calibration`);
+   default; with a `Calibration`, the trust-weighted blend with reactive, and with a service level
+   max(m·B, R): the blend B = w·P + (1 − w)·R scaled by the calibrated multiplier m instead of the headroom,
+   the observed load under it (see `prescaler.calibration`);
 2. replicas (`ScalingPolicy.replicas_at`): that load times the factor over capacity, rounded up;
 3. bounds (`apply_bounds`): into [minReplicas, maxReplicas];
 4. stabilise (`stabilize_recommendation`): a scale-down goes no lower than the highest recommendation of the
@@ -255,9 +256,9 @@ def peak_load(
 class Sizing:
     """What step 2 sizes for: `load` × `factor` of capacity."""
 
-    load: float  # max(P, R), or R plus the trusted share of P's rise above it
-    factor: float  # 1 + headroom, or the calibrated multiplier
-    trust: float  # the share of P's rise above R followed (1 = full trust)
+    load: float  # max(P, R) or R + w·max(0, P − R) (headroom); max(m·B, R) (service level)
+    factor: float  # 1 + headroom; 1 when the service level's multiplier is in `load` already
+    trust: float  # w: the weight of the forecast against the observed load (1 = full trust)
     multiplier: float | None  # the calibrated multiplier, when the service level sized the load
     limited_by: LimitedBy  # ReactiveBlend when the trust held the count below the forecast's
     note: str  # the blend and the calibration in words ("" when neither applied)
@@ -276,27 +277,35 @@ def sizing_quantile(policy: ScalingPolicy, calibration: Calibration | None) -> Q
 def size_load(policy: ScalingPolicy, load: Load, calibration: Calibration | None, lead: timedelta) -> Sizing:
     """Step 1b: the blend with reactive and the service level's multiplier, or max(P, R) with headroom.
 
-    `lead` is how far ahead of the forecast's generation the capacity will be ready (now + leadTime −
-    generated_at): the calibration's errors grow with it. The blend needs the reactive floor: without it
-    there is nothing to lean on, and the forecast keeps full trust.
+    With a calibrated service level the load is max(m·B, R), B = w·P + (1 − w)·R: the blend of forecast and
+    observation scaled by the multiplier m of `lead` (now + leadTime − generated_at: errors grow with it),
+    with the observed load under it unscaled. By headroom it is R + w·max(0, P − R), times 1 + headroom.
+    The blend needs the reactive floor: without it there is nothing to lean on, and the forecast keeps
+    full trust.
     """
-    value, trust, limited_by, notes = load.value, 1.0, load.limited_by, []
+    p, r = load.forecast, load.observed
+    trust, notes = 1.0, []
     if calibration is not None and policy.reactive_floor and calibration.trust.leans_on_reactive:
         trust = calibration.trust.weight
-        value = load.observed + trust * max(0.0, load.forecast - load.observed)
-        if load.forecast > load.observed:
-            limited_by = "ReactiveBlend"
-            notes.append(f"{calibration.trust.reason}: sizing for {_fmt_load(value, policy)}")
+    leaning: LimitedBy | None = "ReactiveBlend" if trust < 1.0 and p > r else None
     if calibration is not None and is_calibrated(policy, calibration):
         multiplier = calibration.multiplier(lead)
         assert multiplier is not None  # a ready calibration has buckets
+        scaled = multiplier * (trust * p + (1 - trust) * r)
+        value = max(scaled, r)
+        limited_by: LimitedBy = "ReactiveFloor" if r > scaled else (leaning or "None")
+        if leaning:
+            notes.append(f"{calibration.trust.reason}: sized for {_fmt_load(value, policy)}")
         notes.append(calibration.describe(lead))
-        return Sizing(value, multiplier, trust, multiplier, limited_by, "; ".join(notes))
+        return Sizing(value, 1.0, trust, multiplier, limited_by, "; ".join(notes))
+    value = load.value if trust >= 1.0 else r + trust * max(0.0, p - r)
+    if leaning and calibration is not None:
+        notes.append(f"{calibration.trust.reason}: sizing for {_fmt_load(value, policy)}")
     if policy.service_level is not None:
         have = calibration.samples if calibration is not None else 0
         notes.append(f"service level {policy.service_level:g}% not calibrated yet ({have} samples): "
                      f"{policy.quantile} + {policy.headroom_percent:g}% headroom")
-    return Sizing(value, policy.headroom_factor, trust, None, limited_by, "; ".join(notes))
+    return Sizing(value, policy.headroom_factor, trust, None, leaning or load.limited_by, "; ".join(notes))
 
 
 def replicas_array(policy: ScalingPolicy, load: np.ndarray, factor: np.ndarray | float) -> np.ndarray:

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from prescaler.calibration import blended
+from prescaler.calibration import blended, provision
 from prescaler.forecasting.interface import Forecast
 from prescaler.planning import (
     Quantile,
@@ -163,25 +163,29 @@ def predictive_requests(
     prev_load: np.ndarray,
     peak: np.ndarray,
     stale: np.ndarray,
-    factor: np.ndarray,
     trust: np.ndarray,
+    multiplier: np.ndarray,
     policy: ScalingPolicy,
 ) -> np.ndarray:
     """The planner's decision at every bucket, with step 1 precomputed for the whole replay.
 
     `peak` is the forecast's highest value over each decision's lead window (what `peak_load` reads; NaN:
     none), `stale` marks decisions without a forecast in force (a failed fit: the planner's fallback),
-    `factor` the headroom factor or calibrated multiplier and `trust` the blend weight `size_load` applies.
-    The rest goes through the planner's own steps, so a replay equals `plan` called per bucket (a test holds
-    the two together) at a fraction of its cost: the frontier replays it once per headroom.
+    `trust` the blend weight and `multiplier` the calibrated service-level multiplier (NaN: sized by
+    headroom), as `size_load` applies them. The rest goes through the planner's own steps, so a replay
+    equals `plan` called per bucket (a test holds the two together) at a fraction of its cost: the frontier
+    replays it once per headroom.
     """
     observed = np.where(np.isnan(prev_load), 0.0, np.maximum(prev_load, 0.0))
     forecast = np.where(np.isnan(peak), 0.0, np.maximum(peak, 0.0))
-    # Full trust is max(P, R) exactly as the planner computes it; only a lower trust blends.
+    calibrated = ~np.isnan(multiplier)
+    # Full trust by headroom is max(P, R) exactly as the planner computes it.
     load = np.maximum(forecast, observed)
-    leaning = trust < 1.0
+    leaning = (trust < 1.0) & ~calibrated
     load[leaning] = blended(forecast[leaning], observed[leaning], trust[leaning])
-    raw = replicas_array(policy, load, factor)
+    load[calibrated] = provision(forecast[calibrated], observed[calibrated], trust[calibrated],
+                                 multiplier[calibrated])
+    raw = replicas_array(policy, load, np.where(calibrated, 1.0, policy.headroom_factor))
     out = np.zeros(len(times), dtype=np.int64)
     cur = 0
     recent: tuple[Recommendation, ...] = ()

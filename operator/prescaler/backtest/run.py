@@ -260,12 +260,12 @@ def run_backtest(
         base: Quantile = "yhat" if level is not None else quantile
         cals = calibrations(track, samples[base], window_steps=window_steps, service_level=level,
                             headroom_percent=headroom)
-        return sizing_of(track, cals, quantile=quantile, headroom_percent=headroom), cals
+        return sizing_of(track, cals, quantile=quantile), cals
 
     def run_predictive_with(sized: Sizing, headroom: float, level: float | None) -> np.ndarray:
         ev = slice(off, off + n)
         return predictive_requests(
-            times, prev_load, sized.peak[ev], track.stale[ev], sized.factor[ev], sized.trust[ev],
+            times, prev_load, sized.peak[ev], track.stale[ev], sized.trust[ev], sized.multiplier[ev],
             sizing(capacity, lead, step_td, headroom, quantile, HPA_WINDOW, level),
         )
 
@@ -333,7 +333,7 @@ def run_backtest(
     quality = forecast_quality(model, used, failed, load, yhat, values[:e0], grid_step)
     level_report = None
     if service_level is not None:
-        served, coverage = realized_coverage(main_sized, span_load, span_prev, delay_steps, off)
+        served, coverage = realized_coverage(track, main_sized, span_load, span_prev, delay_steps, off)
         ev = slice(off, off + n)
         sized_here = ~np.isnan(main_sized.multiplier[ev])
         level_report = ServiceLevelReport(

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from prescaler.backtest.policies import Fit
-from prescaler.calibration import Calibration, Samples, blended, calibrate, realized
+from prescaler.calibration import Calibration, Samples, calibrate, provision, realized
 from prescaler.planning import Quantile
 
 
@@ -81,15 +81,18 @@ def build_track(span: pd.DatetimeIndex, fits: Sequence[Fit], starts: Sequence[in
 
 def samples_by_bucket(track: Track, load: np.ndarray, prev_load: np.ndarray, delay_steps: int,
                       quantile: Quantile) -> Samples:
-    """One sample per span bucket u: A(u) against what the decision at u − delay sized from."""
+    """One sample per span bucket u: A(u) against every decision that can serve it, u − delay to u (a
+    stale decision, one without a forecast, does not limit it: NaN)."""
     n, d = len(load), delay_steps
-    t = np.arange(n) - d
-    has = t >= 0
-    tt = np.where(has, t, 0)
-    fresh = has & ~track.stale[tt]
-    forecast = np.where(fresh, track.peak[quantile][tt], np.nan)
-    observed = np.where(has, prev_load[tt], np.nan)
-    lead = np.where(fresh, track.lead_s[tt], np.nan)
+    forecast, observed = np.full((n, d + 1), np.nan), np.full((n, d + 1), np.nan)
+    for j in range(d + 1):
+        t = np.arange(n) - d + j
+        has = t >= 0
+        tt = np.where(has, t, 0)
+        forecast[:, j] = np.where(has & ~track.stale[tt], track.peak[quantile][tt], np.nan)
+        observed[:, j] = np.where(has, prev_load[tt], np.nan)
+    first = np.arange(n) - d
+    lead = np.where(first >= 0, track.lead_s[np.maximum(first, 0)], np.nan)
     return Samples(lead_s=lead, actual=np.asarray(load, dtype=float), forecast=forecast, observed=observed)
 
 
@@ -99,9 +102,8 @@ def calibrations(track: Track, samples: Samples, *, window_steps: int, service_l
     out = []
     for start in track.starts:
         lo = max(0, start - window_steps)
-        part = Samples(lead_s=samples.lead_s[lo:start], actual=samples.actual[lo:start],
-                       forecast=samples.forecast[lo:start], observed=samples.observed[lo:start])
-        out.append(calibrate(part, service_level=service_level, headroom_percent=headroom_percent))
+        out.append(calibrate(samples.rows(slice(lo, start)), service_level=service_level,
+                             headroom_percent=headroom_percent))
     return out
 
 
@@ -110,16 +112,14 @@ class Sizing:
     """Per span bucket, the planner's sizing inputs (see `predictive_requests`) and the calibration's."""
 
     peak: np.ndarray  # what P is read from: yhat when calibrated, else the policy's quantile
-    factor: np.ndarray  # the calibrated multiplier, or 1 + headroom
     trust: np.ndarray
-    multiplier: np.ndarray  # NaN where the service level was not calibrated yet
+    multiplier: np.ndarray  # NaN where the service level was not calibrated (yet): headroom sizes
     quantile: np.ndarray  # the calibrated quantile of the bucket's lead (NaN: not calibrated)
 
 
-def sizing_of(track: Track, cals: Sequence[Calibration], *, quantile: Quantile, headroom_percent: float) -> Sizing:
+def sizing_of(track: Track, cals: Sequence[Calibration], *, quantile: Quantile) -> Sizing:
     n = len(track.lead_s)
     peak = track.peak[quantile].copy()
-    factor = np.full(n, 1 + headroom_percent / 100)
     trust = np.ones(n)
     multiplier, q = np.full(n, np.nan), np.full(n, np.nan)
     bounds = [*track.starts, n]
@@ -130,26 +130,25 @@ def sizing_of(track: Track, cals: Sequence[Calibration], *, quantile: Quantile, 
             peak[lo:hi] = track.peak["yhat"][lo:hi]
             multiplier[lo:hi] = cal.multipliers(track.lead_s[lo:hi])
             q[lo:hi] = cal.quantiles(track.lead_s[lo:hi])
-            factor[lo:hi] = multiplier[lo:hi]
-    return Sizing(peak, factor, trust, multiplier, q)
+    return Sizing(peak, trust, multiplier, q)
 
 
-def realized_coverage(sizing: Sizing, load: np.ndarray, prev_load: np.ndarray, delay_steps: int,
+def realized_coverage(track: Track, sizing: Sizing, load: np.ndarray, prev_load: np.ndarray, delay_steps: int,
                       first: int) -> tuple[float | None, float | None]:
-    """Served % and coverage % of the calibrated sizing (m × S, before whole replicas) over buckets from
-    span index `first` whose deciding bucket was calibrated: out of sample, since each calibration saw only
-    buckets before its refit."""
+    """Served % and coverage % of the calibrated sizing (before whole replicas) over buckets from span index
+    `first` whose every deciding bucket was calibrated: out of sample, since each calibration saw only
+    buckets before its refit. A bucket's capacity is the least its decisions (u − delay to u) asked for."""
     n, d = len(load), delay_steps
-    u = np.arange(first, n)
-    t = u - d
-    ok = t >= 0
-    u, t = u[ok], t[ok]
-    calibrated = ~np.isnan(sizing.multiplier[t])
-    u, t = u[calibrated], t[calibrated]
-    if len(u) == 0:
+    u = np.arange(max(first, d), n)
+    forecast = np.where(np.isnan(sizing.peak), 0.0, np.maximum(sizing.peak, 0.0))
+    observed = np.where(np.isnan(prev_load), 0.0, np.maximum(prev_load, 0.0))
+    asked = provision(forecast, observed, sizing.trust, sizing.multiplier)
+    capacity = np.full(len(u), np.inf)
+    ok = np.ones(len(u), dtype=bool)
+    for j in range(d + 1):
+        t = u - d + j
+        ok &= ~np.isnan(sizing.multiplier[t]) & ~track.stale[t]
+        capacity = np.minimum(capacity, asked[t])
+    if not ok.any():
         return None, None
-    forecast = np.where(np.isnan(sizing.peak[t]), 0.0, np.maximum(sizing.peak[t], 0.0))
-    observed = np.where(np.isnan(prev_load[t]), 0.0, np.maximum(prev_load[t], 0.0))
-    signal = np.where(sizing.trust[t] < 1, blended(forecast, observed, sizing.trust[t]),
-                      np.maximum(forecast, observed))
-    return realized(load[u], sizing.multiplier[t] * signal)
+    return realized(load[u[ok]], capacity[ok])
