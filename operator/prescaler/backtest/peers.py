@@ -75,7 +75,10 @@ EHPA_PREDICTION_WINDOW = timedelta(hours=1)
 #   describes the season as one day.
 # Here the sync period is the backtest step, the season one day, 4 seasons stored, and the tuning hook is
 # modelled as the best (least squared one-step error) alpha, beta, gamma of a grid on the stored history,
-# re-tuned at every refit of the predictive policy: the well-tuned PHPA its docs ask users to build.
+# re-tuned at every refit of the predictive policy: the well-tuned PHPA its docs ask users to build. The
+# grid is searched on the stored load itself: additive Holt-Winters is scale-free (scaling the series scales
+# every state and error alike), so these are the parameters of the replica demand at any headroom, found
+# once rather than once per headroom of the frontier.
 # The one-step forecast is rounded up to whole replicas. The model is the Holt-Winters recursion run on the
 # stream, started from the first two stored seasons (level = first season's mean, trend = the change of
 # the mean to the second season): PHPA refits every sync period on its stored window, which with fixed
@@ -233,9 +236,14 @@ def holt_winters_one_step(y: np.ndarray, m: int, n_fit: int) -> np.ndarray:
 
     alpha, beta and gamma minimise the squared one-step error on y[:n_fit]; y needs two seasons to start.
     """
+    return _hw_forecasts(y, m, *tune_holt_winters(y[:n_fit], m))
+
+
+def tune_holt_winters(y: np.ndarray, m: int) -> tuple[float, float, float]:
+    """The (alpha, beta, gamma) of the grid with the least squared one-step error on y."""
     alpha, beta, gamma = _grid()
-    i = int(np.argmin(_hw_errors(y[:n_fit], m, alpha, beta, gamma)))
-    return _hw_forecasts(y, m, float(alpha[i]), float(beta[i]), float(gamma[i]))
+    i = int(np.argmin(_hw_errors(y, m, alpha, beta, gamma)))
+    return float(alpha[i]), float(beta[i]), float(gamma[i])
 
 
 def _hw_start(y: np.ndarray, m: int) -> tuple[float, float, np.ndarray]:
@@ -301,6 +309,7 @@ class PeerRun:
 
     def __post_init__(self) -> None:
         self._ehpa_load: np.ndarray | None = None
+        self._hw_params: dict[int, tuple[float, float, float]] = {}
 
     @property
     def n(self) -> int:
@@ -349,6 +358,7 @@ class PeerRun:
         if np.isnan(calc).all():
             return np.full(self.n, -1, dtype=np.int64)
         calc = np.maximum(calc, policy.min_replicas)
+        demand = pd.Series(observed).ffill().bfill().to_numpy()
         here = _replicas(self.prev_load, policy)
         predicted = np.full(self.n, -1, dtype=np.int64)
         m = max(2, round(PHPA_SEASON / self.step))
@@ -359,7 +369,9 @@ class PeerRun:
             if g0 + 1 - start < 2 * m:
                 continue  # fewer than two seasons stored: the PHPA acts as a plain HPA
             y = calc[start:g0 + span]
-            fc = holt_winters_one_step(y, m, n_fit=g0 + 1 - start)
+            if o not in self._hw_params:
+                self._hw_params[o] = tune_holt_winters(demand[start:g0 + 1], m)
+            fc = _hw_forecasts(y, m, *self._hw_params[o])
             # Decision at bucket g sees calc[g] and forecasts g + 1.
             step_ahead = fc[g0 - start:g0 - start + span]
             ok = np.isfinite(step_ahead)
