@@ -11,14 +11,16 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from prescaler import backtest, ingest, report
+from prescaler.backtest import peers
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
@@ -40,6 +42,7 @@ class Scenario:
     last: timedelta
     targets: bool  # the issue states targets for this scenario
     events: pd.DataFrame | None = None
+    step: timedelta | None = None  # resample to this step (None: the trace's own)
 
 
 def appserver() -> Scenario:
@@ -70,6 +73,111 @@ def wikipedia() -> Scenario:
 
 
 SCENARIOS = {"appserver": appserver, "fitness": fitness, "wikipedia": wikipedia}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Real bursty traffic (ClarkNet), the event calendar, and the peer autoscalers at equal cost (issue 7:
+# events everywhere, peer policies, real bursty data). Kept apart from the scenarios above.
+
+# 16 requests per minute per replica: the fortnight's busiest minute (472) needs 30 replicas.
+CLARKNET_PER_MINUTE = 16.0
+# ClarkNet's own local time: EDT (UTC-4) throughout the window, which America/New_York gives.
+CLARKNET_ZONE = "America/New_York"
+
+
+def clarknet_series() -> pd.Series:
+    return ingest.read_trace_csv(DATA / "clarknet_http_1995_1min.csv", timezone=CLARKNET_ZONE)
+
+
+def clarknet(step_minutes: int, delay_minutes: int, *, holiday: bool = False) -> Scenario:
+    """The vendored fortnight: the first 3.5 days warm up, the last 10.5 are evaluated (daily refits)."""
+    step = timedelta(minutes=step_minutes)
+    name = f"clarknet_{step_minutes}m_{delay_minutes}m" + ("_holiday" if holiday else "")
+    title = (f"ClarkNet WWW, 1995-08-31 12:00 to 09-10 EDT, {step_minutes}m step, {delay_minutes}m startup delay"
+             + (", Labor Day in the calendar" if holiday else ""))
+    calendar = None
+    if holiday:
+        # The public schedule this trace has: Labor Day, Monday 1995-09-04, a whole local day. There is no
+        # earlier holiday in the fortnight, so no lift can be learned: the calendar only keeps the day out of
+        # the history the models fit on.
+        day = pd.Timestamp("1995-09-04", tz=CLARKNET_ZONE)
+        calendar = pd.DataFrame({"name": ["Labor Day"], "kind": ["holiday"], "start": [day.tz_convert("UTC")],
+                                 "end": [(day + pd.Timedelta(days=1)).tz_convert("UTC")]})
+    return Scenario(name, title, clarknet_series(), capacity=CLARKNET_PER_MINUTE * step_minutes,
+                    startup_delay=timedelta(minutes=delay_minutes), last=timedelta(days=10.5), targets=False,
+                    events=calendar, step=step)
+
+
+def fitness_calendar(*, with_events: bool) -> Scenario:
+    """12 weeks of the simulator (3 challenge launches, 12 pushes); the last 4 weeks are evaluated.
+
+    The calendar carries names, kinds and times only (what `prescaler events import` stores): every lift
+    is learned from the kind's past windows.
+    """
+    traffic, events = ingest.simulate_frame(start=datetime(2024, 3, 4, tzinfo=UTC), days=84,
+                                            step=timedelta(minutes=5), seed=42, service="workout-api")
+    series = traffic.groupby("ts")["requests"].sum().astype(float)
+    series.index = pd.DatetimeIndex(series.index)
+    calendar = events.drop(columns=["lift_percent"]) if with_events else None
+    name = "fitness_calendar" if with_events else "fitness_no_calendar"
+    title = ("simulated fitness traffic, last 28 of 84 days, 5m step, 10m startup delay, "
+             + ("with the event calendar" if with_events else "without the event calendar"))
+    # 1,400 requests per 5 minutes per replica: the last four weeks' peak (41.2k/5m, a launch) needs 30.
+    return Scenario(name, title, series, capacity=1_400.0, startup_delay=timedelta(minutes=10),
+                    last=timedelta(days=28), targets=False, events=calendar)
+
+
+REAL_AND_EVENT_SCENARIOS: dict[str, Callable[[], Scenario]] = {
+    "clarknet_1m_2m": lambda: clarknet(1, 2),
+    "clarknet_1m_10m": lambda: clarknet(1, 10),
+    "clarknet_5m_2m": lambda: clarknet(5, 2),
+    "clarknet_5m_10m": lambda: clarknet(5, 10),
+    "clarknet_5m_10m_holiday": lambda: clarknet(5, 10, holiday=True),
+    "fitness_no_calendar": lambda: fitness_calendar(with_events=False),
+    "fitness_calendar": lambda: fitness_calendar(with_events=True),
+}
+SCENARIOS.update(REAL_AND_EVENT_SCENARIOS)
+
+
+def equal_cost_rows(result: backtest.BacktestResult) -> list[dict[str, object]]:
+    """Every predictive frontier point with each policy's unserved % at its replica-hours (JSON-ready)."""
+    return [{"headroom_pct": r.headroom_pct, "replica_hours": round(r.replica_hours, 1),
+             "times_oracle": None if r.times_oracle is None else round(r.times_oracle, 3),
+             "unserved_pct": {k: None if v is None else round(v, 4) for k, v in r.unserved_pct.items()}}
+            for r in peers.equal_cost(result)]
+
+
+def print_equal_cost(result: backtest.BacktestResult) -> None:
+    print("at equal replica-hours (unserved %, interpolated on each policy's own headroom sweep):")
+    print(peers.equal_cost_summary(result))
+
+
+def _cell(v: object) -> str:
+    return "–" if v is None else f"{float(v):.3f}%"  # type: ignore[arg-type]
+
+
+def readme_table(docs: Sequence[dict[str, object]], headroom: float = 10.0) -> str:
+    """The README's table: per trace, at predictive's replica-hours for `headroom`, every policy's unserved.
+
+    The last column counts the frontier points where predictive leaves the least of all policies that
+    reach that cost (ties count), out of those where any of them leaves some.
+    """
+    lines = ["| trace | replica-hours (× oracle) | predictive | reactive | Crane EHPA | PHPA | predictive least |",
+             "|---|---|---|---|---|---|---|"]
+    for doc in docs:
+        bench: dict[str, Any] = doc["bench"]  # type: ignore[assignment]
+        rows: list[dict[str, Any]] = bench.get("equal_cost") or []
+        at = next((r for r in rows if r["headroom_pct"] == headroom), None)
+        if at is None:
+            continue
+        u = at["unserved_pct"]
+        contested = [r for r in rows if any((v or 0) > 0 for v in r["unserved_pct"].values())]
+        least = [r for r in contested
+                 if all(v is None or r["unserved_pct"]["predictive"] <= v for v in r["unserved_pct"].values())]
+        lines.append(f"| {bench['title']} | {at['replica_hours']:,.0f} ({at['times_oracle']:.2f}) | "
+                     f"{_cell(u.get('predictive'))} | {_cell(u.get('reactive'))} | {_cell(u.get('ehpa'))} | "
+                     f"{_cell(u.get('phpa'))} | {len(least)} of {len(contested)} |")
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -112,13 +220,14 @@ def run_scenario(sc: Scenario, *, model: str, headroom: float, progress: bool) -
     started = time.perf_counter()
     result = backtest.run_backtest(sc.series, capacity=sc.capacity, startup_delay=sc.startup_delay,
                                    model=model, headroom_percent=headroom, last=sc.last, progress=progress,
-                                   events=sc.events)
+                                   events=sc.events, step=sc.step)
     elapsed = time.perf_counter() - started
     print(backtest.format_table(result))
     print(f"backtest took {elapsed:.1f}s ({result.settings['refits']} refits, "
           f"{result.settings['fit_seconds_total']:.1f}s fitting)")
     print("frontier (headroom sweep), at equal replica-hours:")
     print(backtest.frontier_summary(result))
+    print_equal_cost(result)
     checks = check_targets(result)
     label = "targets" if sc.targets else "targets (informational: the issue sets none for this trace)"
     print(label + ":")
@@ -128,6 +237,7 @@ def run_scenario(sc: Scenario, *, model: str, headroom: float, progress: bool) -
     doc = result.to_json()
     doc["bench"] = {"scenario": sc.name, "title": sc.title, "seconds": round(elapsed, 1),
                     "targets": [{"target": c.target, "measured": c.measured, "pass": c.ok} for c in checks]}
+    doc["bench"]["equal_cost"] = equal_cost_rows(result)
     (RESULTS / f"backtest_{sc.name}.json").write_text(json.dumps(doc, indent=2, allow_nan=False))
     report.write_html(result, RESULTS / f"backtest_{sc.name}.html")
     print(f"wrote {RESULTS.relative_to(HERE.parent)}/backtest_{sc.name}.json and .html")
@@ -140,8 +250,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--model", default="auto")
     p.add_argument("--headroom", type=float, default=10.0)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--readme-table", action="store_true",
+                   help="print the README's equal-cost table from the scenarios' saved results, run nothing")
     args = p.parse_args(argv)
     names = args.scenarios or list(SCENARIOS)
+    if args.readme_table:
+        saved = [RESULTS / f"backtest_{n}.json" for n in names]
+        print(readme_table([json.loads(f.read_text()) for f in saved if f.exists()]))
+        return 0
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         p.error(f"unknown scenario {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
