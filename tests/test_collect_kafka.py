@@ -326,6 +326,30 @@ def load_spec(folder: Path, **kafka: Any) -> Any:
     return load_config(write_config(path, "127.0.0.1:9092", "t", **kafka)).feeds[0].kafka
 
 
+def test_transactions_only_committed_messages_count_and_an_open_one_does_not_hold_once_up(
+        broker: KafkaBroker, engine_for: Any, tmp_path: Path) -> None:
+    _, engine = engine_for()
+    topic = new_topic(broker, partitions=1)
+    m0 = recent_minute(10)
+    p = Producer({"bootstrap.servers": broker.bootstrap, "transactional.id": f"tx-{topic}", "log_level": 0})
+    p.init_transactions(60)
+    for endpoint, n, outcome in (("/committed", 10, "commit"), ("/aborted", 5, "abort"), ("/open", 3, "open")):
+        p.begin_transaction()
+        for i in range(n):
+            p.produce(topic, event(m0 + dt.timedelta(seconds=i), "web", endpoint))
+        p.flush(30)
+        if outcome == "commit":
+            p.commit_transaction(60)
+        elif outcome == "abort":
+            p.abort_transaction(60)
+    config = write_config(tmp_path / "c.yaml", broker, topic)
+    assert once(config, engine) == 0  # reads up to the open transaction and stops there
+    assert table(engine) == Counter({(m0, "web", "/committed"): 10})
+    p.commit_transaction(60)
+    assert once(config, engine) == 0
+    assert table(engine) == Counter({(m0, "web", "/committed"): 10, (m0, "web", "/open"): 3})
+
+
 # --- exactly once: the offsets' compare-and-set, SIGKILL, rebalances -----------------------------------------
 
 def test_a_batch_from_a_stale_position_is_refused_whole(engine_for: Any) -> None:

@@ -168,11 +168,12 @@ class PartitionState:
     stored: int | None = None  # next_offset in the database; None: no row yet
     stream_time: float | None = None
     target: int = 0  # the end offset when the cycle began: reaching it means caught up
+    at_end: bool = False  # the consumer reported the end of what is readable (an open transaction stops it)
     expired: int = 0  # messages lost to retention before this position (counted with the next batch)
 
     @property
     def caught_up(self) -> bool:
-        return self.position is not None and self.position >= self.target
+        return self.position is not None and (self.position >= self.target or self.at_end)
 
 
 @dataclass
@@ -194,7 +195,9 @@ def consumer_config(feed: str, spec: KafkaSpec) -> dict[str, Any]:
         "client.id": f"prescaler-collector-{feed}",
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
-        "enable.partition.eof": True,  # transaction markers leave offset gaps: EOF says "caught up" reliably
+        # Transaction markers leave offset gaps, and an open transaction holds reading back: the end-of-partition
+        # event says "caught up" where comparing offsets cannot.
+        "enable.partition.eof": True,
         "auto.offset.reset": spec.start,
         "isolation.level": "read_committed",
         "partition.assignment.strategy": "roundrobin",
@@ -410,7 +413,7 @@ class KafkaFeed:
             if st.position is not None and not refresh_targets:
                 continue
             low, high = self._watermarks(consumer, p)
-            st.target = high
+            st.target, st.at_end = high, False
             if st.position is not None:
                 continue
             mark = marks.get(p)
@@ -465,8 +468,11 @@ class KafkaFeed:
                 st = self._partitions.get(p) if p is not None else None
                 if error is not None:
                     if error.code() == eof:
-                        if st is not None and st.position is not None and offset is not None:
-                            st.position = max(st.position, offset)
+                        # Only a flag: moving the position to the event's offset would skip messages if the
+                        # event predated a seek back to the stored offset.
+                        if st is not None and st.position is not None and offset is not None \
+                                and offset >= st.position:
+                            st.at_end = True
                         continue
                     if error.fatal() or error.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART,
                                                          KafkaError._UNKNOWN_PARTITION):
@@ -579,7 +585,8 @@ class KafkaFeed:
                 until = min(newest, floor_minute(datetime.fromtimestamp(st.stream_time, UTC)))
             else:
                 until = None
-            backlog += max(0, st.target - (st.position if st.position is not None else st.stored or 0))
+            if not st.at_end:
+                backlog += max(0, st.target - (st.position if st.position is not None else st.stored or 0))
             report.progress.append(SeriesProgress(f"{self.topic}[{p}]", None, until))
         report.backlog = backlog
         report.minutes = 0
