@@ -1,8 +1,10 @@
 """Backtest bench: static / reactive / predictive / oracle on the vendored traces and the simulated series.
 
-Prints the KPI tables, the frontier comparison at equal replica-hours, and the issue's targets with
-PASS/FAIL (informational: the bench reports what it measured, it does not fail the build). Writes JSON
-and HTML reports to bench/results/ (gitignored).
+Predictive runs in service-level mode (`--service-level`, default 99.9%); its frontier sweeps the headroom
+on the same refits. Prints the KPI tables, the frontier comparison at equal replica-hours, each backtest's
+time, and the issue's targets with PASS/FAIL (informational: the bench reports what it measured, it does
+not fail the build), then a summary of every scenario. Writes JSON and HTML reports to bench/results/
+(gitignored).
 """
 
 from __future__ import annotations
@@ -26,10 +28,18 @@ HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
 RESULTS = HERE / "results"
 
-# The issue's targets for predictive against reactive and the oracle.
-UNSERVED_VS_REACTIVE = 0.40
-RH_VS_REACTIVE = 1.35
-RH_VS_ORACLE = 1.5
+# Issue 7's targets. At every frontier point where reactive leaves unserved load, predictive leaves at most
+# this share of it at equal replica-hours (the daily-cyclic hourly traces: FRONTIER_CYCLIC_HOURLY).
+FRONTIER_SHARE = 0.5
+FRONTIER_CYCLIC_HOURLY = 0.25
+# With the service level, served at least SERVED_PCT at no more than this many times the oracle's
+# replica-hours (hourly traces, and the 5-minute ones; the 1-minute ones are held to the 5-minute bound).
+SERVICE_LEVEL = 99.9
+SERVED_PCT = 99.85
+RH_VS_ORACLE_HOURLY = 1.3
+RH_VS_ORACLE_FINE = 1.6
+# A 60-day, 5-minute trace with daily refits, `auto`, on 2 cores.
+SPEED_LIMIT_S = 180.0
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,9 @@ class Scenario:
     targets: bool  # the issue states targets for this scenario
     events: pd.DataFrame | None = None
     step: timedelta | None = None  # resample to this step (None: the trace's own)
+    frontier_share: float = FRONTIER_SHARE
+    rh_vs_oracle: float = RH_VS_ORACLE_FINE
+    time_limit_s: float | None = None  # the speed target, where the issue sets one
 
 
 def appserver() -> Scenario:
@@ -50,7 +63,8 @@ def appserver() -> Scenario:
     series = ingest.read_trace_csv(DATA / "appserver_last150d_1h.csv", timezone="Europe/Zurich")
     # 15,000 requests/hour per replica: the 120-day peak (438k/h) needs 30 replicas.
     return Scenario("appserver", "appserver trace, last 120 days, 1h step, 1h startup delay", series,
-                    capacity=15_000.0, startup_delay=timedelta(hours=1), last=timedelta(days=120), targets=True)
+                    capacity=15_000.0, startup_delay=timedelta(hours=1), last=timedelta(days=120), targets=True,
+                    frontier_share=FRONTIER_CYCLIC_HOURLY, rh_vs_oracle=RH_VS_ORACLE_HOURLY)
 
 
 def fitness() -> Scenario:
@@ -69,10 +83,22 @@ def wikipedia() -> Scenario:
     # 350,000 requests/hour per replica: the month's peak (10.5M/h) needs 31 replicas.
     return Scenario("wikipedia", "English Wikipedia, January 2016, last 24 days, 1h step, 1h startup delay",
                     series, capacity=350_000.0, startup_delay=timedelta(hours=1), last=timedelta(days=24),
-                    targets=False)
+                    targets=True, frontier_share=FRONTIER_CYCLIC_HOURLY, rh_vs_oracle=RH_VS_ORACLE_HOURLY)
 
 
-SCENARIOS = {"appserver": appserver, "fitness": fitness, "wikipedia": wikipedia}
+def fitness_60d() -> Scenario:
+    """The speed case: 60 evaluated days at 5 minutes, daily `auto` refits (plus the calibration's week)."""
+    traffic, events = ingest.simulate_frame(start=datetime(2024, 1, 1, tzinfo=UTC), days=74,
+                                            step=timedelta(minutes=5), seed=7, service="workout-api")
+    series = traffic.groupby("ts")["requests"].sum().astype(float)
+    series.index = pd.DatetimeIndex(series.index)
+    # 1,400 requests per 5 minutes per replica, as the 12-week fitness scenarios.
+    return Scenario("fitness_60d", "simulated fitness traffic, last 60 of 74 days, 5m step, 10m startup delay",
+                    series, capacity=1_400.0, startup_delay=timedelta(minutes=10), last=timedelta(days=60),
+                    targets=True, events=events, time_limit_s=SPEED_LIMIT_S)
+
+
+SCENARIOS = {"appserver": appserver, "fitness": fitness, "wikipedia": wikipedia, "fitness_60d": fitness_60d}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -104,7 +130,7 @@ def clarknet(step_minutes: int, delay_minutes: int, *, holiday: bool = False) ->
         calendar = pd.DataFrame({"name": ["Labor Day"], "kind": ["holiday"], "start": [day.tz_convert("UTC")],
                                  "end": [(day + pd.Timedelta(days=1)).tz_convert("UTC")]})
     return Scenario(name, title, clarknet_series(), capacity=CLARKNET_PER_MINUTE * step_minutes,
-                    startup_delay=timedelta(minutes=delay_minutes), last=timedelta(days=10.5), targets=False,
+                    startup_delay=timedelta(minutes=delay_minutes), last=timedelta(days=10.5), targets=True,
                     events=calendar, step=step)
 
 
@@ -162,8 +188,9 @@ def readme_table(docs: Sequence[dict[str, object]], headroom: float = 10.0) -> s
     The last column counts the frontier points where predictive leaves the least of all policies that
     reach that cost (ties count), out of those where any of them leaves some.
     """
-    lines = ["| trace | replica-hours (× oracle) | predictive | reactive | Crane EHPA | PHPA | predictive least |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| trace | replica-hours (× oracle) | predictive | reactive | Crane EHPA | PHPA | predictive least "
+             "| service level: served (× oracle) |",
+             "|---|---|---|---|---|---|---|---|"]
     for doc in docs:
         bench: dict[str, Any] = doc["bench"]  # type: ignore[assignment]
         rows: list[dict[str, Any]] = bench.get("equal_cost") or []
@@ -176,8 +203,17 @@ def readme_table(docs: Sequence[dict[str, object]], headroom: float = 10.0) -> s
                  if all(v is None or r["unserved_pct"]["predictive"] <= v for v in r["unserved_pct"].values())]
         lines.append(f"| {bench['title']} | {at['replica_hours']:,.0f} ({at['times_oracle']:.2f}) | "
                      f"{_cell(u.get('predictive'))} | {_cell(u.get('reactive'))} | {_cell(u.get('ehpa'))} | "
-                     f"{_cell(u.get('phpa'))} | {len(least)} of {len(contested)} |")
+                     f"{_cell(u.get('phpa'))} | {len(least)} of {len(contested)} | {_service_cell(doc)} |")
     return "\n".join(lines)
+
+
+def _service_cell(doc: dict[str, Any]) -> str:
+    level = doc.get("service_level")
+    if not level:
+        return "–"
+    ratio = doc["policies"]["predictive"].get("ratio_to_oracle")
+    return (f"{level['served_pct']:.3f}% of {level['target_pct']:g}%"
+            + (f" ({ratio:.2f})" if ratio is not None else ""))
 
 
 @dataclass(frozen=True)
@@ -185,50 +221,56 @@ class Check:
     target: str
     measured: str
     ok: bool
+    short: str = ""  # the summary's name for it
 
 
-def check_targets(result: backtest.BacktestResult) -> list[Check]:
-    pred, react, oracle = (result.kpis[p] for p in ("predictive", "reactive", "oracle"))
+def check_targets(result: backtest.BacktestResult, sc: Scenario, seconds: float) -> list[Check]:
+    """Issue 7's targets: the frontier against reactive, the service level against the oracle, the speed."""
     checks = []
-    share = pred.unserved_pct / react.unserved_pct if react.unserved_pct > 0 else float("inf")
-    checks.append(Check(f"predictive unserved <= {UNSERVED_VS_REACTIVE:.0%} of reactive's",
-                        f"{pred.unserved_pct:.3f}% vs {react.unserved_pct:.3f}% = {share:.1%}",
-                        pred.unserved_pct <= UNSERVED_VS_REACTIVE * react.unserved_pct))
-    ratio = pred.replica_hours / react.replica_hours
-    checks.append(Check(f"predictive replica-hours <= {RH_VS_REACTIVE}x reactive's",
-                        f"{pred.replica_hours:,.0f} / {react.replica_hours:,.0f} = {ratio:.3f}x",
-                        ratio <= RH_VS_REACTIVE))
-    ratio_o = pred.replica_hours / oracle.replica_hours
-    checks.append(Check(f"predictive replica-hours <= {RH_VS_ORACLE}x oracle's",
-                        f"{pred.replica_hours:,.0f} / {oracle.replica_hours:,.0f} = {ratio_o:.3f}x",
-                        ratio_o <= RH_VS_ORACLE))
     comparable = [c for c in backtest.compare_frontiers(result) if c.reactive_unserved_pct is not None]
-    # Where both leave nothing unserved they tie; the claim is about every point where reactive leaves some.
+    # Where reactive leaves nothing unserved there is nothing to halve; the claim is about the rest.
     contested = [c for c in comparable if (c.reactive_unserved_pct or 0.0) > 0]
-    better = [c for c in contested if c.predictive_unserved_pct < (c.reactive_unserved_pct or 0.0)]
-    worse = [c for c in comparable if c.predictive_unserved_pct > (c.reactive_unserved_pct or 0.0)]
-    checks.append(Check("at equal replica-hours predictive leaves less unserved than reactive",
-                        f"less at {len(better)} of {len(contested)} frontier points where reactive leaves "
-                        f"some, more at {len(worse)} of {len(comparable)}",
-                        bool(contested) and len(better) == len(contested) and not worse))
+    shares = [c.predictive_unserved_pct / (c.reactive_unserved_pct or 1.0) for c in contested]
+    worst = max(shares, default=float("nan"))
+    checks.append(Check(f"frontier: predictive unserved <= {sc.frontier_share:g}x reactive's at equal replica-hours",
+                        f"worst {worst:.2f}x over {len(contested)} points ({', '.join(f'{x:.2f}' for x in shares)})",
+                        bool(contested) and worst <= sc.frontier_share, "frontier"))
+    level = result.service_level
+    if level is not None:
+        pred, oracle = result.kpis["predictive"], result.kpis["oracle"]
+        ratio = pred.replica_hours / oracle.replica_hours if oracle.replica_hours else float("inf")
+        checks.append(Check(f"service level {level.target_pct:g}%: served >= {SERVED_PCT}%",
+                            f"{level.served_pct:.3f}%", level.served_pct >= SERVED_PCT, "served"))
+        checks.append(Check(f"service level {level.target_pct:g}%: replica-hours <= {sc.rh_vs_oracle}x oracle's",
+                            f"{pred.replica_hours:,.0f} / {oracle.replica_hours:,.0f} = {ratio:.3f}x",
+                            ratio <= sc.rh_vs_oracle, "x oracle"))
+    if sc.time_limit_s is not None:
+        workers = result.settings["workers"]
+        checks.append(Check(f"backtest <= {sc.time_limit_s:.0f}s ({workers} workers)",
+                            f"{seconds:.0f}s ({result.settings['refits'] + result.settings['calibration_refits']} "
+                            f"refits)", seconds <= sc.time_limit_s, "time"))
     return checks
 
 
-def run_scenario(sc: Scenario, *, model: str, headroom: float, progress: bool) -> dict[str, object]:
+def run_scenario(sc: Scenario, *, model: str, headroom: float, progress: bool, service_level: float | None,
+                 workers: int | None) -> dict[str, object]:
     print(f"\n=== {sc.title} ===")
-    print(f"capacity {sc.capacity:,.0f} requests per replica per step; model {model}; headroom {headroom:g}%")
+    print(f"capacity {sc.capacity:,.0f} requests per replica per step; model {model}; headroom {headroom:g}%"
+          + (f"; service level {service_level:g}%" if service_level is not None else ""))
     started = time.perf_counter()
     result = backtest.run_backtest(sc.series, capacity=sc.capacity, startup_delay=sc.startup_delay,
                                    model=model, headroom_percent=headroom, last=sc.last, progress=progress,
-                                   events=sc.events, step=sc.step)
+                                   events=sc.events, step=sc.step, service_level=service_level, workers=workers)
     elapsed = time.perf_counter() - started
     print(backtest.format_table(result))
-    print(f"backtest took {elapsed:.1f}s ({result.settings['refits']} refits, "
-          f"{result.settings['fit_seconds_total']:.1f}s fitting)")
+    st = result.settings
+    print(f"backtest took {elapsed:.1f}s: {st['refits']} refits + {st['calibration_refits']} for the calibration "
+          f"in {st['seconds']['fits']:.1f}s on {st['workers']} workers ({st['fit_seconds_total']:.1f}s of fitting), "
+          f"the replays in {elapsed - st['seconds']['fits']:.1f}s")
     print("frontier (headroom sweep), at equal replica-hours:")
     print(backtest.frontier_summary(result))
     print_equal_cost(result)
-    checks = check_targets(result)
+    checks = check_targets(result, sc, elapsed)
     label = "targets" if sc.targets else "targets (informational: the issue sets none for this trace)"
     print(label + ":")
     for c in checks:
@@ -236,7 +278,8 @@ def run_scenario(sc: Scenario, *, model: str, headroom: float, progress: bool) -
     RESULTS.mkdir(parents=True, exist_ok=True)
     doc = result.to_json()
     doc["bench"] = {"scenario": sc.name, "title": sc.title, "seconds": round(elapsed, 1),
-                    "targets": [{"target": c.target, "measured": c.measured, "pass": c.ok} for c in checks]}
+                    "targets": [{"target": c.target, "short": c.short, "measured": c.measured, "pass": c.ok}
+                                for c in checks]}
     doc["bench"]["equal_cost"] = equal_cost_rows(result)
     (RESULTS / f"backtest_{sc.name}.json").write_text(json.dumps(doc, indent=2, allow_nan=False))
     report.write_html(result, RESULTS / f"backtest_{sc.name}.html")
@@ -250,6 +293,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--model", default="auto")
     p.add_argument("--headroom", type=float, default=10.0)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--service-level", type=float, default=SERVICE_LEVEL,
+                   help=f"percent served that predictive sizes for (default {SERVICE_LEVEL:g}; 0: by headroom)")
+    p.add_argument("--workers", type=int, default=None, help="refit processes (default: one per usable core)")
     p.add_argument("--readme-table", action="store_true",
                    help="print the README's equal-cost table from the scenarios' saved results, run nothing")
     args = p.parse_args(argv)
@@ -264,10 +310,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = {}
     for name in names:
         summary[name] = run_scenario(SCENARIOS[name](), model=args.model, headroom=args.headroom,
-                                     progress=not args.no_progress)
+                                     progress=not args.no_progress, service_level=args.service_level or None,
+                                     workers=args.workers)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "backtest_summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
+    print("\n" + summary_table(list(summary.values())))
     return 0
+
+
+def summary_table(docs: Sequence[dict[str, Any]]) -> str:
+    """One line per scenario: its time, and each target's PASS/FAIL with what was measured."""
+    lines = ["=== backtest summary ===", f"{'scenario':<26}{'seconds':>9}{'refits':>8}  targets"]
+    for doc in docs:
+        bench: dict[str, Any] = doc["bench"]
+        st = doc["settings"]
+        refits = st["refits"] + st.get("calibration_refits", 0)
+        marks = "; ".join(f"{'PASS' if t['pass'] else 'FAIL'} {t.get('short') or t['target']}: "
+                          f"{t['measured'].split(' (')[0]}" for t in bench["targets"])
+        lines.append(f"{bench['scenario']:<26}{bench['seconds']:>9.0f}{refits:>8}  {marks}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

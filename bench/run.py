@@ -32,6 +32,7 @@ def _load(name: str) -> ModuleType | None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     status = 0
+    took: list[tuple[str, int, float]] = []
     for name, bench_args in (("bench_backtest", args), ("bench_forecast", []), ("fleet", []),
                              ("bench_storage", [])):
         module = _load(name)
@@ -42,8 +43,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\n##### {name} #####", flush=True)
         started = time.perf_counter()
         rc = int(entry(bench_args) or 0)
-        print(f"##### {name}: exit {rc} after {time.perf_counter() - started:.0f}s #####", flush=True)
+        seconds = time.perf_counter() - started
+        print(f"##### {name}: exit {rc} after {seconds:.0f}s #####", flush=True)
+        took.append((name, rc, seconds))
         status = status or rc
+    # Each backtest's own time is in bench_backtest's summary above; these are the benches'.
+    print("\n##### times #####")
+    for name, rc, seconds in took:
+        print(f"{name:<16} {seconds:>7.0f}s  exit {rc}")
     return status
 
 
