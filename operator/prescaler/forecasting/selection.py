@@ -6,7 +6,7 @@ and a band calibrated on the model's own backtest errors (`calibration`).
 backtest window's forecast of the provisioning quantile (the upper band's 90% by default, or a service
 level's), that quantile calibrated on the other windows, so a model is judged out of sample on level and
 spread alike. sMAPE only measures the middle of the forecast and ranked models differently from what
-scaling needed. It mixes the candidates close to the best (NEAR_BEST), weighted by 1/loss.
+scaling needed. It mixes the two best when they are close (MIX_SIZE, NEAR_BEST), weighted by 1/loss.
 """
 
 from __future__ import annotations
@@ -43,9 +43,11 @@ CANDIDATES = ("prophet", "holt-winters", "seasonal-naive", "seasonal-median", "m
 BASELINES = ("holt-winters", "seasonal-naive")
 AUTO_FOLDS = 3
 SCORE_FOLDS = 3
-# `auto` combines every candidate whose backtest pinball loss is within this factor of the best one's.
-# Three windows rank close models by chance: a mix of the close ones was steadier than the single best
-# (the best by three windows was 1.0-1.3× the best single model over the bench's folds; the mix 0.9-1.08×).
+# `auto` mixes the MIX_SIZE candidates with the lowest backtest pinball loss, those within NEAR_BEST of the
+# best. Three windows rank close models by chance: over the bench's windows, the best by three windows
+# alone lost 0.97-1.29× what the best single model did, the two best mixed 0.90-1.14× (mixes of three, or
+# of all within 1.5×, did no better and refit more models).
+MIX_SIZE = 2
 NEAR_BEST = 1.5
 
 
@@ -172,10 +174,19 @@ def _backtest_all(history: pd.Series, names: list[str], horizon: timedelta, fold
     return out
 
 
-def _mix_pairs(backtests: dict[str, dict[int, Fold]], members: list[str],
-               weights: list[float]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Actual and the weighted mix's yhat in every window all members were scored on (oldest first)."""
+def _mix_pairs(backtests: dict[str, dict[int, Fold]], members: list[str], weights: list[float],
+               notes: dict[str, str] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Actual and the weighted mix's yhat in every window all members were scored on (oldest first).
+
+    With `notes` (each member's final forecast's note), only the windows where every member had the same
+    structure as in its final fit, when two or more such windows exist: a seasonal-naive that copied a day
+    in an early window (too short for a week) errs unlike the one that copies a week now, and its errors
+    would widen the band for nothing.
+    """
     common = sorted(set.intersection(*(set(backtests[m]) for m in members)))
+    if notes is not None:
+        alike = [s for s in common if all(backtests[m][s].forecast.note == notes[m] for m in members)]
+        common = alike if len(alike) >= 2 else common
     pairs = []
     for split in common:
         actual = backtests[members[0]][split].actual
@@ -185,9 +196,10 @@ def _mix_pairs(backtests: dict[str, dict[int, Fold]], members: list[str],
 
 
 def mix_calibration(backtests: dict[str, dict[int, Fold]], members: list[str], weights: list[float],
-                    step: timedelta) -> BandCalibration | None:
-    """The band calibration of a mix from its members' backtest windows (None when they share none)."""
-    pairs = _mix_pairs(backtests, members, weights)
+                    step: timedelta, notes: dict[str, str] | None = None) -> BandCalibration | None:
+    """The band calibration of a mix from its members' backtest windows (None when they share none);
+    `notes` as for `_mix_pairs`."""
+    pairs = _mix_pairs(backtests, members, weights, notes)
     return calibrate([log_residuals(a, y) for a, y in pairs], step) if pairs else None
 
 
@@ -215,9 +227,9 @@ def _score(errors: dict[str, float]) -> float:
 def plan_auto(history: pd.Series, names: list[str], horizon: timedelta, *, events: pd.DataFrame | None = None,
               select_horizon: timedelta | None = None, errors: dict[str, dict[str, float]] | None = None,
               quantile: float = UPPER_QUANTILE) -> AutoPlan | None:
-    """Backtest `names` on AUTO_FOLDS windows, reject exploding ones, and mix every model whose cross-fitted
-    pinball loss at `quantile` is within NEAR_BEST of the best, weighted by 1/loss. None when no model
-    could be backtested. Fills `errors` (per model)."""
+    """Backtest `names` on AUTO_FOLDS windows, reject exploding ones, and mix the MIX_SIZE models with the
+    lowest cross-fitted pinball loss at `quantile` that are within NEAR_BEST of the best, weighted by
+    1/loss. None when no model could be backtested. Fills `errors` (per model)."""
     history = prepare(history)
     step = infer_step(history)
     errors = {} if errors is None else errors
@@ -237,14 +249,17 @@ def plan_auto(history: pd.Series, names: list[str], horizon: timedelta, *, event
     scores = {n: _score(errors[n]) for n in scored}
     if not any(math.isfinite(s) for s in scores.values()):  # no load at all in the windows
         scores = {n: errors[n]["smape"] for n in scored}
-    best = min(scored, key=lambda n: scores[n])
-    kept = [n for n in scored if scores[n] <= NEAR_BEST * scores[best]]
+    ranked = sorted(scored, key=lambda n: scores[n])
+    best = ranked[0]
+    kept = [n for n in ranked[:MIX_SIZE] if scores[n] <= NEAR_BEST * scores[best]]
     weights = combination_weights({n: scores[n] for n in kept})
     members = sorted((n for n in kept if weights[n] > 0), key=lambda n: -weights[n])
     if not set.intersection(*(set(scored[m]) for m in members)):
         members = [best]
     member_weights = [weights[m] for m in members] if len(members) > 1 else [1.0]
-    dropped = {n: f"pinball {scores[n]:.2f}% > {NEAR_BEST:g}× the best's" for n in scored if n not in members}
+    dropped = {n: (f"pinball {scores[n]:.2f}% > {NEAR_BEST:g}× the best's" if scores[n] > NEAR_BEST * scores[best]
+                   else f"pinball {scores[n]:.2f}%, not among the {MIX_SIZE} best")
+               for n in ranked if n not in members}
     pairs = _mix_pairs(scored, members, member_weights)
     combined_smape = float(np.mean([smape(a, y) for a, y in pairs])) if pairs else errors[best]["smape"]
     combined_pinball = cross_pinball(pairs, step, quantile) if pairs else errors[best]["pinball"]
@@ -265,7 +280,7 @@ def _auto_reason(plan: AutoPlan, names: list[str], errors: dict[str, dict[str, f
             f"of {days_text(plan.horizon)})")
     if len(plan.members) > 1:
         mix = " + ".join(f"{w:.2f} {n}" for n, w in zip(plan.members, plan.weights, strict=True))
-        text += (f"; combined {mix} (models within {NEAR_BEST:g}× the best pinball, weights ∝ 1/pinball; "
+        text += (f"; combined {mix} (the {MIX_SIZE} best within {NEAR_BEST:g}× the best pinball, weights ∝ 1/pinball; "
                  f"combination pinball {plan.combined_pinball:.2f}%, sMAPE {plan.combined_smape:.1f}%)")
     else:
         text += f"; using {plan.members[0]}"
@@ -307,9 +322,10 @@ def _select(history: pd.Series, names: list[str], horizon: timedelta, events: pd
 
 def _own_calibration(history: pd.Series, name: str, horizon: timedelta, select_horizon: timedelta | None,
                      events: pd.DataFrame | None, errors: dict[str, dict[str, float]], quantile: float,
-                     cache: _FoldCache) -> BandCalibration | None:
+                     cache: _FoldCache, note: str) -> BandCalibration | None:
     """Calibrate a lone model on its own SCORE_FOLDS backtest windows, as long as the forecast when the
-    history allows (like auto's), and record its errors; None without any (the model's own band stays)."""
+    history allows (like auto's), those with the final fit's structure (`note`) when two or more have it;
+    records its errors. None without any window (the model's own band stays)."""
     step = infer_step(history)
     window = _auto_horizons(history, step, [name], horizon, select_horizon)[0]
     folds = _scored_folds(history, name, window, events, cache)
@@ -320,6 +336,8 @@ def _own_calibration(history: pd.Series, name: str, horizon: timedelta, select_h
         return None
     if name not in errors:
         errors[name] = summarise(history, folds, quantile)
+    alike = [f for f in folds if f.forecast.note == note]
+    folds = alike if len(alike) >= 2 else folds
     return calibrate([log_residuals(f.actual, f.yhat) for f in folds], infer_step(history))
 
 
@@ -396,9 +414,11 @@ def fit_local(name: str, history: pd.Series, horizon: timedelta, events: pd.Data
         score = None
 
     calibration: BandCalibration | None = None
+    notes = {m: f.note for (m, _), f in zip(fitted, forecasts, strict=True)}
     if plan is not None and all(m in plan.backtests for m, _ in fitted):
         total = sum(w for _, w in fitted)
-        calibration = mix_calibration(plan.backtests, [m for m, _ in fitted], [w / total for _, w in fitted], step)
+        calibration = mix_calibration(plan.backtests, [m for m, _ in fitted], [w / total for _, w in fitted],
+                                      step, notes)
     if len(fitted) == 1:
         chosen = fitted[0][0]
         forecast = forecasts[0]
@@ -406,7 +426,7 @@ def fit_local(name: str, history: pd.Series, horizon: timedelta, events: pd.Data
             reason = reason.replace("using seasonal-naive", f"using seasonal-naive ({forecast.note})")
         if calibration is None:
             calibration = _own_calibration(history, chosen, horizon, select_horizon, events, errors, quantile,
-                                           cache)
+                                           cache, forecast.note)
         if score is None:
             score = errors.get(chosen, {}).get("smape")
     else:
