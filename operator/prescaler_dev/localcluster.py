@@ -17,6 +17,7 @@ import collections
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import ipaddress
 import json
 import os
@@ -215,6 +216,7 @@ class LocalCluster:
         self._port_lock: IO[str] | None = None
         self._bin_dir = config.bin_dir
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._args: dict[str, list[str]] = {}  # each component's arguments, so one can be restarted alone
         self._logs: list[Any] = []
         self._atexit_registered = False
         self._previous_sigterm: Any = None
@@ -329,6 +331,71 @@ class LocalCluster:
         if left:
             raise ClusterError(f"processes survived SIGKILL: {', '.join(left)}")
 
+    # ---- one component: outages for fault tests
+
+    def stop_component(self, name: str, sig: int = signal.SIGTERM, grace: float = 5.0) -> None:
+        """Stop one component as an outage would: SIGTERM (a clean shutdown) or SIGKILL (a crash).
+
+        SIGKILL follows after `grace` seconds: kube-apiserver stops listening at once on SIGTERM but its
+        graceful termination can keep the process (and its port) for half a minute more.
+        The rest of the control plane keeps running and keeps its state (etcd's data directory stays), so
+        `start_component` brings back the same cluster.
+        """
+        if name not in PROCESS_ORDER:
+            raise InputError(f"unknown component {name!r}; one of {', '.join(PROCESS_ORDER)}")
+        proc = self._procs.get(name)
+        if proc is None or proc.poll() is not None:
+            raise ClusterError(f"{name} is not running")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+    def start_component(self, name: str, timeout: float = 120.0) -> None:
+        """Start a stopped component with the arguments it first had; return once it and the API server
+        answer their health checks."""
+        if name not in self._args:
+            raise ClusterError(f"{name} was never started: call start() first")
+        proc = self._procs.get(name)
+        if proc is not None and proc.poll() is None:
+            raise ClusterError(f"{name} is already running")
+        self._spawn(name, self._args[name])
+        deadline = time.monotonic() + timeout
+        running = [n for n in PROCESS_ORDER if n in self._procs]
+        self._wait(f"{name} health after a restart", lambda: self._healthy(name), deadline, running)
+        # Nothing is usable through a restarted etcd until the API server sees it again.
+        self._wait("kube-apiserver /readyz", lambda: self._healthy("kube-apiserver"), deadline, running)
+
+    def restart_component(self, name: str, *, down_for: float = 0.0, sig: int = signal.SIGTERM) -> float:
+        """Stop one component, keep it down `down_for` seconds, start it again; returns the seconds it was
+        unavailable (stop to healthy)."""
+        t0 = time.monotonic()
+        self.stop_component(name, sig)
+        time.sleep(down_for)
+        self.start_component(name)
+        return time.monotonic() - t0
+
+    def _healthy(self, name: str) -> bool:
+        cfg = self.config
+        pki = self.state_dir / "pki"
+        if name == "etcd":
+            return _http_ok(f"http://127.0.0.1:{cfg.port(1)}/health", None)
+        if name == "kube-apiserver":
+            admin_ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+            admin_ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+            return _http_ok(f"{self.server}/readyz", admin_ctx)
+        if name == "kwok":
+            return _http_ok(f"http://127.0.0.1:{cfg.port(5)}/healthz", None)
+        # Their serving certificates are self-signed: the probe only asks whether they are up.
+        insecure = ssl.create_default_context()
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE
+        port = cfg.port(3) if name == "kube-controller-manager" else cfg.port(4)
+        return _http_ok(f"https://127.0.0.1:{port}/healthz", insecure)
+
     # ---- internals
 
     def _install_cleanup(self) -> None:
@@ -400,6 +467,7 @@ class LocalCluster:
     def _spawn(self, name: str, args: Sequence[str]) -> None:
         log = (self.log_dir / f"{name}.log").open("ab")
         self._logs.append(log)
+        self._args[name] = list(args)
         cmd = [str(self.bin_dir / name), *args]
         setpriv = shutil.which("setpriv")
         if setpriv and threading.current_thread() is threading.main_thread():
@@ -479,7 +547,7 @@ class LocalCluster:
                 "--log-level=warn",
             ],
         )
-        self._wait("etcd health", lambda: _http_ok(f"{etcd_url}/health", None), deadline, ["etcd"])
+        self._wait("etcd health", lambda: self._healthy("etcd"), deadline, ["etcd"])
 
         self._spawn(
             "kube-apiserver",
@@ -502,13 +570,8 @@ class LocalCluster:
                 "--v=1",
             ],
         )
-        admin_ctx = ssl.create_default_context(cafile=str(p("ca.crt")))
-        admin_ctx.load_cert_chain(str(p("admin.crt")), str(p("admin.key")))
         self._wait(
-            "kube-apiserver /readyz",
-            lambda: _http_ok(f"{self.server}/readyz", admin_ctx),
-            deadline,
-            ["etcd", "kube-apiserver"],
+            "kube-apiserver /readyz", lambda: self._healthy("kube-apiserver"), deadline, ["etcd", "kube-apiserver"]
         )
 
         self._spawn(
@@ -546,17 +609,9 @@ class LocalCluster:
                 "--v=1",
             ],
         )
-        # Their serving certificates are self-signed: the probe only asks whether they are up.
-        insecure = ssl.create_default_context()
-        insecure.check_hostname = False
-        insecure.verify_mode = ssl.CERT_NONE
         all_cp = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"]
-
-        def healthz(port: int) -> Callable[[], bool]:
-            return lambda: _http_ok(f"https://127.0.0.1:{port}/healthz", insecure)
-
-        self._wait("kube-controller-manager /healthz", healthz(cfg.port(3)), deadline, all_cp)
-        self._wait("kube-scheduler /healthz", healthz(cfg.port(4)), deadline, all_cp)
+        for name in ("kube-controller-manager", "kube-scheduler"):
+            self._wait(f"{name} /healthz", functools.partial(self._healthy, name), deadline, all_cp)
 
         kwok_cfg = self.state_dir / "kwok.yaml"
         kwok_cfg.write_text(yaml.safe_dump_all(kwok_stages(cfg.pod_ready_delay), sort_keys=False))
@@ -573,12 +628,7 @@ class LocalCluster:
             ],
         )
         everything = [*all_cp, "kwok"]
-        self._wait(
-            "kwok /healthz",
-            lambda: _http_ok(f"http://127.0.0.1:{cfg.port(5)}/healthz", None),
-            deadline,
-            everything,
-        )
+        self._wait("kwok /healthz", lambda: self._healthy("kwok"), deadline, everything)
 
         nodes = [
             node_manifest(f"kwok-node-{i}", i, cfg.node_cpu, cfg.node_memory, cfg.node_pods) for i in range(cfg.nodes)
