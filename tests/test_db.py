@@ -187,6 +187,9 @@ def test_traffic_tables_match_metadata_exactly_partitions_aside(engine: Engine) 
     assert set(inspector.get_table_names()) - set(db.metadata.tables) - {db.VERSION_TABLE} == children
     for table in (db.traffic_log, *db.ROLLUPS, db.traffic_horizon):
         assert {ix["name"] for ix in inspector.get_indexes(table.name)} == {ix.name for ix in table.indexes}
+        pk = inspector.get_pk_constraint(table.name)
+        assert pk["dialect_options"].get("postgresql_include", []) == list(
+            table.primary_key.dialect_options["postgresql"]["include"] or []), table.name
     assert triggers == set(db.ROLLUP_TRIGGERS)
     assert "jit=off" in settings
     assert set(inspector.get_view_names()) == set(db.VIEWS)
