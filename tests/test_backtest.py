@@ -17,8 +17,8 @@ from prescaler import backtest, cli, forecasting
 from prescaler.backtest import ForecastQuality, compare_frontiers, format_table, ready_from_requests, run_backtest
 from prescaler.backtest.policies import Fit, predictive_requests, sizing
 from prescaler.backtest.results import forecast_quality
-from prescaler.backtest.track import Track, build_track, calibrations, samples_by_bucket, sizing_of
-from prescaler.calibration import calibrate
+from prescaler.backtest.track import Track, build_track, calibrations, corrected, samples_by_bucket, sizing_of
+from prescaler.calibration import calibrate, level_factors
 from prescaler.errors import InputError
 from prescaler.forecasting import Forecast
 from prescaler.planning import ScalingPolicy, forecast_peak, plan
@@ -462,8 +462,8 @@ def test_equal_cost_compares_every_policy_at_predictive_replica_hours() -> None:
 
 
 def _plan_per_bucket(times: list, prev_load: np.ndarray, track: Track, cals: list, off: int, policy: ScalingPolicy,
-                     span: pd.DatetimeIndex, fits: list) -> np.ndarray:
-    """The reference: `plan` called at every bucket with the forecast and calibration in force."""
+                     span: pd.DatetimeIndex, fits: list, level: np.ndarray) -> np.ndarray:
+    """The reference: `plan` called at every bucket with the forecast, calibration and level in force."""
     out, cur, recent = [], 0, ()
     for t, now in enumerate(times):
         i = int(track.fit_of[off + t])
@@ -471,7 +471,7 @@ def _plan_per_bucket(times: list, prev_load: np.ndarray, track: Track, cals: lis
         obs = None if math.isnan(prev_load[t]) else float(prev_load[t])
         d = plan(policy, now=now, current_replicas=cur, forecast=fit.forecast,
                  forecast_generated_at=span[track.starts[i]].to_pydatetime() if fit.forecast is not None else None,
-                 observed_load=obs, recent=recent, calibration=cals[i])
+                 observed_load=obs, recent=recent, calibration=cals[i], level=float(level[off + t]))
         cur, recent = d.desired, d.recommendations
         out.append(cur)
     return np.array(out)
@@ -498,7 +498,10 @@ def test_the_replay_equals_the_planner_called_at_every_bucket(level: float | Non
         # Day 3's forecast is an hour off: the record should cost it trust.
         fits.append(Fit(o, Forecast(ds, y, 0.8 * y, 1.25 * y, "test"), "test", 0.0, None))
     starts = list(range(0, n, refit))
-    track = build_track(span, fits, starts, delay)
+    raw = build_track(span, fits, starts, delay)
+    lf = level_factors(load, raw.yhat, 12)
+    assert lf.min() < 1 < lf.max()
+    track = corrected(raw, lf)
     prev = np.concatenate([[1000.0], load[:-1]])
     samples = samples_by_bucket(track, load, prev, delay, "yhat" if level is not None else quantile)  # type: ignore[arg-type]
     cals = calibrations(track, samples, window_steps=refit * 2, service_level=level, headroom_percent=10.0)
@@ -511,7 +514,7 @@ def test_the_replay_equals_the_planner_called_at_every_bucket(level: float | Non
     times = list(span[off:].to_pydatetime())
     fast = predictive_requests(times, prev[off:], sized.peak[off:], track.stale[off:], sized.trust[off:],
                                sized.multiplier[off:], pol)
-    slow = _plan_per_bucket(times, prev[off:], track, cals, off, pol, span, fits)
+    slow = _plan_per_bucket(times, prev[off:], raw, cals, off, pol, span, fits, lf)
     assert fast.tolist() == slow.tolist()
     if level is not None:
         assert any(c.ready for c in cals)

@@ -164,6 +164,8 @@ class Decision:
     trust: float = 1.0
     # The calibrated multiplier that sized the load for the service level (None: headroom sized it).
     multiplier: float | None = None
+    # The level correction the forecast was scaled by (1: none).
+    level: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -274,17 +276,20 @@ def sizing_quantile(policy: ScalingPolicy, calibration: Calibration | None) -> Q
     return "yhat" if is_calibrated(policy, calibration) else policy.quantile
 
 
-def size_load(policy: ScalingPolicy, load: Load, calibration: Calibration | None, lead: timedelta) -> Sizing:
+def size_load(policy: ScalingPolicy, load: Load, calibration: Calibration | None, lead: timedelta,
+              level: float = 1.0) -> Sizing:
     """Step 1b: the blend with reactive and the service level's multiplier, or max(P, R) with headroom.
 
     With a calibrated service level the load is max(m·B, R), B = w·P + (1 − w)·R: the blend of forecast and
     observation scaled by the multiplier m of `lead` (now + leadTime − generated_at: errors grow with it),
     with the observed load under it unscaled. By headroom it is R + w·max(0, P − R), times 1 + headroom.
     The blend needs the reactive floor: without it there is nothing to lean on, and the forecast keeps
-    full trust.
+    full trust. `level` is the level correction (`prescaler.calibration.level_factor`) P is scaled by first.
     """
-    p, r = load.forecast, load.observed
+    p, r = load.forecast * level, load.observed
     trust, notes = 1.0, []
+    if level != 1.0:
+        notes.append(f"forecast ×{level:.2f} to the recent level")
     if calibration is not None and policy.reactive_floor and calibration.trust.leans_on_reactive:
         trust = calibration.trust.weight
     leaning: LimitedBy | None = "ReactiveBlend" if trust < 1.0 and p > r else None
@@ -298,14 +303,15 @@ def size_load(policy: ScalingPolicy, load: Load, calibration: Calibration | None
             notes.append(f"{calibration.trust.reason}: sized for {_fmt_load(value, policy)}")
         notes.append(calibration.describe(lead))
         return Sizing(value, 1.0, trust, multiplier, limited_by, "; ".join(notes))
-    value = load.value if trust >= 1.0 else r + trust * max(0.0, p - r)
+    value = max(p, r) if trust >= 1.0 else r + trust * max(0.0, p - r)
     if leaning and calibration is not None:
         notes.append(f"{calibration.trust.reason}: sizing for {_fmt_load(value, policy)}")
     if policy.service_level is not None:
         have = calibration.samples if calibration is not None else 0
         notes.append(f"service level {policy.service_level:g}% not calibrated yet ({have} samples): "
                      f"{policy.quantile} + {policy.headroom_percent:g}% headroom")
-    return Sizing(value, policy.headroom_factor, trust, None, leaning or load.limited_by, "; ".join(notes))
+    floor: LimitedBy = "ReactiveFloor" if r > p else "None"
+    return Sizing(value, policy.headroom_factor, trust, None, leaning or floor, "; ".join(notes))
 
 
 def replicas_array(policy: ScalingPolicy, load: np.ndarray, factor: np.ndarray | float) -> np.ndarray:
@@ -380,11 +386,13 @@ def plan(
     observed_load: float | None,
     recent: Sequence[Recommendation] = (),
     calibration: Calibration | None = None,
+    level: float = 1.0,
 ) -> Decision:
     """Decide the replica count for `now`. `recent` carries the stabilisation window between calls.
 
     `calibration` (from `prescaler.calibration`, on the scaler's own recent record) brings the trust in the
-    forecast and, with the policy's service level, the multipliers that size for it.
+    forecast and, with the policy's service level, the multipliers that size for it; `level` the level
+    correction of the forecast (`prescaler.calibration.level_factor` of the last hour's load against it).
     """
     current = max(0, int(current_replicas))
     observed = None if observed_load is None or math.isnan(observed_load) else max(0.0, float(observed_load))
@@ -398,7 +406,7 @@ def plan(
     assert forecast_generated_at is not None
     load = peak_load(policy, forecast, now=now, end=horizon_end, observed=observed,
                      quantile=sizing_quantile(policy, calibration))
-    sized = size_load(policy, load, calibration, now + policy.lead_time - forecast_generated_at)
+    sized = size_load(policy, load, calibration, now + policy.lead_time - forecast_generated_at, level)
     raw = policy.replicas_at(sized.load, sized.factor)
     recommended, bound = apply_bounds(policy, raw)
     stabilised, recs = stabilize_recommendation(recommended, now=now, recent=recent,
@@ -422,6 +430,7 @@ def plan(
         limited_by=limit or bound or sized.limited_by,
         trust=sized.trust,
         multiplier=sized.multiplier,
+        level=level,
     )
 
 

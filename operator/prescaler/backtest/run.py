@@ -40,17 +40,35 @@ from prescaler.backtest.track import (
     Sizing,
     build_track,
     calibrations,
+    corrected,
     realized_coverage,
     samples_by_bucket,
     sizing_of,
 )
-from prescaler.calibration import CALIBRATION_WINDOW, Calibration, check_service_level
+from prescaler.calibration import (
+    CALIBRATION_WINDOW,
+    LEVEL_WINDOW,
+    Calibration,
+    check_service_level,
+    level_factors,
+    level_steps,
+)
 from prescaler.durations import format_duration
 from prescaler.errors import InputError
 from prescaler.planning import Quantile
 
-# Fits see at most this much history: enough for weekly seasonality, cheap enough for daily refits.
+# Fits see at most this much history: enough for weekly seasonality, cheap enough for daily refits ...
 FIT_WINDOW = timedelta(days=56)
+# ... and at most this many buckets (four weeks at 5 minutes: a fit's cost grows with its points, and eight
+# weeks at 5 minutes took a minute of Prophet and Holt-Winters per `auto` refit), but never less than the
+# operator's default history of 14 days.
+FIT_POINTS = 8064
+MIN_FIT_WINDOW = timedelta(days=14)
+
+
+def fit_window(step: timedelta) -> timedelta:
+    """The history each refit sees at this step."""
+    return max(MIN_FIT_WINDOW, min(FIT_WINDOW, FIT_POINTS * step))
 # Below this the forecasters have not seen a single full day to learn from.
 MIN_WARMUP = timedelta(days=2)
 DEFAULT_WARMUP = timedelta(days=14)
@@ -189,7 +207,7 @@ def run_backtest(
     `capacity` is the requests one ready replica serves per step. Only the final `last` is evaluated;
     without it, the first `warmup` (default min(14 days, 25% of the series)) is history only. With both,
     history starts `warmup` before the evaluated window. Predictive forecasts are refit every
-    `refit_every` (default 1 day) on at most FIT_WINDOW of history, in `workers` processes (default: one
+    `refit_every` (default 1 day) on at most `fit_window(step)` of history, in `workers` processes (default: one
     per usable core). `events` are passed to the forecaster: they stand for scheduled launches known in
     advance.
 
@@ -243,7 +261,7 @@ def run_backtest(
     origins = list(range(-ahead * refit_steps, n, refit_steps))
     horizon = refit_steps * step_td + lead + step_td
     fit_started = time.perf_counter()
-    fits = refit_all(s, e0, origins, model=model, horizon=horizon, fit_steps=max(1, int(FIT_WINDOW / step_td)),
+    fits = refit_all(s, e0, origins, model=model, horizon=horizon, fit_steps=max(1, int(fit_window(step_td) / step_td)),
                      events=events, progress=progress, workers=n_workers)
     fit_wall = time.perf_counter() - fit_started
 
@@ -251,7 +269,10 @@ def run_backtest(
     off = ahead * refit_steps
     span_load = values[e0 - off :]
     span_prev = values[e0 - off - 1 : len(values) - 1]
-    track = build_track(pd.DatetimeIndex(s.index[e0 - off :]), fits, [o + off for o in origins], delay_steps)
+    raw_track = build_track(pd.DatetimeIndex(s.index[e0 - off :]), fits, [o + off for o in origins], delay_steps)
+    # The planner's level correction, from the last hour's load against the forecast that was in force.
+    level = level_factors(span_load, raw_track.yhat, level_steps(step_td))
+    track = corrected(raw_track, level)
     window_steps = max(1, int(CALIBRATION_WINDOW / step_td))
     samples = {q: samples_by_bucket(track, span_load, span_prev, delay_steps, q) for q in ("yhat", "upper")}
     times = list(ds.to_pydatetime())
@@ -363,7 +384,7 @@ def run_backtest(
         "headroom_percent": float(headroom_percent),
         "quantile": quantile,
         "refit_every": refit_steps * step_td,
-        "fit_window": FIT_WINDOW,
+        "fit_window": fit_window(step_td),
         "scale_down_window": HPA_WINDOW,
         "history_start": s.index[0],
         "evaluated_from": ds[0],
@@ -377,6 +398,8 @@ def run_backtest(
         "workers": n_workers,
         "service_level": None if service_level is None else float(service_level),
         "calibration_window": CALIBRATION_WINDOW,
+        "level_window": max(LEVEL_WINDOW, level_steps(step_td) * step_td),
+        "level_factor_range": [float(np.min(level[off:])), float(np.max(level[off:]))],
         "frontier_headrooms": [float(h) for h in frontier_headrooms],
         "events": 0 if events is None else len(events),
         "event_lifts": _last_lifts(fits),

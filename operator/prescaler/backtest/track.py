@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -77,6 +77,12 @@ def build_track(span: pd.DatetimeIndex, fits: Sequence[Fit], starts: Sequence[in
         first, last = fc.ds[0], fc.ds[-1]
         stale[lo:hi] = ~((first <= span[lo:hi]) & (last + step > span[lo:hi] + step * (d + 1)))
     return Track(tuple(starts), yhat, lower, upper, peak, lead_s, stale, fit_of)
+
+
+def corrected(track: Track, level: np.ndarray) -> Track:
+    """The track with its peaks scaled by the level correction at each decision (what `size_load` does with
+    `level`), so the calibration sees the forecast as the planner will use it."""
+    return replace(track, peak={q: p * level for q, p in track.peak.items()})
 
 
 def samples_by_bucket(track: Track, load: np.ndarray, prev_load: np.ndarray, delay_steps: int,
