@@ -21,6 +21,9 @@ from prescaler.calibration import (
     calibrate,
     calibrate_from_forecasts,
     choose_trust,
+    level_factor,
+    level_factors,
+    level_steps,
     needed_multiplier,
     parse_service_level,
     realized,
@@ -336,3 +339,27 @@ def test_the_keeper_calibrates_once_per_forecast_and_reports_status(monkeypatch:
     assert isinstance(level, dict) and level["target"] == "99.9%" and "realizedServedPercent" in level
     keeper.forget("ns", "web")
     assert asyncio.run(keeper.calibration_for("ns", "web", spec, None, None, None, NOW)) == (None, {})  # type: ignore[arg-type]
+
+
+# ---- the level correction -------------------------------------------------------------------------------
+
+
+def test_level_factor_corrects_half_the_way_within_bounds() -> None:
+    assert level_factor([200.0, 200.0, 200.0], [100.0, 100.0, 100.0]) == pytest.approx(math.sqrt(2))
+    assert level_factor([900.0] * 3, [100.0] * 3) == pytest.approx(math.sqrt(2))  # bounded at 2× first
+    assert level_factor([10.0] * 3, [100.0] * 3) == pytest.approx(math.sqrt(0.5))
+    assert level_factor([math.nan, math.nan, 100.0], [100.0] * 3) == 1.0  # too little to go by
+    assert level_factor([], []) == 1.0
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(0, 1e4), min_size=20, max_size=60), st.integers(1, 12), st.integers(0, 2**32 - 1))
+def test_level_factors_are_level_factor_at_every_bucket(values: list[float], steps: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    load = np.array(values)
+    load[rng.random(len(load)) < 0.2] = math.nan
+    forecast = rng.uniform(1, 1e4, len(load))
+    at_once = level_factors(load, forecast, steps)
+    for t in range(steps, len(load)):
+        assert at_once[t] == pytest.approx(level_factor(load[t - steps : t], forecast[t - steps : t]))
+    assert level_steps(timedelta(minutes=5)) == 12 and level_steps(H) == 3

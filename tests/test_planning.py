@@ -423,3 +423,15 @@ def test_a_higher_service_level_never_plans_fewer_replicas(seed: int, s1: float,
 def test_a_service_level_outside_0_100_is_rejected(level: float) -> None:
     with pytest.raises(InputError, match="serviceLevel"):
         policy(service_level=level)
+
+
+def test_the_level_correction_scales_the_forecast_and_says_so() -> None:
+    fc = make_forecast([1000] * 30)
+    d = plan(policy(), now=NOW, current_replicas=2, forecast=fc, forecast_generated_at=NOW, observed_load=None,
+             level=1.2)
+    assert d.desired == math.ceil(1200 * 1.1 / 100) and d.level == 1.2
+    assert "forecast ×1.20 to the recent level" in d.reason
+    # The observed load is not scaled: it is the floor.
+    d = plan(policy(), now=NOW, current_replicas=2, forecast=fc, forecast_generated_at=NOW, observed_load=2000,
+             level=0.5)
+    assert (d.desired, d.limited_by) == (22, "ReactiveFloor")
