@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -32,6 +34,7 @@ from prescaler.reconcile.gate import Gate
 from prescaler.spec import ScalerSpec, TargetRef, parse_spec
 
 log = logging.getLogger("prescaler.reconcile")
+T = TypeVar("T")
 
 
 @dataclass
@@ -111,6 +114,12 @@ class Reconciler:
                                         refit_spread=services.refit_spread)
         self._reads: dict[tuple[history.TrafficSource, str, datetime, datetime], asyncio.Future[pd.Series]] = {}
         self._decisions = DecisionLog(services.engine)
+        # API calls wait on the API server, which a fleet's status patches can slow to seconds per call: in threads
+        # of their own (one per admission slot), they never hold up the SQL of other ticks.
+        self._api = ThreadPoolExecutor(max_workers=max(1, services.max_concurrent), thread_name_prefix="prescaler-api")
+
+    async def _api_call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._api, functools.partial(fn, *args))
 
     def start(self) -> None:
         """At the operator's start, before the first ticks: read every stored forecast at once."""
@@ -223,7 +232,7 @@ class Reconciler:
                 if target is None:
                     raise TargetNotFound(f"{spec.target.kind} {namespace}/{spec.target.name} not found")
             else:
-                target = await asyncio.to_thread(self.s.actuator.read_target, namespace, spec.target)
+                target = await self._api_call(self.s.actuator.read_target, namespace, spec.target)
         except TargetNotFound as exc:
             conds["ScalingActive"] = Cond("False", "TargetNotFound", str(exc))
             ref.error("TargetNotFound")
@@ -279,9 +288,9 @@ class Reconciler:
         if spec.mode == "Auto" and desired != current:
             try:
                 if hpa is not None:
-                    await asyncio.to_thread(self.s.actuator.set_hpa_min, namespace, hpa.name, desired)
+                    await self._api_call(self.s.actuator.set_hpa_min, namespace, hpa.name, desired)
                 else:
-                    await asyncio.to_thread(self.s.actuator.scale, namespace, spec.target, desired)
+                    await self._api_call(self.s.actuator.scale, namespace, spec.target, desired)
                 applied = True
             except TargetNotFound as exc:
                 return fail("TargetNotFound", str(exc), "TargetNotFound")
