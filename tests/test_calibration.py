@@ -363,3 +363,16 @@ def test_level_factors_are_level_factor_at_every_bucket(values: list[float], ste
     for t in range(steps, len(load)):
         assert at_once[t] == pytest.approx(level_factor(load[t - steps : t], forecast[t - steps : t]))
     assert level_steps(timedelta(minutes=5)) == 12 and level_steps(H) == 3
+
+
+def test_incidents_are_left_out_of_the_fit_and_counted() -> None:
+    rng = np.random.default_rng(9)
+    forecast = np.full(200, 1000.0)
+    actual = forecast * rng.lognormal(0, 0.05, 200)
+    actual[50] = 8000.0  # a flash crowd eight times what anything said
+    s = samples(actual, forecast, np.full(200, 1000.0))
+    cal = calibrate(s, service_level=99.9)
+    assert cal.incidents == 1 and cal.samples == 199
+    m = cal.multiplier(H)
+    assert m is not None and m < 1.3  # not raised to chase the crowd
+    assert status_fields(cal, s, lead=H)["serviceLevel"]["incidents"] == 1

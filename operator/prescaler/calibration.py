@@ -15,7 +15,8 @@ with the floor under it; at w = 0 reactive scaling with a calibrated headroom.
 serve u — those from u − leadTime to u: a scale-up takes leadTime to be ready, a scale-down applies at once,
 so the capacity in u is the smallest any of them asked for — the F and R that decision saw (NaN F: it had no
 forecast and did not limit u). The lead is u − generated_at of the forecast in force at the first of them.
-Only the trailing `CALIBRATION_WINDOW` counts.
+Only the trailing `CALIBRATION_WINDOW` counts, and incidents (load over `INCIDENT_RATIO` times everything
+its decisions saw and forecast) are left out of the fit and counted.
 
 **Calibration (conformal risk control on the shortfall).** For a service level s (the share of requests
 served), m is the smallest on the grid `MULTIPLIERS` with
@@ -71,6 +72,11 @@ LEVEL_WINDOW = timedelta(hours=1)
 LEVEL_MIN_STEPS = 3
 LEVEL_DAMPING = 0.5
 LEVEL_BOUNDS = (0.5, 2.0)
+# A bucket whose load exceeded three times everything its decisions saw and forecast is an incident (a flash
+# crowd at night, an attack), not a forecast error: covering it would raise the multiplier, and the cost,
+# for two weeks without covering the next one. Incidents are left out of the calibration and counted; they
+# still count against the realized served %.
+INCIDENT_RATIO = 3.0
 # Two days of hourly buckets: below this a bucket's tail is guesswork.
 MIN_SAMPLES = 48
 # Lead-time buckets (upper edges); the last bucket is open.
@@ -155,6 +161,16 @@ class Samples:
             forecast=np.where(np.isfinite(f), np.maximum(f, 0.0), np.nan),
             observed=np.maximum(np.nan_to_num(r[ok], nan=0.0), 0.0),
         )
+
+    def incidents(self) -> np.ndarray:
+        """Per usable row, whether it was an incident (see INCIDENT_RATIO)."""
+        s = self.usable()
+        seen = np.maximum(np.max(np.where(np.isnan(s.forecast), 0.0, s.forecast), axis=1), np.max(s.observed, axis=1))
+        return np.asarray(s.actual > INCIDENT_RATIO * seen)
+
+    def calibratable(self) -> Samples:
+        """The usable rows without incidents: what the calibration and the trust are fitted on."""
+        return self.usable().rows(~self.incidents())
 
 
 def level_steps(step: timedelta) -> int:
@@ -390,7 +406,7 @@ class Trust:
 def choose_trust(samples: Samples, *, service_level: float | None, headroom_percent: float = 0.0,
                  min_samples: int = MIN_SAMPLES) -> Trust:
     """The trust weight the trailing record supports (see the module docstring); full trust without data."""
-    s = samples.usable()
+    s = samples.calibratable()
     if len(s) < min_samples:
         return Trust(1.0, f"{len(s)} of {min_samples} samples: forecast trusted until the record is long enough")
     if service_level is not None:
@@ -437,6 +453,7 @@ class Calibration:
     trust: Trust
     buckets: tuple[LeadBucket, ...]
     samples: int
+    incidents: int = 0  # buckets of the record left out as incidents (see INCIDENT_RATIO)
 
     @property
     def ready(self) -> bool:
@@ -481,7 +498,7 @@ def calibrate_levels(samples: Samples, *, service_level: float, trust: float,
                      min_samples: int = MIN_SAMPLES,
                      edges: Sequence[timedelta] = LEAD_EDGES) -> tuple[LeadBucket, ...]:
     """Per lead bucket, the multiplier on B_trust that meets `service_level`; () with too few samples."""
-    s = samples.usable()
+    s = samples.calibratable()
     if len(s) < min_samples:
         return ()
     bounds = [timedelta(0), *edges]
@@ -519,7 +536,7 @@ def calibrate(samples: Samples, *, service_level: float | None, headroom_percent
         buckets = calibrate_levels(samples, service_level=service_level, trust=chosen.weight,
                                    min_samples=min_samples, edges=edges)
     return Calibration(service_level=service_level, trust=chosen, buckets=buckets,
-                       samples=len(samples.usable()))
+                       samples=len(samples.calibratable()), incidents=int(samples.incidents().sum()))
 
 
 def calibrate_from_forecasts(
@@ -547,7 +564,7 @@ def status_fields(calibration: Calibration, samples: Samples, *, lead: timedelta
     if calibration.service_level is None:
         return out
     level: dict[str, Any] = {"target": f"{calibration.service_level:g}%", "samples": calibration.samples,
-                             "window": format_duration(window)}
+                             "incidents": calibration.incidents, "window": format_duration(window)}
     bucket = calibration.bucket(lead)
     usable = samples.usable()
     if bucket is not None and len(usable):
