@@ -36,7 +36,8 @@ from sqlalchemy.engine import Engine, make_url
 
 from prescaler import db
 from prescaler.clock import Clock
-from prescaler.collect import collect_once, load_config, metrics
+from prescaler.collect import collect_once, load_config, metrics, run_forever
+from prescaler.collect import kafka as kafka_feed
 from prescaler.collect.kafka import Drop, MessageParser
 from prescaler.collect.store import CountWriter, Fenced, OffsetMove, load_offsets
 from prescaler.errors import InputError
@@ -431,6 +432,33 @@ def test_two_collectors_in_one_group_share_partitions_and_count_once(
         first.stop()
         if second is not None:
             second.stop()
+
+
+def test_a_backlog_is_read_in_bounded_cycles_that_follow_each_other_at_once(
+        broker: KafkaBroker, engine_for: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, engine = engine_for()
+    topic = new_topic(broker, partitions=2)
+    values, keys, sent = events(recent_minute(40), 5_000, spacing=0.4)
+    produce(broker, topic, values, keys=keys)
+    monkeypatch.setattr(kafka_feed, "CYCLE_BUDGET", 0.2)  # loop mode: a cycle hands back after 0.2 s
+    config = load_config(write_config(tmp_path / "c.yaml", broker, topic, batch_messages=500))
+    stop = threading.Event()
+    cycles: list[tuple[float, int | None]] = []
+
+    def on_cycle(reports: list[Any]) -> None:
+        cycles.append((time.monotonic(), reports[0].backlog))
+        if reports[0].backlog == 0 and table(engine) == sent.counts:
+            stop.set()
+
+    runner = threading.Thread(target=run_forever, args=(config, engine), daemon=True, kwargs={
+        "settle": dt.timedelta(seconds=20), "port": None, "stop": stop, "on_cycle": on_cycle})
+    runner.start()
+    runner.join(300)
+    assert not runner.is_alive() and table(engine) == sent.counts
+    behind = [i for i, (_, backlog) in enumerate(cycles) if backlog]
+    assert len(behind) >= 2, cycles  # the backlog took several cycles
+    gaps = [cycles[i + 1][0] - cycles[i][0] for i in behind if i + 1 < len(cycles)]
+    assert max(gaps) < 30, gaps  # not a minute's wait between them
 
 
 # --- faults while running in loop mode -----------------------------------------------------------------------

@@ -47,6 +47,9 @@ MAX_NAME = 1024
 EXAMPLES_PER_REASON = 3  # malformed messages logged per batch and reason; the rest are counted
 _CONSUME_CHUNK = 10_000
 JOIN_WAIT_ONCE = 150.0  # seconds: a rebalance waits up to a minute for members that poll once per cycle
+# In loop mode a cycle hands back after this long even with a backlog (the runner starts the next one at once),
+# so the other feeds, the liveness beat and SIGTERM are served while days of backlog are read.
+CYCLE_BUDGET = 45.0
 
 Parsed = tuple[float, str, str, int]  # event time (epoch seconds), service, endpoint, requests
 
@@ -360,9 +363,9 @@ class KafkaFeed:
             raise CollectError("unknown_topic", f"topic {self.topic!r}: {reason}", transient=False)
 
     def _await_assignment(self, consumer: Consumer, stop: StopSignal) -> None:
-        """Serve the group's callbacks; on first joining, wait a while for the group to give us partitions."""
+        """On first joining, wait a while for the group to give us partitions (later rebalances are served by
+        the consume() calls of each cycle)."""
         deadline = time.monotonic() + self._join_wait
-        self._poll(consumer, 0)
         while not self._rebalanced and not stop.is_set():
             if time.monotonic() > deadline:
                 if self._once:
@@ -446,19 +449,25 @@ class KafkaFeed:
     # --- batches -----------------------------------------------------------------------------------------
 
     def _fill(self, consumer: Consumer, stop: StopSignal) -> None:
-        """Read into self._batch until it is full, `batch_time` has passed, or every partition is caught up."""
+        """Read into self._batch until it is full, `batch_time` has passed, or every partition is caught up.
+
+        consume() is called at least once: it also serves the group's rebalance callbacks, which an idle
+        topic would otherwise hold up."""
         spec = self.settings
         deadline = time.monotonic() + spec.batch_time.total_seconds()
         grace = spec.grace.total_seconds()
         parse = self.parse
         eof = KafkaError._PARTITION_EOF
+        first = True
         while not stop.is_set():
             batch = self._batch  # a rebalance inside consume() may have written it and started another
             left = deadline - time.monotonic()
-            if batch.messages >= spec.batch_messages or left <= 0 or self._caught_up():
+            caught_up = self._caught_up()
+            if not first and (batch.messages >= spec.batch_messages or left <= 0 or caught_up):
                 return
+            first = False
             messages: list[Message] = consumer.consume(min(_CONSUME_CHUNK, spec.batch_messages - batch.messages),
-                                                       timeout=min(left, 0.5))
+                                                       timeout=0 if caught_up else max(0.0, min(left, 0.5)))
             batch = self._batch
             now = self.clock.now().timestamp()
             counts = batch.counts
@@ -546,16 +555,18 @@ class KafkaFeed:
     # --- one cycle ---------------------------------------------------------------------------------------
 
     def collect(self, newest: datetime, stop: StopSignal) -> FeedReport:
-        """Consume until every assigned partition reaches the end offset it had when the cycle began."""
+        """Consume until every assigned partition reaches the end offset it had when the cycle began (in loop
+        mode, or until CYCLE_BUDGET has passed: the report's backlog then says there is more)."""
         report = FeedReport(feed=self.spec.name, newest=newest, messages=0)
         self._report = report
         self._seen_errors.clear()
+        budget_end = float("inf") if self._once else time.monotonic() + CYCLE_BUDGET
         try:
             consumer = self._consumer_or_new()
             self._check_topic(consumer)
             self._await_assignment(consumer, stop)
             self._position(consumer, refresh_targets=True)
-            while not stop.is_set() and not self._caught_up():
+            while not stop.is_set():
                 self._fill(consumer, stop)
                 batch, self._batch = self._batch, Batch()
                 try:
@@ -565,11 +576,13 @@ class KafkaFeed:
                                 self.spec.name, exc)
                     self._forget_positions()
                 self._position(consumer, refresh_targets=False)
+                if self._caught_up() or time.monotonic() >= budget_end:
+                    break
         except CollectError as exc:
             report.errors.append(("", exc))
             self._batch = Batch()
             self._forget_positions()
-            if exc.kind in ("auth", "tls", "unreachable"):
+            if exc.kind in ("auth", "tls"):  # credentials are read when a consumer is made: make a new one
                 self._drop_consumer()
         finally:
             self._report = None

@@ -252,6 +252,8 @@ def run_forever(config: CollectorConfig, engine: Engine, *, settle: timedelta, p
                         log.warning("%s", line)
                 if on_cycle is not None:
                     on_cycle(reports)
+                if any(r.backlog and not r.errors for r in reports):
+                    wake.set()  # a Kafka feed stopped at its cycle budget with more to read: go on at once
             health.touch()
             now = clock.now()
             _sleep(clock.real_seconds(next_wake(now, settle) - now), stop, wake)
