@@ -36,3 +36,10 @@ def test_field_reference_matches_the_crd() -> None:
 def test_metric_list_matches_metrics_module() -> None:
     listed = re.findall(r"^\| `(prescaler_[a-z_]+)`", _section("metrics"), re.M)
     assert listed == list(METRIC_NAMES)
+
+
+def test_user_facing_sections_come_before_the_benchmarks() -> None:
+    headers = [line for line in README.splitlines() if line.startswith("## ")]
+    measured = next(i for i, h in enumerate(headers) if h.startswith("## Measured"))
+    for section in ("## Install", "## The PredictiveScaler", "## Metrics", "## Grafana dashboard"):
+        assert headers.index(section) < measured, f"{section} comes after the benchmark tables"
