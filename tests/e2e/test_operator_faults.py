@@ -1,21 +1,42 @@
-"""Faults: PostgreSQL going away and coming back, the operator killed with SIGKILL and restarted, and two
-operator processes of which exactly one may act. Each runs the operator as a real process on scaled time."""
+"""Faults, each while the operator runs as a real process on scaled time against the real control plane:
+the API server restarted during a scale-up, etcd restarted during a scale-down, PostgreSQL restarted while a
+decision write is in flight, the operator SIGKILLed between its `/scale` patch and its decision write, and
+PostgreSQL frozen (SIGSTOP) for a minute of real time; plus two operator processes of which exactly one may act.
+
+Every fault test ends with the replica count the plan wants, no wrong scale-down and no lost decision row, as
+`fault_support` defines them, and prints one `FAULT FIGURES` line (the README quotes them). PostgreSQL is this
+module's own server, so stopping or freezing it leaves the session's shared server alone.
+"""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
+from prescaler import cli, db
 from prescaler.clock import Clock
 from prescaler_dev import pgserver
 from prescaler_dev.localcluster import LocalCluster
 
+from .fault_support import (
+    CAPACITY_PER_STEP,
+    DecisionWriteBlocker,
+    Figures,
+    LostRows,
+    PrivatePostgres,
+    Recorder,
+    WrongReplicas,
+    measure,
+)
 from .operator_support import (
-    PEAK_REPLICAS,
+    PEAK_LOAD,
     OperatorProcess,
     apply,
     condition,
@@ -25,12 +46,21 @@ from .operator_support import (
     namespace_yaml,
     peak_day_time,
     scaler_yaml,
+    write_trace_csv,
 )
 from .waiting import wait_for
 
-SPEED = 120.0
-
-
+SPEED = 120.0  # one real second is two simulated minutes; a scaling interval (1m) is half a second
+LEAD = timedelta(minutes=10)  # scaler_yaml's leadTime
+MIN_REPLICAS, MAX_REPLICAS = 2, 30  # scaler_yaml's bounds
+PLATEAU = math.ceil(PEAK_LOAD * 1.10 / CAPACITY_PER_STEP)  # the 18:00-19:00 plan with 10% headroom: 14
+EVENING = MIN_REPLICAS  # the base load after 19:30 needs ceil(600 x 1.1 / 500) = 2
+# After a fault ends, the plan must be back within this much simulated time (a few ticks, plus the watch
+# reconnects of a loaded CI machine); a scaler stalled for kopf's 60 s error backoff (2 simulated hours) is not.
+RECOVERY = timedelta(minutes=30)
+# A control-plane component stays down this long (real seconds) before it is started again: about what an
+# upgrade of it takes, and longer than kopf's own retries of one request (1 + 2 + 5 + 10 s as the operator sets them).
+OUTAGE_S = 25.0
 
 
 @pytest.fixture(scope="module")
@@ -39,16 +69,36 @@ def crds(cluster: LocalCluster) -> LocalCluster:
     return cluster
 
 
+@pytest.fixture(scope="module")
+def private_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PrivatePostgres, str]]:
+    """This module's own PostgreSQL with the `peak-api` trace (daily 18:00-19:00 peak)."""
+    pg = PrivatePostgres(tmp_path_factory.mktemp("private-pg"))
+    pg.start()
+    try:
+        url = pgserver.create_database("faults", pg.port)
+        engine = db.make_engine(url)
+        db.migrate(engine)
+        engine.dispose()
+        csv = write_trace_csv(tmp_path_factory.mktemp("trace") / "peak.csv")
+        assert cli.main(["--database-url", url, "import", str(csv), "--service", "peak-api"]) == 0
+        yield pg, url
+    finally:
+        pg.stop()
+
+
+@pytest.fixture
+def store(private_pg: tuple[PrivatePostgres, str]) -> Iterator[sa.Engine]:
+    engine = sa.create_engine(private_pg[1])
+    yield engine
+    engine.dispose()
+
+
 @pytest.fixture
 def logdir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def _replicas(cluster: LocalCluster, ns: str) -> int:
-    return int(get_json(cluster, "-n", ns, "get", "deployment", "web").get("spec", {}).get("replicas", -1))
-
-
-def _scaler(cluster: LocalCluster, ns: str) -> dict:  # type: ignore[type-arg]
+def _scaler(cluster: LocalCluster, ns: str) -> dict[str, Any]:
     return get_json(cluster, "-n", ns, "get", "predictivescaler", "web")
 
 
@@ -56,109 +106,274 @@ def _data_available(cluster: LocalCluster, ns: str) -> str | None:
     return condition(_scaler(cluster, ns), "DataAvailable").get("status")
 
 
-def _setup(cluster: LocalCluster, ns: str, **kw: str) -> None:
+@pytest.fixture
+def namespaces(crds: LocalCluster) -> Iterator[list[str]]:
+    """Namespaces a test adds here are deleted after it, so no later operator of the module reconciles its
+    scaler."""
+    made: list[str] = []
+    yield made
+    for ns in made:
+        crds.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def _setup(cluster: LocalCluster, ns: str, made: list[str], *, refresh: str = "2h", stale_after: str = "6h") -> None:
+    made.append(ns)
     apply(cluster, namespace_yaml(ns))
     apply(cluster, deployment_yaml(ns, "web"))
-    apply(cluster, scaler_yaml(ns, "web", "web", **kw))  # type: ignore[arg-type]
+    apply(cluster, scaler_yaml(ns, "web", "web", refresh=refresh, stale_after=stale_after))
 
 
-def test_postgres_outage_holds_replicas_and_recovers(
-    crds: LocalCluster, traffic_db: str, pg_server_url: str, logdir: Path
+def _sleep_until(clock: Clock, at: datetime) -> None:
+    time.sleep(max(0.0, (at - clock.now()).total_seconds() / clock.speed))
+
+
+def _measure(fault: str, rec: Recorder, store: sa.Engine, expected: int,
+             stale: list[tuple[float, float]] | None = None) -> Figures:
+    return measure(fault, rec, store, expected=expected, lead=LEAD, lo=MIN_REPLICAS, hi=MAX_REPLICAS,
+                   stale=stale or [])
+
+
+def _reached(rec: Recorder, replicas: int) -> datetime | None:
+    """Simulated time of the last change that brought the target to `replicas`."""
+    hits = [c.sim for c in rec.snapshot()[0] if c.after == replicas]
+    return hits[-1] if hits else None
+
+
+# --------------------------------------------------------------------------- the control plane
+
+
+@pytest.mark.xfail(strict=True, raises=WrongReplicas, reason=(
+    "operator bug: when the API server is away longer than kopf's retries of the status patch (error_backoffs "
+    "1+2+5+10 s, set in handlers.startup), the exception ends the scaler's timer task: it never reconciles again "
+    "until the operator restarts"))
+def test_api_server_restart_during_scale_up(
+    crds: LocalCluster, private_pg: tuple[PrivatePostgres, str], store: sa.Engine, logdir: Path,
+    namespaces: list[str],
+) -> None:
+    cluster, ns = crds, "e2e-apiserver"
+    _setup(cluster, ns, namespaces)
+    clock = Clock.scaled_from(peak_day_time(17, 0), SPEED)
+    with Recorder(cluster, ns, "web", clock) as rec:
+        op = OperatorProcess(cluster, private_pg[1], clock, logdir / "operator.log").start()
+        try:
+            wait_for("the scale-up to begin", lambda: (rec.replicas or 0) > MIN_REPLICAS, timeout=120)
+            began = clock.now()
+            outage = cluster.restart_component("kube-apiserver", down_for=OUTAGE_S)
+            back = clock.now()
+            # The plan's promise: capacity for the plateau by the peak, and a blip only delays it a little.
+            due = max(peak_day_time(18, 0), back + RECOVERY)
+            _sleep_until(clock, due)
+            assert op.alive(), "the operator must not crash when the API server restarts"
+        finally:
+            op.stop()
+    figures = _measure("API server restart during a scale-up", rec, store, PLATEAU)
+    reached = _reached(rec, PLATEAU)
+    figures.notes = {"scale-up began": f"{began:%H:%M}", "API server away (real s)": round(outage, 1),
+                     "back": f"{back:%H:%M}", f"{PLATEAU} replicas at": f"{reached:%H:%M}" if reached else "never"}
+    figures.check()
+
+
+def test_etcd_restart_during_scale_down(
+    crds: LocalCluster, private_pg: tuple[PrivatePostgres, str], store: sa.Engine, logdir: Path,
+    namespaces: list[str],
+) -> None:
+    cluster, ns = crds, "e2e-etcd"
+    _setup(cluster, ns, namespaces)
+    clock = Clock.scaled_from(peak_day_time(18, 30), SPEED)
+    with Recorder(cluster, ns, "web", clock) as rec:
+        op = OperatorProcess(cluster, private_pg[1], clock, logdir / "operator.log").start()
+        try:
+            wait_for("the plateau", lambda: rec.replicas == PLATEAU, timeout=120)
+            wait_for("the scale-down to begin", lambda: (rec.replicas or PLATEAU) < PLATEAU, timeout=120)
+            began = clock.now()
+            outage = cluster.restart_component("etcd", down_for=OUTAGE_S)
+            back = clock.now()
+            _sleep_until(clock, max(peak_day_time(19, 55), back + RECOVERY))
+            assert op.alive(), "the operator must not crash when etcd restarts"
+        finally:
+            op.stop()
+    figures = _measure("etcd restart during a scale-down", rec, store, EVENING)
+    figures.notes = {"scale-down began": f"{began:%H:%M}", "etcd away (real s)": round(outage, 1),
+                     "back": f"{back:%H:%M}"}
+    figures.check()
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+@pytest.mark.xfail(strict=True, raises=LostRows, reason=(
+    "operator bug: a decision whose row cannot be written is dropped instead of written once the store is back "
+    "(tick.py logs a failed record_decision and moves on; with the traffic data unavailable it skips the write)"))
+def test_postgres_restart_during_a_decision_write_holds_and_recovers(
+    crds: LocalCluster, private_pg: tuple[PrivatePostgres, str], store: sa.Engine, logdir: Path,
+    namespaces: list[str],
 ) -> None:
     cluster, ns = crds, "e2e-pgdown"
-    _setup(cluster, ns)
-    # Start on the plateau; the load falls at 19:00-19:30, during the outage.
-    clock = Clock.scaled_from(peak_day_time(18, 10), SPEED)
-    op = OperatorProcess(cluster, traffic_db, clock, logdir / "operator.log").start()
-    try:
-        wait_for("scale-up to the plateau", lambda: _replicas(cluster, ns) >= PEAK_REPLICAS, timeout=60)
-        wait_for("DataAvailable=True", lambda: _data_available(cluster, ns) == "True", timeout=30)
-        high = _replicas(cluster, ns)
-        port = int(sa.make_url(pg_server_url).port or pgserver.DEFAULT_PORT)
-        pgserver.stop(port)
+    pg, url = private_pg
+    _setup(cluster, ns, namespaces)
+    clock = Clock.scaled_from(peak_day_time(18, 20), SPEED)  # on the plateau; the load falls 19:00-19:30
+    with Recorder(cluster, ns, "web", clock) as rec:
+        op = OperatorProcess(cluster, url, clock, logdir / "operator.log").start()
         try:
-            wait_for("DataAvailable=False", lambda: _data_available(cluster, ns) == "False", timeout=60)
-            dead = condition(_scaler(cluster, ns), "DataAvailable")
-            assert dead["reason"] == "DataUnavailable" and dead["message"]
-            # Hold through the simulated end of the peak: never below what it had.
-            deadline = time.monotonic() + 45  # 90 simulated minutes, past 19:30
-            seen = []
-            while time.monotonic() < deadline:
-                seen.append(_replicas(cluster, ns))
-                assert op.alive(), "the operator must not crash when PostgreSQL is down"
-                time.sleep(0.5)
-            assert min(seen) >= high, f"scaled down on untrusted data: {seen}"
-            assert op.metric("prescaler_errors_total", namespace=ns, kind="DataUnavailable") >= 1
+            wait_for("scale-up to the plateau", lambda: rec.replicas == PLATEAU, timeout=120)
+            wait_for("DataAvailable=True", lambda: _data_available(cluster, ns) == "True", timeout=60)
+            blocker = DecisionWriteBlocker(url)
+            try:
+                wait_for("a decision write in flight", lambda: blocker.waiting_writes() > 0, timeout=60)
+                down_real, down = time.time(), clock.now()
+                pg.stop()  # a fast shutdown ends the waiting write with its connection
+            finally:
+                blocker.release()
+            try:
+                wait_for("DataAvailable=False", lambda: _data_available(cluster, ns) == "False", timeout=60)
+                dead = condition(_scaler(cluster, ns), "DataAvailable")
+                assert dead["reason"] == "DataUnavailable" and dead["message"]
+                # Down through the end of the peak: without the outage the scale-down would start ~19:15.
+                while clock.now() < peak_day_time(19, 40):
+                    assert op.alive(), "the operator must not crash when PostgreSQL is down"
+                    time.sleep(0.5)
+                assert op.metric("prescaler_errors_total", namespace=ns, kind="DataUnavailable") >= 1
+            finally:
+                # From here on the server may answer: a scale-down now can rest on fresh data.
+                up_real, up = time.time(), clock.now()
+                pg.start()
+            wait_for("DataAvailable=True after recovery", lambda: _data_available(cluster, ns) == "True", timeout=60)
+            _sleep_until(clock, up + RECOVERY)
+            assert op.alive()
         finally:
-            pgserver.ensure_running(port)
-        wait_for("DataAvailable=True after recovery", lambda: _data_available(cluster, ns) == "True", timeout=60)
-        wait_for("scale-down resumes after recovery", lambda: _replicas(cluster, ns) < high, timeout=90)
-        events = get_json(cluster, "-n", ns, "get", "events").get("items", [])
-        assert any(e.get("reason") == "DataUnavailable" for e in events)
-    finally:
-        op.stop()
+            op.stop()
+    events = get_json(cluster, "-n", ns, "get", "events").get("items", [])
+    assert any(e.get("reason") == "DataUnavailable" for e in events)
+    figures = _measure("PostgreSQL restart during a decision write", rec, store, EVENING,
+                       stale=[(down_real, up_real)])
+    figures.notes = {"down": f"{down:%H:%M}", "back": f"{up:%H:%M}",
+                     "PostgreSQL away (real s)": round(up_real - down_real, 1)}
+    figures.check()
 
 
-def test_sigkill_restart_reuses_the_stored_forecast_without_flapping(
-    crds: LocalCluster, traffic_db: str, logdir: Path
+@pytest.mark.xfail(strict=True, raises=LostRows, reason=(
+    "operator bug: the decision row is written after the /scale patch, so a SIGKILL between the two loses "
+    "the row of a scale that happened; the restarted operator finds nothing left to do and never records it"))
+def test_sigkill_between_scale_patch_and_decision_write(
+    crds: LocalCluster, private_pg: tuple[PrivatePostgres, str], store: sa.Engine, logdir: Path,
+    namespaces: list[str],
 ) -> None:
+    """Killed while its first decision's row waits for a lock: the target is scaled once, the restarted operator
+    reuses the stored forecast without flapping or scaling again, and the decision has exactly one row."""
     cluster, ns = crds, "e2e-restart"
-    _setup(cluster, ns, refresh="6h", stale_after="12h")
-    clock = Clock.scaled_from(peak_day_time(18, 0), SPEED)
-    engine = sa.create_engine(traffic_db)
+    url = private_pg[1]
+    _setup(cluster, ns, namespaces, refresh="6h", stale_after="12h")
+    clock = Clock.scaled_from(peak_day_time(17, 50), SPEED)
 
-    def stored() -> int:
-        with engine.connect() as conn:
-            return int(conn.execute(sa.text("SELECT count(*) FROM forecasts WHERE scaler_key = :k"),
-                                    {"k": f"{ns}/web"}).scalar_one())
+    def stored() -> list[datetime]:
+        with store.connect() as conn:
+            return list(conn.execute(sa.text("SELECT generated_at FROM forecasts WHERE scaler_key = :k "
+                                             "ORDER BY generated_at"), {"k": f"{ns}/web"}).scalars())
 
-    first = OperatorProcess(cluster, traffic_db, clock, logdir / "first.log").start()
-    try:
-        wait_for("scale-up to the plateau", lambda: _replicas(cluster, ns) >= PEAK_REPLICAS, timeout=60)
-        wait_for("a stored forecast", lambda: stored() >= 1, timeout=60)
-        before = stored()
-        generated = _scaler(cluster, ns)["status"]["forecastGeneratedAt"]
-    finally:
-        first.kill()
-    assert not first.alive()
-    high = _replicas(cluster, ns)
-    second = OperatorProcess(cluster, traffic_db, clock, logdir / "second.log").start()
-    try:
-        seen = []
-        deadline = time.monotonic() + 20  # 40 simulated minutes, still on the plateau
-        while time.monotonic() < deadline:
-            seen.append(_replicas(cluster, ns))
-            time.sleep(0.3)
-        status = _scaler(cluster, ns)["status"]
-        assert status["forecastGeneratedAt"] == generated, "the restart refit instead of reusing"
-        assert stored() == before
-        assert min(seen) >= high and len(set(seen)) == 1, f"replicas flapped across the restart: {seen}"
-        assert second.metric("prescaler_reconcile_duration_seconds_count", namespace=ns) > 0
-    finally:
-        second.stop()
-        engine.dispose()
+    with Recorder(cluster, ns, "web", clock) as rec:
+        blocker = DecisionWriteBlocker(url)  # before the start: the first decision's write will wait
+        first = OperatorProcess(cluster, url, clock, logdir / "first.log").start()
+        try:
+            wait_for("the first decision's write in flight", lambda: blocker.waiting_writes() > 0, timeout=120)
+            wait_for("a stored forecast", stored, timeout=60)
+            at_kill = rec.replicas
+        finally:
+            first.kill()
+            blocker.release()
+        assert not first.alive()
+        forecasts = stored()
+        second = OperatorProcess(cluster, url, clock, logdir / "second.log").start()
+        try:
+            seen: list[int] = []
+            end = clock.now() + timedelta(minutes=30)  # still on the plateau
+            while clock.now() < end:
+                seen.append(rec.replicas or 0)
+                time.sleep(0.3)
+            status = _scaler(cluster, ns)["status"]
+            assert second.metric("prescaler_reconcile_duration_seconds_count", namespace=ns) > 0
+        finally:
+            second.stop()
+    assert stored() == forecasts, "the restart refit instead of reusing the stored forecast"
+    assert status["forecastGeneratedAt"] == forecasts[-1].strftime("%Y-%m-%dT%H:%M:%SZ")
+    # Scaled up once, by whichever operator got to it, and never down again.
+    assert seen == sorted(seen) and seen[-1] == PLATEAU, f"replicas flapped across the restart: {seen}"
+    figures = _measure("operator SIGKILL between the /scale patch and the decision write", rec, store, PLATEAU)
+    figures.notes = {"replicas when killed": at_kill}
+    changes = [(c.before, c.after) for c in figures.changes]
+    assert changes == [(MIN_REPLICAS, PLATEAU)], f"scaled more than once for one decision: {changes}"
+    figures.check()
+
+
+def test_postgres_frozen_for_a_real_minute(
+    crds: LocalCluster, private_pg: tuple[PrivatePostgres, str], store: sa.Engine, logdir: Path,
+    namespaces: list[str],
+) -> None:
+    """SIGSTOP on every PostgreSQL process for 60 s of real time (two simulated hours, through the evening fall):
+    the operator stays alive and healthy, holds instead of scaling down, and scales down once the store answers."""
+    cluster, ns = crds, "e2e-pgfrozen"
+    pg, url = private_pg
+    _setup(cluster, ns, namespaces)
+    clock = Clock.scaled_from(peak_day_time(18, 20), SPEED)
+    unhealthy = 0
+    with Recorder(cluster, ns, "web", clock) as rec:
+        op = OperatorProcess(cluster, url, clock, logdir / "operator.log").start()
+        try:
+            wait_for("scale-up to the plateau", lambda: rec.replicas == PLATEAU, timeout=120)
+            wait_for("DataAvailable=True", lambda: _data_available(cluster, ns) == "True", timeout=60)
+            decided_before = len(rec.snapshot()[1])
+            frozen_real, frozen = time.time(), clock.now()
+            pg.freeze()
+            try:
+                while time.time() < frozen_real + 60:
+                    assert op.alive(), "the operator must not crash while PostgreSQL is frozen"
+                    unhealthy += 0 if op.healthy() else 1
+                    time.sleep(1.0)
+            finally:
+                thawed_real, thawed = time.time(), clock.now()
+                pg.thaw()
+            decided_frozen = len(rec.snapshot()[1]) - decided_before
+            wait_for("the scale-down once the store answers", lambda: rec.replicas == EVENING, timeout=120)
+            _sleep_until(clock, clock.now() + timedelta(minutes=10))
+            assert op.alive() and op.healthy()
+        finally:
+            op.stop()
+    figures = _measure("PostgreSQL frozen for 60 s real", rec, store, EVENING,
+                       stale=[(frozen_real, thawed_real)])
+    figures.notes = {"frozen": f"{frozen:%H:%M}", "thawed": f"{thawed:%H:%M}",
+                     "decisions reported while frozen": decided_frozen,
+                     "failed /healthz probes while frozen": unhealthy}
+    assert unhealthy == 0, figures.line()
+    figures.check()
+
+
+# --------------------------------------------------------------------------- two operators
 
 
 @pytest.fixture
-def two_operators(crds: LocalCluster, traffic_db: str, logdir: Path) -> Iterator[list[OperatorProcess]]:
+def two_operators(crds: LocalCluster, private_pg: tuple[PrivatePostgres, str],
+                  logdir: Path) -> Iterator[list[OperatorProcess]]:
     clock = Clock.scaled_from(peak_day_time(12, 0), SPEED)
     ops = [
-        OperatorProcess(crds, traffic_db, clock, logdir / f"op{i}.log", peering="prescaler-e2e",
+        OperatorProcess(crds, private_pg[1], clock, logdir / f"op{i}.log", peering="prescaler-e2e",
                         extra_env={"PRESCALER_PEERING_LIFETIME": "10"})
         for i in range(2)
     ]
     try:
         for op in ops:
             op.start()
+        # Under load the two may start seconds apart; until they see each other, the first rightly acts alone.
+        wait_for("the peers to settle", lambda: any("Pausing operations in favour of" in op.log_path.read_text()
+                                                    for op in ops), timeout=90)
         yield ops
     finally:
         for op in ops:
             op.stop()
 
 
-def test_two_operators_exactly_one_acts(crds: LocalCluster, two_operators: list[OperatorProcess]) -> None:
+def test_two_operators_exactly_one_acts(crds: LocalCluster, two_operators: list[OperatorProcess],
+                                       namespaces: list[str]) -> None:
     ns = "e2e-peering"
-    _setup(crds, ns)
+    _setup(crds, ns, namespaces)
 
     def reconciles(op: OperatorProcess) -> float:
         return op.metric("prescaler_reconcile_duration_seconds_count", namespace=ns)
