@@ -72,8 +72,8 @@ LEVEL_WINDOW = timedelta(hours=1)
 LEVEL_MIN_STEPS = 3
 LEVEL_DAMPING = 0.5
 LEVEL_BOUNDS = (0.5, 2.0)
-# A bucket whose load exceeded three times everything its decisions saw and forecast is an incident (a flash
-# crowd at night, an attack), not a forecast error: covering it would raise the multiplier, and the cost,
+# A bucket whose load exceeded three times what its decisions saw and forecast is an incident (a flash crowd
+# at night, an attack), not a forecast error: covering it would raise the multiplier, and the cost,
 # for two weeks without covering the next one. Incidents are left out of the calibration and counted; they
 # still count against the realized served %.
 INCIDENT_RATIO = 3.0
@@ -163,10 +163,10 @@ class Samples:
         )
 
     def incidents(self) -> np.ndarray:
-        """Per usable row, whether it was an incident (see INCIDENT_RATIO)."""
+        """Per usable row, whether it was an incident (see INCIDENT_RATIO): more than that many times the
+        capacity the plain sizing max(F, R) left it (the least its decisions asked for)."""
         s = self.usable()
-        seen = np.maximum(np.max(np.where(np.isnan(s.forecast), 0.0, s.forecast), axis=1), np.max(s.observed, axis=1))
-        return np.asarray(s.actual > INCIDENT_RATIO * seen)
+        return np.asarray(s.actual > INCIDENT_RATIO * _capacity(s, 1.0, 1.0))
 
     def calibratable(self) -> Samples:
         """The usable rows without incidents: what the calibration and the trust are fitted on."""
