@@ -337,8 +337,17 @@ def test_the_keeper_calibrates_once_per_forecast_and_reports_status(monkeypatch:
     assert cal is not None and cal.ready and cal.service_level == 99.9
     level = status["serviceLevel"]
     assert isinstance(level, dict) and level["target"] == "99.9%" and "realizedServedPercent" in level
+    # Each tick: the last hour's load against the forecasts that were in force for it (3 hourly steps).
+    t = hours[len(hours) - 40].to_pydatetime()
+    fc = _forecast(t, list(truth[len(hours) - 40 : len(hours) - 10]))
+    _, level, fields = asyncio.run(keeper.for_tick("ns", "web", spec, None, fc, t,  # type: ignore[arg-type]
+                                                   t + timedelta(hours=5, minutes=10)))
+    window = actuals[(actuals.index >= t + 2 * H) & (actuals.index < t + 5 * H)]
+    assert level == pytest.approx(level_factor(window.to_numpy(), truth[len(hours) - 38 : len(hours) - 35]))
+    assert level != 1.0 and fields["forecastTrust"] == "100%"
     keeper.forget("ns", "web")
     assert asyncio.run(keeper.calibration_for("ns", "web", spec, None, None, None, NOW)) == (None, {})  # type: ignore[arg-type]
+    assert asyncio.run(keeper.for_tick("ns", "web", spec, None, None, None, NOW)) == (None, 1.0, {})  # type: ignore[arg-type]
 
 
 # ---- the level correction -------------------------------------------------------------------------------
