@@ -170,8 +170,10 @@ class PartitionState:
     position: int | None = None
     stored: int | None = None  # next_offset in the database; None: no row yet
     stream_time: float | None = None
-    target: int = 0  # the end offset when the cycle began: reaching it means caught up
-    at_end: bool = False  # the consumer reported the end of what is readable (an open transaction stops it)
+    # The end offset when the cycle began: reaching it means caught up. For a read_committed consumer the
+    # broker answers the last stable offset, so an open transaction does not hold a cycle up.
+    target: int = 0
+    at_end: bool = False  # the consumer reported reaching `target` (past transaction markers, which are skipped)
     expired: int = 0  # messages lost to retention before this position (counted with the next batch)
 
     @property
@@ -477,10 +479,11 @@ class KafkaFeed:
                 st = self._partitions.get(p) if p is not None else None
                 if error is not None:
                     if error.code() == eof:
-                        # Only a flag: moving the position to the event's offset would skip messages if the
-                        # event predated a seek back to the stored offset.
+                        # Only a flag, and only for an end at or past the cycle's target: an event queued
+                        # before the targets were read (or before a seek back) says nothing about now, and
+                        # moving the position to its offset could skip messages.
                         if st is not None and st.position is not None and offset is not None \
-                                and offset >= st.position:
+                                and offset >= max(st.position, st.target):
                             st.at_end = True
                         continue
                     if error.fatal() or error.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART,
