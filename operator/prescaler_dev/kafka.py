@@ -299,10 +299,14 @@ class KafkaBroker:
 
 
 def _cluster_id() -> str:
-    # KRaft wants a base64 UUID of 22 characters (what `kafka-storage random-uuid` prints).
+    # KRaft wants a base64 UUID of 22 characters (what `kafka-storage random-uuid` prints). Like Kafka's own
+    # Uuid.randomUuid(), never one that starts with '-': the storage tool would read it as an option.
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text
 
 
 def main(argv: list[str] | None = None) -> int:
