@@ -264,9 +264,11 @@ def run_scenario(sc: Scenario, *, model: str, headroom: float, progress: bool, s
     elapsed = time.perf_counter() - started
     print(backtest.format_table(result))
     st = result.settings
+    cpu = st["seconds"].get("fit_cpu")
     print(f"backtest took {elapsed:.1f}s: {st['refits']} refits + {st['calibration_refits']} for the calibration "
-          f"in {st['seconds']['fits']:.1f}s on {st['workers']} workers ({st['fit_seconds_total']:.1f}s of fitting), "
-          f"the replays in {elapsed - st['seconds']['fits']:.1f}s")
+          f"in {st['seconds']['fits']:.1f}s on {st['workers']} workers ({st['fit_seconds_total']:.1f}s of fitting"
+          + (f", {cpu:.1f} CPU-s" if cpu is not None else "") + f"), the replays in "
+          f"{elapsed - st['seconds']['fits']:.1f}s")
     print("frontier (headroom sweep), at equal replica-hours:")
     print(backtest.frontier_summary(result))
     print_equal_cost(result)

@@ -8,7 +8,9 @@ fitted once; the headroom frontier and the service-level replay reuse the foreca
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import resource
 import sys
 from collections.abc import Sequence
 from concurrent.futures import Future, as_completed
@@ -37,8 +39,28 @@ def fit_with_events(name: str, history: pd.Series, horizon: timedelta, events: p
     """What a pool worker runs: events move every model (fit on the masked history, lift the forecast).
 
     Module-level, so it pickles by reference; the pool kills the worker at the deadline, so no limit here.
+    The CPU seconds it used (its own and its children's, such as cmdstan) travel in the forecast's `extra`
+    as CPU_KEY: wall-clock time on a shared machine says little about what the refits cost.
     """
-    return event_lift.fit_predict(name, history, horizon, events=events, select_horizon=select_horizon)
+    started = _cpu_seconds()
+    res = event_lift.fit_predict(name, history, horizon, events=events, select_horizon=select_horizon)
+    extra = {**res.forecast.extra, CPU_KEY: _cpu_seconds() - started}
+    return dataclasses.replace(res, forecast=dataclasses.replace(res.forecast, extra=extra))
+
+
+CPU_KEY = "backtest:cpu_seconds"
+
+
+def _cpu_seconds() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def cpu_seconds(fits: Sequence[Fit]) -> float | None:
+    """CPU seconds the refits used, where the pool measured them (None when none did)."""
+    measured = [f.forecast.extra[CPU_KEY] for f in fits if f.forecast is not None and CPU_KEY in f.forecast.extra]
+    return float(sum(measured)) if measured else None
 
 
 def refit_all(

@@ -26,7 +26,7 @@ from prescaler.backtest.policies import (
     sizing,
     static_requests,
 )
-from prescaler.backtest.refits import default_workers, refit_all
+from prescaler.backtest.refits import cpu_seconds, default_workers, refit_all
 from prescaler.backtest.results import (
     BacktestResult,
     BlendReport,
@@ -406,7 +406,9 @@ def run_backtest(
         "event_windows": event_lift.windows_within(events, ds[0], ds[-1] + grid_step),
         "peers": dict(peers.TITLES),
     }
-    settings["seconds"] = {"fits": round(fit_wall, 1), "total": round(time.perf_counter() - started, 1)}
+    cpu = cpu_seconds(fits)
+    settings["seconds"] = {"fits": round(fit_wall, 1), "total": round(time.perf_counter() - started, 1),
+                           "fit_cpu": None if cpu is None else round(cpu, 1)}
     return BacktestResult(
         ds=ds, load=load, yhat=yhat, lower=lower, upper=upper, requested=requested, ready=ready,
         kpis=measured, forecast=quality, frontier=frontier, settings=settings,
