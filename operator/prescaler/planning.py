@@ -160,7 +160,7 @@ class Decision:
     recommendations: tuple[Recommendation, ...] = field(default_factory=tuple)
     # Which step set `desired` (see the module's docstring); `reason` says the same in words.
     limited_by: LimitedBy = "None"
-    # The share of the forecast's rise above the observed load the plan followed (1 = full trust).
+    # w: the weight of the forecast against the observed load in the sizing (1 = full trust).
     trust: float = 1.0
     # The calibrated multiplier that sized the load for the service level (None: headroom sized it).
     multiplier: float | None = None
