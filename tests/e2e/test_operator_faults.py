@@ -349,6 +349,18 @@ def test_postgres_frozen_for_a_real_minute(
 # --------------------------------------------------------------------------- two operators
 
 
+def _peering_settled(cluster: LocalCluster, ops: list[OperatorProcess]) -> bool:
+    """Both operators hold an entry in the peering object and exactly one is active: kopf logs each pause and
+    resume, and an operator that starts below a higher peer stays paused without a word."""
+    peers = get_json(cluster, "get", "clusterkopfpeering", "prescaler-e2e").get("status") or {}
+    active = 0
+    for op in ops:
+        turns = [line for line in op.log_path.read_text(errors="replace").splitlines()
+                 if "Pausing operations in favour of" in line or "Resuming operations after the pause" in line]
+        active += bool(turns) and "Resuming" in turns[-1]
+    return len(peers) >= 2 and active == 1
+
+
 @pytest.fixture
 def two_operators(crds: LocalCluster, private_pg: tuple[PrivatePostgres, str],
                   logdir: Path) -> Iterator[list[OperatorProcess]]:
@@ -361,9 +373,11 @@ def two_operators(crds: LocalCluster, private_pg: tuple[PrivatePostgres, str],
     try:
         for op in ops:
             op.start()
-        # Under load the two may start seconds apart; until they see each other, the first rightly acts alone.
-        wait_for("the peers to settle", lambda: any("Pausing operations in favour of" in op.log_path.read_text()
-                                                    for op in ops), timeout=90)
+        # Under load the two start seconds apart, and until they see each other the first rightly acts alone.
+        wait_for("both peers registered, one of them active", lambda: _peering_settled(crds, ops), timeout=120)
+        # A peer that has not yet read the other's entry may still flip: ask again once that had time to happen.
+        time.sleep(5)
+        wait_for("both peers registered, one of them active", lambda: _peering_settled(crds, ops), timeout=120)
         yield ops
     finally:
         for op in ops:
