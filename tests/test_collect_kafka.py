@@ -38,7 +38,7 @@ from prescaler import db
 from prescaler.clock import Clock
 from prescaler.collect import collect_once, load_config, metrics, run_forever
 from prescaler.collect import kafka as kafka_feed
-from prescaler.collect.kafka import Drop, MessageParser
+from prescaler.collect.kafka import Drop, KafkaFeed, MessageParser
 from prescaler.collect.store import CountWriter, Fenced, OffsetMove, load_offsets
 from prescaler.errors import InputError
 from prescaler.history import default_source
@@ -459,6 +459,26 @@ def test_a_backlog_is_read_in_bounded_cycles_that_follow_each_other_at_once(
     assert len(behind) >= 2, cycles  # the backlog took several cycles
     gaps = [cycles[i + 1][0] - cycles[i][0] for i in behind if i + 1 < len(cycles)]
     assert max(gaps) < 30, gaps  # not a minute's wait between them
+
+
+def test_a_consumer_kept_between_cycles_reads_what_came_since(broker: KafkaBroker, engine_for: Any,
+                                                               tmp_path: Path) -> None:
+    _, engine = engine_for()
+    topic = new_topic(broker, partitions=4)
+    config = load_config(write_config(tmp_path / "c.yaml", broker, topic, batch_messages=5000))
+    feed = KafkaFeed(config.feeds[0], config.sources["default"], engine, once=True)
+    try:
+        newest = recent_minute(0)
+        assert feed.collect(newest, threading.Event()).messages == 0  # joined, at the end of empty partitions
+        time.sleep(2)  # their end-of-partition events arrive after the cycle, and wait in the consumer's queue
+        values, keys, sent = events(recent_minute(40), 20_000, services=8, spacing=0.1)
+        produce(broker, topic, values, keys=keys)
+        # The end-of-partition events of the first cycle must not end this one before its new targets.
+        report = feed.collect(newest, threading.Event())
+        assert report.messages == 20_000 and report.backlog == 0 and not report.errors
+    finally:
+        feed.close()
+    assert table(engine) == sent.counts
 
 
 # --- faults while running in loop mode -----------------------------------------------------------------------
