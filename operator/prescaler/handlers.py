@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,13 @@ class _QuietTimer(logging.Filter):
         return not (record.levelno == logging.INFO and record.msg == "Timer 'reconcile_timer' succeeded.")
 
 
+class _Backoffs:
+    """1, 2, 5, then 10 s forever: re-iterable, as kopf iterates it anew for each failing call."""
+
+    def __iter__(self) -> Iterator[float]:
+        return itertools.chain((1.0, 2.0, 5.0), itertools.repeat(10.0))
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     global _reconciler, _cache, _started_at
@@ -51,7 +59,9 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="prescaler.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="prescaler.dev")
     settings.watching.server_timeout = 300
-    settings.networking.error_backoffs = [1, 2, 5, 10]
+    # Endless retries of API calls (kopf re-iterates this): a finite list lets a long API server outage end a
+    # scaler's timer task for good.
+    settings.networking.error_backoffs = _Backoffs()
     if cfg.peering:
         settings.peering.name = cfg.peering
         settings.peering.priority = cfg.priority
@@ -275,7 +285,7 @@ def run(config: OperatorConfig) -> None:
     _config = config
     logging.basicConfig(level=config.logging_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kopf.objects").addFilter(_QuietTimer())
-    timer = kopf.timer(GROUP, VERSION, PLURAL, interval=config.timer_interval_s, sharp=False)
+    timer = kopf.timer(GROUP, VERSION, PLURAL, interval=config.timer_interval_s, sharp=False, backoff=1.0)
     timer(reconcile_timer)  # type: ignore[arg-type]
     start_http_server(config.metrics_port, registry=metrics.REGISTRY)
     kopf.run(

@@ -32,7 +32,6 @@ from .fault_support import (
     LostRows,
     PrivatePostgres,
     Recorder,
-    WrongReplicas,
     measure,
 )
 from .operator_support import (
@@ -142,10 +141,6 @@ def _reached(rec: Recorder, replicas: int) -> datetime | None:
 # --------------------------------------------------------------------------- the control plane
 
 
-@pytest.mark.xfail(strict=True, raises=WrongReplicas, reason=(
-    "operator bug: when the API server is away longer than kopf's retries of the status patch (error_backoffs "
-    "1+2+5+10 s, set in handlers.startup), the exception ends the scaler's timer task: it never reconciles again "
-    "until the operator restarts"))
 def test_api_server_restart_during_scale_up(
     crds: LocalCluster, private_pg: tuple[PrivatePostgres, str], store: sa.Engine, logdir: Path,
     namespaces: list[str],
