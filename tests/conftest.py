@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -42,8 +43,17 @@ def _create(server_url: str, name: str) -> str:
 def _drop(server_url: str, name: str) -> None:
     admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
     try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        for attempt in range(60):
+            try:
+                with admin.connect() as conn:
+                    conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                return
+            except sa.exc.ProgrammingError as exc:
+                # FORCE cannot end an autovacuum worker (it runs as the superuser) from the tests' role: after
+                # a big write one may be busy in the database. It finishes on its own; wait and try again.
+                if "pg_signal_backend" not in str(exc) or attempt == 59:
+                    raise
+                time.sleep(1)
     finally:
         admin.dispose()
 
