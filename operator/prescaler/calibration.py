@@ -131,6 +131,7 @@ class Samples:
     actual: np.ndarray  # A: the load that came
     forecast: np.ndarray  # F per decision: the forecast's peak over its window (NaN: no forecast)
     observed: np.ndarray  # R per decision: what the reactive floor saw (NaN: nothing)
+    clean: bool = field(default=False, compare=False)  # already `usable()`: the search calls it often
 
     def __post_init__(self) -> None:
         n = len(self.actual)
@@ -144,11 +145,13 @@ class Samples:
 
     def rows(self, pick: np.ndarray | slice) -> Samples:
         return Samples(lead_s=self.lead_s[pick], actual=self.actual[pick], forecast=self.forecast[pick],
-                       observed=self.observed[pick])
+                       observed=self.observed[pick], clean=self.clean)
 
     def usable(self) -> Samples:
         """Rows with an actual, a lead and a forecast at one decision at least, as 2-D arrays; negative
         values and missing observations count as zero."""
+        if self.clean:
+            return self
         f = np.asarray(self.forecast, dtype=float)
         r = np.asarray(self.observed, dtype=float)
         if f.ndim == 1:
@@ -160,6 +163,7 @@ class Samples:
             actual=np.maximum(np.asarray(self.actual, dtype=float)[ok], 0.0),
             forecast=np.where(np.isfinite(f), np.maximum(f, 0.0), np.nan),
             observed=np.maximum(np.nan_to_num(r[ok], nan=0.0), 0.0),
+            clean=True,
         )
 
     def incidents(self) -> np.ndarray:
@@ -225,14 +229,29 @@ def provision(forecast: np.ndarray | float, observed: np.ndarray | float, trust:
     return np.asarray(np.maximum(multiplier * blend(forecast, observed, trust), np.asarray(observed, dtype=float)))
 
 
-def _capacity(s: Samples, trust: float, multiplier: float | np.ndarray) -> np.ndarray:
-    """Per usable row, the capacity the sizing leaves: the smallest any of its decisions asked for.
+class _Sizer:
+    """The sizing max(m·B_w, R) of usable samples, one row per decision column, for many multipliers: the
+    search below evaluates it a dozen times per trust and lead bucket."""
 
-    `multiplier` is one for all rows or one per row.
-    """
-    m = np.asarray(multiplier, dtype=float)
-    asked = provision(s.forecast, s.observed, trust, m[:, None] if m.ndim == 1 else m)
-    return np.asarray(np.min(np.where(np.isnan(s.forecast), np.inf, asked), axis=1))
+    def __init__(self, s: Samples, trust: float) -> None:
+        stale = np.isnan(s.forecast)
+        b = blend(np.where(stale, 0.0, s.forecast), s.observed, trust)
+        # A decision without a forecast does not limit its bucket: infinite capacity.
+        self.b = np.ascontiguousarray(np.where(stale, np.inf, b).T)
+        self.r = np.ascontiguousarray(np.where(stale, np.inf, s.observed).T)
+
+    def capacity(self, multiplier: float | np.ndarray) -> np.ndarray:
+        """Per row, the smallest capacity any of its decisions asked for (`multiplier`: one, or one per row)."""
+        m = np.asarray(multiplier, dtype=float)
+        cap = np.maximum(m * self.b[0], self.r[0])
+        for j in range(1, len(self.b)):
+            cap = np.minimum(cap, np.maximum(m * self.b[j], self.r[j]))
+        return np.asarray(cap)
+
+
+def _capacity(s: Samples, trust: float, multiplier: float | np.ndarray) -> np.ndarray:
+    """Per usable row, the capacity the sizing leaves: the smallest any of its decisions asked for."""
+    return _Sizer(s, trust).capacity(multiplier)
 
 
 def samples_from_forecasts(
@@ -354,12 +373,15 @@ def needed_multiplier(samples: Samples, level_percent: float, trust: float = 1.0
     level (a smaller budget) never yields a lower m.
     """
     s = samples.usable()
-    budget = _budget(s.actual, level_percent)
+    return _search(s, _Sizer(s, trust), _budget(s.actual, level_percent))
+
+
+def _search(s: Samples, sizer: _Sizer, budget: float) -> float:
     if len(s) == 0 or budget < 0:
         return MIN_MULTIPLIER
 
     def meets(m: float) -> bool:
-        return shortfall(s.actual, _capacity(s, trust, m)) <= budget
+        return shortfall(s.actual, sizer.capacity(m)) <= budget
 
     lo, hi = 0, len(MULTIPLIERS) - 1
     if not meets(float(MULTIPLIERS[hi])):
@@ -377,9 +399,10 @@ def cost_at_level(samples: Samples, level_percent: float, trust: float) -> tuple
     """The multiplier the trust needs for the level, and what its capacity costs on the record (load units,
     i.e. replica-hours × capacity before whole replicas); cost inf when no multiplier meets the level."""
     s = samples.usable()
-    m = needed_multiplier(s, level_percent, trust)
-    capacity = _capacity(s, trust, m)
-    if shortfall(s.actual, capacity) > _budget(s.actual, level_percent) * (1 + 1e-9) + 1e-9:
+    sizer, budget = _Sizer(s, trust), _budget(s.actual, level_percent)
+    m = _search(s, sizer, budget)
+    capacity = sizer.capacity(m)
+    if shortfall(s.actual, capacity) > budget * (1 + 1e-9) + 1e-9:
         return m, math.inf
     return m, float(capacity.sum())
 
