@@ -137,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "instead of --headroom (which stays the frontier's sweep and the fallback)")
     b.add_argument("--workers", type=int, default=None,
                    help="refits in this many parallel processes (default: one per usable core)")
+    b.add_argument("--quantile", choices=("yhat", "upper"), default="upper",
+                   help="the forecast the headroom sizing reads (default: upper, the CRD's default)")
     b.set_defaults(func=cmd_backtest)
 
     c = sub.add_parser("collect", help="keep traffic tables current from the feeds in --config (Prometheus, Kafka)")
@@ -299,7 +301,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     result = backtest.run_backtest(
         series, capacity=args.capacity, startup_delay=args.startup_delay, step=args.step, model=args.model,
         headroom_percent=args.headroom, last=args.last, progress=not args.no_progress,
-        events=calendar, service_level=args.service_level, workers=args.workers,
+        events=calendar, service_level=args.service_level, workers=args.workers, quantile=args.quantile,
     )
     print(backtest.format_table(result))
     if args.json_out:
