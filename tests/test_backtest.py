@@ -615,8 +615,9 @@ def test_cli_service_level(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert not out_json.exists()
     rc = cli.main(["backtest", "--input", str(csv), "--capacity", "100", "--startup-delay", "1h",
                    "--model", "seasonal-naive", "--last", "7d", "--service-level", "99.9%", "--workers", "1",
-                   "--json", str(out_json), "--no-progress"])
+                   "--quantile", "yhat", "--json", str(out_json), "--no-progress"])
     assert rc == 0
     doc = json.loads(out_json.read_text())
     assert doc["service_level"]["target_pct"] == 99.9
+    assert (doc["settings"]["quantile"], doc["settings"]["workers"]) == ("yhat", 1)
     assert "service level 99.9%" in capsys.readouterr().out
