@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
@@ -29,6 +29,9 @@ from sqlalchemy.engine import Connection, Engine
 from prescaler import storage
 from prescaler.db import traffic_events, unavailable_on_error
 from prescaler.errors import DataUnavailable, InputError
+
+if TYPE_CHECKING:
+    import _csv
 
 # --- the simulator -----------------------------------------------------------------------------------------
 
@@ -445,9 +448,9 @@ def _localise(naive: datetime, zone: tzinfo, seen_ambiguous: dict[object, int],
     return (early if count == 0 else late).astimezone(UTC)
 
 
-def _parse_csv(path: Path, timezone: str, *, whole_numbers: bool) -> _Parsed:
-    zone = _zone(timezone)
-    path = Path(path)
+def csv_rows(path: Path) -> _csv.Reader:
+    """A csv.reader over a UTF-8 file (a BOM allowed); a missing, unreadable or non-UTF-8 file is an InputError
+    naming it. The reader's `line_num` is the line a row ends on, for messages."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError as exc:
@@ -456,9 +459,14 @@ def _parse_csv(path: Path, timezone: str, *, whole_numbers: bool) -> _Parsed:
         raise InputError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from exc
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    return csv.reader(io.StringIO(text, newline=""))
 
+
+def _parse_csv(path: Path, timezone: str, *, whole_numbers: bool) -> _Parsed:
+    zone = _zone(timezone)
+    path = Path(path)
     problems = _Problems(path)
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv_rows(path)
     header: list[str] | None = None
     header_line = 0
     lines: list[int] = []
