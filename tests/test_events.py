@@ -278,6 +278,24 @@ def test_event_aware_wraps_the_forecaster_protocol() -> None:
     assert fc.yhat[i] / hourly_week_pattern(4).reindex(fc.ds).to_numpy()[i] == pytest.approx(3.0, rel=0.05)
 
 
+def test_the_operators_fit_pool_lifts_every_model_in_its_workers() -> None:
+    """The operator's FitPool runs `events.fit_in_worker` in its worker processes: a scheduled launch moves a
+    seasonal-naive fit there as in the backtest."""
+    s = hourly_week_pattern(5)
+    past = [launch(MONDAY + timedelta(days=d, hours=17)) for d in (3, 10, 16, 24, 29)]
+    coming = launch(MONDAY + timedelta(days=36, hours=9))
+    s = with_lift(s, past, [2.0, 1.8, 1.6, 1.4])
+    pool = forecasting.FitPool(max_workers=1, timeout_s=120, fit=events.fit_in_worker)
+    try:
+        fc = pool.submit("seasonal-naive", s, timedelta(days=2), events=pd.DataFrame([*past, coming])) \
+            .result(timeout=120).forecast
+    finally:
+        pool.shutdown()
+    idx = fc.ds.get_indexer(pd.date_range(pd.Timestamp(str(coming["start"])), periods=4, freq="1h"))
+    base = hourly_week_pattern(6).reindex(fc.ds).to_numpy()[idx]
+    assert np.allclose(fc.yhat[idx] / base, [2.0, 1.8, 1.6, 1.4], rtol=0.05)
+
+
 # --- in the backtest ----------------------------------------------------------------------------------------
 
 

@@ -252,6 +252,7 @@ def cmd_events_import(args: argparse.Namespace) -> int:
 
 def cmd_forecast(args: argparse.Namespace) -> int:
     from prescaler import db, forecasting, history
+    from prescaler import events as event_lift
 
     forecasting.check_model_name(args.model)
     engine = _engine(args)
@@ -261,7 +262,7 @@ def cmd_forecast(args: argparse.Namespace) -> int:
         raise InputError(f"series {args.series!r} has no data")
     series = history.read_history(engine, source, args.series, now - args.history, now, args.step)
     events = history.read_events(engine, args.series, now - args.history, now + args.horizon)
-    result = forecasting.fit_predict(args.model, series, args.horizon, events=events)
+    result = event_lift.fit_predict(args.model, series, args.horizon, events=events)
     fc = result.forecast
     db.save_forecast(engine, scaler_key=f"cli/{args.series}", series=args.series, forecast=fc,
                      generated_at=now, smape=result.smape, fit_seconds=result.fit_seconds, params_hash="cli")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -34,7 +33,7 @@ import pandas as pd
 from prescaler import forecasting
 from prescaler.errors import InputError
 from prescaler.forecasting.interface import FitResult, Forecast, Forecaster
-from prescaler.ingest import _Problems, _zone
+from prescaler.ingest import _Problems, _zone, csv_rows
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -66,17 +65,8 @@ def read_events_csv(path: Path, *, timezone: str = "UTC") -> pd.DataFrame:
     """
     zone = _zone(timezone)
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError as exc:
-        raise InputError(f"{path}: no such file") from exc
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from exc
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-
     problems = _Problems(path)
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv_rows(path)
     header: list[str] | None = None
     col: dict[str, int] = {}
     rows: list[dict[str, Any]] = []
@@ -478,6 +468,13 @@ def fit_predict(name: str, history: pd.Series, horizon: timedelta, *, events: pd
         applied = ", ".join(f"{k} ×{v.mean:.2f}" for k, v in sorted(lifts.items()))
         result = dataclasses.replace(result, forecast=lifted, reason=f"{result.reason}; event lift {applied}")
     return result
+
+
+def fit_in_worker(name: str, history: pd.Series, horizon: timedelta, events: pd.DataFrame | None,
+                  select_horizon: timedelta | None) -> FitResult:
+    """The operator's `FitPool` fit (module-level, so it pickles by reference): the events stored for a series
+    move every model in the live operator as in the backtest. No limit of its own: the pool kills the worker."""
+    return fit_predict(name, history, horizon, events=events, select_horizon=select_horizon)
 
 
 class EventAware:

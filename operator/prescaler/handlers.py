@@ -18,7 +18,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import start_http_server
 
-from prescaler import db, forecasting, metrics
+from prescaler import db, events, forecasting, metrics
 from prescaler.actuation import Actuator, HpaState, TargetState, load_client_config
 from prescaler.config import OperatorConfig
 from prescaler.informers import Extract, Informer, namespace_filter
@@ -80,7 +80,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     _reconciler = Reconciler(Services(
         engine=engine,
         actuator=LazyActuator(),
-        pool=forecasting.FitPool(max_workers=cfg.workers, timeout_s=cfg.fit_timeout_s),
+        pool=forecasting.FitPool(max_workers=cfg.workers, timeout_s=cfg.fit_timeout_s,
+                                 fit=events.fit_in_worker),
         clock=cfg.clock,
         sources=cfg.sources,
         fit_timeout_s=cfg.fit_timeout_s,
