@@ -151,3 +151,20 @@ def test_events_are_shaded_and_their_lift_stated() -> None:
     assert "<title>launch 3 (launch) 2024-03-09 13:00 – 2024-03-09 16:00 UTC</title>" in whole
     settings = html.split("<h2>Settings</h2>")[1]
     assert "event windows" not in settings and "event lifts" in settings
+
+
+def test_the_service_level_run_reports_served_and_coverage() -> None:
+    res = backtest.run_backtest(periodic(21), capacity=250.0, startup_delay=timedelta(hours=1),
+                                model="seasonal-naive", last=timedelta(days=7), progress=False,
+                                frontier_headrooms=(0, 10), service_level=99.9)
+    assert res.service_level is not None
+    html = report.render_html(res)
+    line = re.search(r'<p id="service-level">(.*?)</p>', html)
+    assert line is not None, "the report has no service-level line"
+    assert f"served {res.service_level.served_pct:.3f}%" in line.group(1)
+    assert "Service level 99.9%" in line.group(1) and "covered" in line.group(1)
+    # Without a target there is no such line.
+    assert 'id="service-level"' not in report.render_html(
+        backtest.run_backtest(periodic(10), capacity=250.0, startup_delay=timedelta(hours=1),
+                              model="seasonal-naive", last=timedelta(days=6), progress=False,
+                              frontier_headrooms=(0, 10)))

@@ -18,6 +18,7 @@ import pandas as pd
 
 from prescaler.backtest import BacktestResult
 from prescaler.backtest.peers import PEERS, TITLES, equal_cost
+from prescaler.backtest.results import blend_line, service_level_line
 from prescaler.durations import format_duration
 
 MAX_POINTS = 3000
@@ -76,6 +77,7 @@ def render_html(result: BacktestResult) -> str:
         _kpi_table(result),
         _peers_note(result),
         _forecast_line(result),
+        _sizing_line(result),
         _events_line(result),
         _models_table(result),
         "<h2>Load, forecast and ready capacity</h2>",
@@ -138,6 +140,16 @@ def _peers_note(result: BacktestResult) -> str:
     items = "".join(f"<li><b>{escape(p)}</b>: {escape(TITLES[p])}</li>" for p in shown)
     return ('<p class="note">Peer autoscalers, from their published algorithms, on the same sizing, '
             f"startup delay and HPA scale-down stabilisation as reactive:</p><ul class=\"note\">{items}</ul>")
+
+
+def _sizing_line(result: BacktestResult) -> str:
+    """The service level's realized served % and calibrated coverage, and the reactive blend, as the table has."""
+    lines = []
+    if result.service_level is not None:
+        lines.append(("service-level", service_level_line(result.service_level)))
+    if result.blend is not None:
+        lines.append(("blend", blend_line(result.blend)))
+    return "".join(f'<p id="{css}">{escape(text[:1].upper() + text[1:])}.</p>' for css, text in lines)
 
 
 def _events_line(result: BacktestResult) -> str:
