@@ -402,9 +402,9 @@ def test_decisions_taken_together_share_one_commit(engine: Engine, monkeypatch: 
     commits: list[int] = []
     real = db.record_decisions
 
-    def record(engine: Engine, rows: Sequence[dict[str, Any]]) -> None:
+    def record(engine: Engine, rows: Sequence[dict[str, Any]], **kwargs: Any) -> int:
         commits.append(len(rows))
-        real(engine, rows)
+        return real(engine, rows, **kwargs)
 
     monkeypatch.setattr(db, "record_decisions", record)
     decision = Decision(desired=3, current=1, recommended=3, direction="up", reason="test", stale=False)
@@ -422,7 +422,7 @@ def test_decisions_taken_together_share_one_commit(engine: Engine, monkeypatch: 
                              .where(db.scaling_decisions.c.namespace == "burst")).scalars().all()
     assert sorted(names) == [f"app-{i}" for i in range(5)]
 
-    def down(engine: Engine, rows: Sequence[dict[str, Any]]) -> None:
+    def down(engine: Engine, rows: Sequence[dict[str, Any]], **kwargs: Any) -> int:
         raise DataUnavailable("database unavailable while recording a scaling decision")
 
     monkeypatch.setattr(db, "record_decisions", down)
@@ -431,3 +431,66 @@ def test_decisions_taken_together_share_one_commit(engine: Engine, monkeypatch: 
         return await asyncio.gather(*(log.record(row) for row in rows[:2]), return_exceptions=True)
 
     assert all(isinstance(r, DataUnavailable) for r in asyncio.run(failing()))
+
+
+def test_rows_decided_while_the_store_is_away_are_written_once_it_is_back(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The waiting tick hears of the outage, but its row is kept and goes first in the next write; a row whose
+    commit went through although the answer was lost is not written twice."""
+    from prescaler.errors import DataUnavailable
+    from prescaler.planning import Decision
+    from prescaler.reconcile.tick import DecisionLog
+
+    real = db.record_decisions
+    decision = Decision(desired=3, current=1, recommended=3, direction="up", reason="test", stale=False)
+    rows = [db.decision_row(namespace="outage", name="app", target_kind="Deployment", target_name="app",
+                            decision=decision, decided_at=NOW + timedelta(minutes=i), applied=False)
+            for i in range(4)]
+    log = DecisionLog(engine)
+
+    def lost_answer(engine: Engine, rows: Sequence[dict[str, Any]], **kwargs: Any) -> int:
+        real(engine, rows, **kwargs)  # committed, then the connection drops before the answer
+        raise DataUnavailable("database unavailable while recording a scaling decision: connection reset")
+
+    def down(engine: Engine, rows: Sequence[dict[str, Any]], **kwargs: Any) -> int:
+        raise DataUnavailable("database unavailable while recording a scaling decision: connection refused")
+
+    async def record(row: dict[str, Any]) -> None:
+        await log.record(row)
+
+    for fake, row in ((lost_answer, rows[0]), (down, rows[1]), (down, rows[2])):
+        monkeypatch.setattr(db, "record_decisions", fake)
+        with pytest.raises(DataUnavailable):
+            asyncio.run(record(row))
+    assert log.pending == 3
+    monkeypatch.setattr(db, "record_decisions", real)
+    asyncio.run(record(rows[3]))
+    assert log.pending == 0
+    with engine.connect() as conn:
+        stored = conn.execute(sa.select(db.scaling_decisions.c.decided_at)
+                              .where(db.scaling_decisions.c.namespace == "outage")
+                              .order_by(db.scaling_decisions.c.decided_at)).scalars().all()
+    assert stored == [r["decided_at"] for r in rows]
+
+
+def test_the_row_is_written_before_the_patch_and_corrected_when_the_patch_fails(
+        engine: Engine, pool: forecasting.FitPool) -> None:
+    class Refusing(FakeActuator):
+        def scale(self, namespace: str, ref: TargetRef, replicas: int) -> None:
+            with engine.connect() as conn:  # the decision is already stored when the patch is sent
+                seen.append(conn.execute(sa.select(sa.func.count()).select_from(db.scaling_decisions)
+                                         .where(db.scaling_decisions.c.namespace == "refused")).scalar_one())
+            raise RuntimeError("the API server said no")
+
+    seen: list[int] = []
+    rec = _reconciler(engine, Refusing(), pool)
+    body = _body()
+    body["metadata"]["namespace"] = "refused"
+    with pytest.raises(RuntimeError, match="said no"):
+        asyncio.run(rec.tick(namespace="refused", name="web", body=body, state=ScalerState(), hpas=[],
+                             rival_owner=None))
+    assert seen == [1]
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(db.scaling_decisions.c.applied, db.scaling_decisions.c.reason)
+                           .where(db.scaling_decisions.c.namespace == "refused")).one()
+    assert row.applied is False and "not applied: RuntimeError: the API server said no" in row.reason

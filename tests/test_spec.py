@@ -142,7 +142,8 @@ def test_reasons_speak_the_users_unit() -> None:
 def test_metrics_all_matches_metric_names() -> None:
     from prescaler import metrics
 
-    exposed = [m._name + ("_total" if m._type == "counter" else "") for m in metrics.ALL]
+    families = [f for m in (*metrics.ALL, *metrics.OPERATOR_WIDE) for f in m.describe()]
+    exposed = [f.name + ("_total" if f.type == "counter" else "") for f in families]
     assert exposed == list(metrics.METRIC_NAMES)
 
 

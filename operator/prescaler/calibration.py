@@ -577,8 +577,29 @@ def calibrate_from_forecasts(
     return calibrate(samples, service_level=service_level, headroom_percent=headroom_percent)
 
 
+@dataclass(frozen=True)
+class RealizedSizing:
+    """How the calibrated sizing did over the record's window, as numbers (status strings and gauges)."""
+
+    quantile: float | None = None  # the calibrated quantile at the lead in use, 0-1
+    multiplier: float | None = None
+    served_percent: float | None = None  # of the window's load, had the calibrated sizing been provisioned
+    coverage_percent: float | None = None  # of the window's buckets whose load it covered
+
+
+def realized_sizing(calibration: Calibration, samples: Samples, *, lead: timedelta) -> RealizedSizing:
+    bucket = calibration.bucket(lead)
+    usable = samples.usable()
+    if calibration.service_level is None or bucket is None or not len(usable):
+        return RealizedSizing()
+    sized = _capacity(usable, calibration.trust.weight, calibration.multipliers(usable.lead_s))
+    served, coverage = realized(usable.actual, sized)
+    return RealizedSizing(bucket.quantile, bucket.multiplier, served, coverage)
+
+
 def status_fields(calibration: Calibration, samples: Samples, *, lead: timedelta,
-                  window: timedelta = CALIBRATION_WINDOW) -> dict[str, Any]:
+                  window: timedelta = CALIBRATION_WINDOW,
+                  sizing: RealizedSizing | None = None) -> dict[str, Any]:
     """The PredictiveScaler status fields of a calibration: `forecastTrust` and, with a service level,
     `serviceLevel` {target, realizedServedPercent, coveragePercent, calibratedQuantile, multiplier, samples,
     window}: how the calibrated sizing served the window's load and covered its buckets. Strings, since the
@@ -588,14 +609,12 @@ def status_fields(calibration: Calibration, samples: Samples, *, lead: timedelta
         return out
     level: dict[str, Any] = {"target": f"{calibration.service_level:g}%", "samples": calibration.samples,
                              "incidents": calibration.incidents, "window": format_duration(window)}
-    bucket = calibration.bucket(lead)
-    usable = samples.usable()
-    if bucket is not None and len(usable):
-        sized = _capacity(usable, calibration.trust.weight, calibration.multipliers(usable.lead_s))
-        served, coverage = realized(usable.actual, sized)
-        level.update({"calibratedQuantile": f"{100 * bucket.quantile:.1f}%", "multiplier": f"{bucket.multiplier:.3f}"})
-        if served is not None and coverage is not None:
-            level.update({"realizedServedPercent": f"{served:.2f}%", "coveragePercent": f"{coverage:.1f}%"})
+    r = sizing if sizing is not None else realized_sizing(calibration, samples, lead=lead)
+    if r.quantile is not None and r.multiplier is not None:
+        level.update({"calibratedQuantile": f"{100 * r.quantile:.1f}%", "multiplier": f"{r.multiplier:.3f}"})
+    if r.served_percent is not None and r.coverage_percent is not None:
+        level.update({"realizedServedPercent": f"{r.served_percent:.2f}%",
+                      "coveragePercent": f"{r.coverage_percent:.1f}%"})
     out["serviceLevel"] = level
     return out
 

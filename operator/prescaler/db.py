@@ -412,9 +412,30 @@ def decision_row(*, namespace: str, name: str, target_kind: str, target_name: st
     }
 
 
-def record_decisions(engine: Engine, rows: Sequence[dict[str, Any]]) -> None:
-    """Append decision rows in one transaction: ticks that decide at the same moment share one commit."""
+def record_decisions(engine: Engine, rows: Sequence[dict[str, Any]], *, skip_recorded: bool = False) -> int:
+    """Append decision rows in one transaction: ticks that decide at the same moment share one commit.
+
+    `skip_recorded` leaves out rows whose (namespace, name, decided_at) is already stored: a retried batch whose
+    first commit went through but whose answer was lost is then not written twice. Returns the rows written."""
     if not rows:
-        return
+        return 0
     with unavailable_on_error("recording a scaling decision"), engine.begin() as conn:
-        conn.execute(scaling_decisions.insert(), list(rows))
+        if skip_recorded:
+            t = scaling_decisions.c
+            keys = {(r["namespace"], r["name"], r["decided_at"]) for r in rows}
+            stored = set(conn.execute(sa.select(t.namespace, t.name, t.decided_at)
+                                      .where(sa.tuple_(t.namespace, t.name, t.decided_at).in_(list(keys)))).tuples())
+            rows = [r for r in rows if (r["namespace"], r["name"], r["decided_at"]) not in stored]
+        if rows:
+            conn.execute(scaling_decisions.insert(), list(rows))
+        return len(rows)
+
+
+def mark_decision_not_applied(engine: Engine, row: dict[str, Any]) -> None:
+    """A decision row written before its patch, whose patch then failed: stored as not applied, with the row's
+    reason (which says why)."""
+    t = scaling_decisions.c
+    with unavailable_on_error("correcting a scaling decision"), engine.begin() as conn:
+        conn.execute(scaling_decisions.update()
+                     .where(t.namespace == row["namespace"], t.name == row["name"], t.decided_at == row["decided_at"])
+                     .values(applied=False, reason=row["reason"]))

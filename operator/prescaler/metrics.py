@@ -57,9 +57,26 @@ ERRORS = _scaler(Counter, "prescaler_errors",
                  extra=("kind",))
 CONDITION = _scaler(Gauge, "prescaler_condition", "1 when the condition has the status, else 0.",
                     extra=("condition", "status"))
+SERVICE_LEVEL_TARGET = _scaler(Gauge, "prescaler_service_level_target_percent",
+                               "spec.scaling.serviceLevel: the percent of requests to serve (absent without one).")
+SERVICE_LEVEL_SERVED = _scaler(Gauge, "prescaler_service_level_served_percent",
+                               "Percent of the calibration window's load the calibrated sizing served.")
+SERVICE_LEVEL_COVERAGE = _scaler(Gauge, "prescaler_service_level_coverage_percent",
+                                 "Percent of the calibration window's steps whose load the calibrated sizing covered.")
+CALIBRATED_QUANTILE = _scaler(Gauge, "prescaler_calibrated_quantile",
+                              "The forecast quantile (0-1) the service level is sized at, calibrated online.")
 MODEL_INFO = _scaler(Gauge, "prescaler_model_info", "1 for the forecast model in use.", extra=("model",))
 
 ALL: tuple[Any, ...] = tuple(_LABELS)
+
+# Operator-wide, not per scaler (so not in ALL, which forget_scaler walks).
+DECISION_ROWS_PENDING = Gauge("prescaler_decision_rows_pending",
+                              "Decision rows waiting for PostgreSQL to come back (written first once it does).",
+                              registry=REGISTRY)
+DECISION_ROWS_DROPPED = Counter("prescaler_decision_rows_dropped",
+                                "Decision rows dropped because the backlog kept while PostgreSQL was away was full.",
+                                registry=REGISTRY)
+OPERATOR_WIDE: tuple[Any, ...] = (DECISION_ROWS_PENDING, DECISION_ROWS_DROPPED)
 
 
 def exposed_names(registry: CollectorRegistry = REGISTRY) -> tuple[str, ...]:

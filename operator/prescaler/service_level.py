@@ -11,6 +11,7 @@ short history read per tick) and the status fields.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,14 +21,16 @@ import numpy as np
 import pandas as pd
 from sqlalchemy.engine import Engine
 
-from prescaler import history
+from prescaler import history, metrics
 from prescaler.calibration import (
     CALIBRATION_WINDOW,
     Calibration,
     ForecastRecord,
+    RealizedSizing,
     calibrate,
     level_factor,
     level_steps,
+    realized_sizing,
     samples_from_forecasts,
     status_fields,
 )
@@ -81,7 +84,10 @@ class ServiceLevelKeeper:
             return None, {}
         samples = samples_from_forecasts(record.entries, actuals, now=now, lead_time=spec.lead_time)
         cal = calibrate(samples, service_level=spec.service_level, headroom_percent=float(spec.headroom_percent))
-        status = status_fields(cal, samples, lead=spec.lead_time + (now - generated_at))
+        lead = spec.lead_time + (now - generated_at)
+        sizing = realized_sizing(cal, samples, lead=lead)
+        status = status_fields(cal, samples, lead=lead, sizing=sizing)
+        _export(namespace, name, spec, sizing)
         self._calibrated[key] = _Calibrated(generated_at, settings, cal, status)
         return cal, status
 
@@ -110,6 +116,19 @@ class ServiceLevelKeeper:
         except DataUnavailable:
             return 1.0
         return level_factor(np.asarray(actual, dtype=float), _in_force(record, pd.DatetimeIndex(actual.index)))
+
+
+def _export(namespace: str, name: str, spec: ScalerSpec, sizing: RealizedSizing) -> None:
+    """The service-level gauges; a figure the record cannot give yet (or a scaler without a target) is absent,
+    never a made-up 0."""
+    values = {metrics.SERVICE_LEVEL_TARGET: spec.service_level, metrics.SERVICE_LEVEL_SERVED: sizing.served_percent,
+              metrics.SERVICE_LEVEL_COVERAGE: sizing.coverage_percent, metrics.CALIBRATED_QUANTILE: sizing.quantile}
+    for gauge, value in values.items():
+        if value is None:
+            with contextlib.suppress(KeyError):
+                gauge.remove(namespace, name)
+        else:
+            gauge.labels(namespace, name).set(value)
 
 
 def _floor(t: datetime, step: timedelta) -> datetime:

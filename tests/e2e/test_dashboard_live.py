@@ -48,7 +48,9 @@ ORPHAN = "orphan-api"  # a scaler whose target never exists: TargetNotFound erro
 SPEED = 120.0  # one real second = two simulated minutes
 START = datetime(2026, 3, 16, 16, 0, tzinfo=UTC)  # a Monday afternoon, before the evening peak
 HISTORY_DAYS = 15
-RUN_UNTIL = START + timedelta(hours=5)  # through the evening peak and the scale-down after it
+# Through the evening peak and the scale-down after it, and long enough for the service level's record to hold
+# its 48 steps of forecasts against what came (hourly refits from 16:00: the calibration at a refit after 20:00).
+RUN_UNTIL = START + timedelta(hours=7)
 SCRAPE = timedelta(seconds=1)
 STEP = timedelta(seconds=2)  # the query step ($__interval) of the PromQL range queries
 SETUP_TIMEOUT = 900.0  # real seconds for fits and actions to show up (model auto fits Prophet)
@@ -140,6 +142,7 @@ def live(cluster: LocalCluster, pg_url: str, engine: Engine, tmp_path_factory: p
             done = (
                 clock.now() >= RUN_UNTIL
                 and has_finite_value(prom.query(f'prescaler_fit_duration_seconds_count{{namespace="{NAMESPACE}"}}'))
+                and has_finite_value(prom.query(f'prescaler_service_level_served_percent{{namespace="{NAMESPACE}"}}'))
                 and _count(engine, "SELECT count(*) FROM scaling_decisions WHERE namespace = :ns AND name = :name "
                                    "AND applied AND direction <> 'none'") > 0
             )

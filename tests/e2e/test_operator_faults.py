@@ -24,12 +24,12 @@ from prescaler import cli, db
 from prescaler.clock import Clock
 from prescaler_dev import pgserver
 from prescaler_dev.localcluster import LocalCluster
+from waiting import wait_for
 
 from .fault_support import (
     CAPACITY_PER_STEP,
     DecisionWriteBlocker,
     Figures,
-    LostRows,
     PrivatePostgres,
     Recorder,
     measure,
@@ -47,7 +47,6 @@ from .operator_support import (
     scaler_yaml,
     write_trace_csv,
 )
-from .waiting import wait_for
 
 SPEED = 120.0  # one real second is two simulated minutes; a scaling interval (1m) is half a second
 LEAD = timedelta(minutes=10)  # scaler_yaml's leadTime
@@ -196,11 +195,6 @@ def test_etcd_restart_during_scale_down(
 # --------------------------------------------------------------------------- PostgreSQL
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "operator bugs: a decision whose row cannot be written is dropped instead of written once the store is back "
-    "(LostRows); and since the group-commit decision writer (23a3798) a tick caught in the write when PostgreSQL "
-    "stops can stay stuck there, so DataAvailable=False is never reported (a wait_for timeout) or a scale-down "
-    "lands the moment the store returns (WrongReplicas)"))
 def test_postgres_restart_during_a_decision_write_holds_and_recovers(
     crds: LocalCluster, private_pg: tuple[PrivatePostgres, str], store: sa.Engine, logdir: Path,
     namespaces: list[str],
@@ -248,9 +242,6 @@ def test_postgres_restart_during_a_decision_write_holds_and_recovers(
     figures.check()
 
 
-@pytest.mark.xfail(strict=True, raises=LostRows, reason=(
-    "operator bug: the decision row is written after the /scale patch, so a SIGKILL between the two loses "
-    "the row of a scale that happened; the restarted operator finds nothing left to do and never records it"))
 def test_sigkill_between_scale_patch_and_decision_write(
     crds: LocalCluster, private_pg: tuple[PrivatePostgres, str], store: sa.Engine, logdir: Path,
     namespaces: list[str],

@@ -46,6 +46,7 @@ class Outcome:
     conditions: dict[str, Cond] = field(default_factory=dict)  # merged into status.conditions by tick()
     static_peak: int | None = None  # replicas a static fleet sized for the forecast's peak would need
     record: dict[str, Any] | None = None  # the scaling_decisions row tick() writes before returning
+    recorded: bool = False  # the row went to the decision log before the patch it announces
 
 
 class ActuatorLike(Protocol):
@@ -73,12 +74,23 @@ class Services:
 class DecisionLog:
     """Decision rows written with group commit. Each tick still waits until its own row is committed (a decision
     is recorded once, before the status reports it), but ticks that decide together (an operator's start, a
-    fleet on one cadence) share one transaction and one thread hop instead of one each."""
+    fleet on one cadence) share one transaction and one thread hop instead of one each.
+
+    A row that cannot be written because PostgreSQL is away is not dropped: it waits in a bounded backlog and
+    goes first in the next write, so the record is whole once the store is back (the waiting tick still hears of
+    the outage, to report it). Only a restart of the operator while rows wait loses them."""
+
+    MAX_BACKLOG = 100_000  # rows; at one decision a minute, a fleet of 1,000 scalers for over an hour and a half
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._queue: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        self._backlog: list[dict[str, Any]] = []
         self._writer: asyncio.Task[None] | None = None
+
+    @property
+    def pending(self) -> int:
+        return len(self._backlog)
 
     async def record(self, row: dict[str, Any]) -> None:
         loop = asyncio.get_running_loop()
@@ -88,19 +100,55 @@ class DecisionLog:
             self._writer = loop.create_task(self._write())
         await done
 
+    async def retract(self, row: dict[str, Any], why: str) -> None:
+        """The patch that an already recorded row announced failed: the row says so (in the backlog, or stored)."""
+        row["applied"] = False
+        row["reason"] = f"{row['reason']}; not applied: {why}"
+        if any(r is row for r in self._backlog):
+            return
+        try:
+            await asyncio.to_thread(db.mark_decision_not_applied, self.engine, row)
+        except DataUnavailable as exc:
+            log.warning("could not mark the decision of %s/%s at %s as not applied: %s",
+                        row["namespace"], row["name"], row["decided_at"], exc)
+
     async def _write(self) -> None:
         while self._queue:
             batch, self._queue = self._queue, []
+            retried = len(self._backlog)
+            rows = [*self._backlog, *(row for row, _ in batch)]
             try:
-                await asyncio.to_thread(db.record_decisions, self.engine, [row for row, _ in batch])
-            except Exception as exc:  # each waiting tick reports it as its own write would have
-                for _, done in batch:
-                    if not done.done():
-                        done.set_exception(exc)
+                if retried:
+                    await asyncio.to_thread(functools.partial(db.record_decisions, self.engine, rows,
+                                                              skip_recorded=True))
+                else:
+                    await asyncio.to_thread(db.record_decisions, self.engine, rows)
+            except DataUnavailable as exc:
+                dropped = max(0, len(rows) - self.MAX_BACKLOG)
+                if dropped:
+                    metrics.DECISION_ROWS_DROPPED.inc(dropped)
+                    log.error("decision backlog full: %d oldest rows dropped while the store is away", dropped)
+                self._backlog = rows[dropped:]
+                self._settle(batch, exc)
+            except Exception as exc:  # not an outage (a row the store refuses): the batch is not kept for retry
+                self._settle(batch, exc)
             else:
-                for _, done in batch:
-                    if not done.done():
-                        done.set_result(None)
+                if retried:
+                    log.info("wrote %d decision rows kept while the store was away", retried)
+                self._backlog = []
+                self._settle(batch, None)
+            metrics.DECISION_ROWS_PENDING.set(len(self._backlog))
+
+    @staticmethod
+    def _settle(batch: list[tuple[dict[str, Any], asyncio.Future[None]]], exc: Exception | None) -> None:
+        """Each waiting tick hears what its own write would have said."""
+        for _, done in batch:
+            if done.done():
+                continue
+            if exc is None:
+                done.set_result(None)
+            else:
+                done.set_exception(exc)
 
 
 # Reads a target from an informer-style cache; None means it does not exist. Without one, each tick GETs it.
@@ -166,11 +214,8 @@ class Reconciler:
             finally:
                 # The row is written after the slot is handed on, so the ticks of a burst share one commit.
                 self._gate.release()
-            if outcome.record is not None:
-                try:
-                    await self._decisions.record(outcome.record)
-                except DataUnavailable as exc:
-                    log.warning("could not record decision for %s/%s: %s", namespace, name, exc)
+            if outcome.record is not None and not outcome.recorded:
+                await self._record(outcome.record)
         finally:
             metrics.RECONCILE_DURATION.labels(namespace, name).observe(time.perf_counter() - started)
         state.decided = True
@@ -185,6 +230,13 @@ class Reconciler:
             for status in ("True", "False", "Unknown"):
                 metrics.CONDITION.labels(namespace, name, c["type"], status).set(1 if c["status"] == status else 0)
         return outcome
+
+    async def _record(self, row: dict[str, Any]) -> None:
+        try:
+            await self._decisions.record(row)
+        except DataUnavailable as exc:
+            log.warning("decision for %s/%s kept until the store is back (%d rows waiting): %s",
+                        row["namespace"], row["name"], self._decisions.pending, exc)
 
     async def _decide(
         self,
@@ -295,28 +347,32 @@ class Reconciler:
         desired = decision.desired
         if hpa is not None and desired > hpa.max_replicas:
             desired = hpa.max_replicas
-        applied = False
-        if spec.mode == "Auto" and desired != current:
+        applied = spec.mode == "Auto" and desired != current
+        out.record = db.decision_row(namespace=namespace, name=name, target_kind=spec.target.kind,
+                                     target_name=spec.target.name, decision=decision, decided_at=now,
+                                     applied=applied)
+        if applied:
+            # The row first, then the patch: an operator killed between the two leaves a row that announced a
+            # scale (the next decision shows whether it happened), never a scale that no row explains.
+            await self._record(out.record)
+            out.recorded = True
             try:
                 if hpa is not None:
                     await self._api_call(self.s.actuator.set_hpa_min, namespace, hpa.name, desired)
                 else:
                     await self._api_call(self.s.actuator.scale, namespace, spec.target, desired)
-                applied = True
             except TargetNotFound as exc:
+                await self._decisions.retract(out.record, str(exc))
                 return fail("TargetNotFound", str(exc), "TargetNotFound")
-        if applied:
+            except BaseException as exc:
+                await asyncio.shield(self._decisions.retract(out.record, f"{type(exc).__name__}: {exc}"))
+                raise
             direction = "up" if desired > current else "down"
             metrics.SCALE_ACTIONS.labels(namespace, name, direction).inc()
             what = f"HPA {hpa.name} minReplicas" if hpa is not None else f"{spec.target.kind} {spec.target.name}"
             out.events.append(("Normal", "ScaledUp" if direction == "up" else "ScaledDown",
                                f"{what} {current} → {desired}: {decision.reason}"))
             out.status["lastScaleTime"] = now_iso(now)
-
-        if data_error is None:
-            out.record = db.decision_row(namespace=namespace, name=name, target_kind=spec.target.kind,
-                                         target_name=spec.target.name, decision=decision, decided_at=now,
-                                         applied=applied)
 
         tick_s = spec.interval.total_seconds()
         ready = target.ready_replicas if hpa is None else max(target.ready_replicas, 0)
