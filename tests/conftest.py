@@ -4,6 +4,7 @@
   CREATEDB), else the local server of `prescaler_dev.pgserver`, started if needed.
 - `make_database`: a factory that creates a fresh, uniquely named database (migrated to head by default,
   or to a given revision) and drops it when the test ends.
+- `engine_for`: a factory of fresh migrated databases as (url, engine), the engines disposed of at the end.
 - `pg_url` / `engine`: one migrated database per test module, dropped after the module.
 """
 
@@ -85,6 +86,21 @@ def make_database(pg_server_url: str, request: pytest.FixtureRequest) -> Iterato
     make, cleanup = _database_factory(pg_server_url, request.node.name)
     yield make
     cleanup()
+
+
+@pytest.fixture
+def engine_for(make_database: MakeDatabase) -> Iterator[Callable[[], tuple[str, Engine]]]:
+    engines: list[Engine] = []
+
+    def make() -> tuple[str, Engine]:
+        url = make_database()
+        engine = db.make_engine(url)
+        engines.append(engine)
+        return url, engine
+
+    yield make
+    for engine in engines:
+        engine.dispose()
 
 
 @pytest.fixture(scope="module")

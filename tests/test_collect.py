@@ -174,21 +174,6 @@ def _metric(name: str, **labels: str) -> float:
     return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-@pytest.fixture
-def engine_for(make_database: Any) -> Iterator[Any]:
-    engines: list[Engine] = []
-
-    def make() -> tuple[str, Engine]:
-        url = make_database()
-        engine = db.make_engine(url)
-        engines.append(engine)
-        return url, engine
-
-    yield make
-    for engine in engines:
-        engine.dispose()
-
-
 # --- the acceptance check ------------------------------------------------------------------------------------
 
 def test_acceptance_once_fills_every_minute_exactly_and_again_changes_nothing(

@@ -27,14 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 import sqlalchemy as sa
 import yaml
 from confluent_kafka import Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from sqlalchemy.engine import Engine, make_url
 
-from prescaler import db
+from collector_process import CollectorProcess
 from prescaler.clock import Clock
 from prescaler.collect import collect_once, load_config, metrics, run_forever
 from prescaler.collect import kafka as kafka_feed
@@ -44,6 +43,7 @@ from prescaler.errors import InputError
 from prescaler.history import default_source
 from prescaler_dev.kafka import KafkaBroker, free_port
 from test_collect import _self_signed
+from waiting import wait_for
 
 UTC = dt.UTC
 MINUTE = dt.timedelta(minutes=1)
@@ -62,21 +62,6 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
         yield kafka
     finally:
         kafka.stop()
-
-
-@pytest.fixture
-def engine_for(make_database: Any) -> Iterator[Any]:
-    engines: list[Engine] = []
-
-    def make() -> tuple[str, Engine]:
-        url = make_database()
-        engine = db.make_engine(url)
-        engines.append(engine)
-        return url, engine
-
-    yield make
-    for engine in engines:
-        engine.dispose()
 
 
 def new_topic(broker: KafkaBroker, partitions: int = 2) -> str:
@@ -168,17 +153,6 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 def metric(name: str, **labels: str) -> float:
     return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
-
-
-def wait_for(what: str, check: Any, timeout: float = 120.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.2)
 
 
 def recent_minute(minutes_ago: int = 30) -> dt.datetime:
@@ -414,11 +388,11 @@ def test_two_collectors_in_one_group_share_partitions_and_count_once(
     produce(broker, topic, values[:10_000], keys=keys[:10_000])
     config = write_config(tmp_path / "c.yaml", broker, topic, batch_messages=1000)
     clock = Clock.scaled_from(dt.datetime.now(UTC), 30.0)
-    first = LoopCollector(config, url, tmp_path / "one.log", clock).start()
+    first = loop_collector(config, url, tmp_path / "one.log", clock).start()
     second = None
     try:
         wait_for("the first collector to count something", lambda: stored_offsets(engine) > 0)
-        second = LoopCollector(config, url, tmp_path / "two.log", clock).start()  # a rebalance, mid-stream
+        second = loop_collector(config, url, tmp_path / "two.log", clock).start()  # a rebalance, mid-stream
         wait_for("the partitions shared out", lambda: second.metric("prescaler_collector_series") > 0
                  and first.metric("prescaler_collector_series") < 4, timeout=180)
         for q in range(4):  # every partition gets some of the rest, whoever owns it
@@ -429,9 +403,9 @@ def test_two_collectors_in_one_group_share_partitions_and_count_once(
         assert first.metric("prescaler_collector_messages_total") > 0
         assert second.metric("prescaler_collector_messages_total") > 0, second.log_tail()
     finally:
-        first.stop()
+        stop_cleanly(first)
         if second is not None:
-            second.stop()
+            stop_cleanly(second)
 
 
 def test_a_backlog_is_read_in_bounded_cycles_that_follow_each_other_at_once(
@@ -483,55 +457,14 @@ def test_a_consumer_kept_between_cycles_reads_what_came_since(broker: KafkaBroke
 
 # --- faults while running in loop mode -----------------------------------------------------------------------
 
-@dataclass
-class LoopCollector:
-    """`prescaler collect` as a real process in loop mode, on a scaled clock so cycles come every few seconds."""
+def loop_collector(config: Path, url: str, log_path: Path, clock: Clock) -> CollectorProcess:
+    """`prescaler collect` in loop mode on a scaled clock, so cycles come every few seconds."""
+    return CollectorProcess(["--config", str(config), "--database-url", url, "--no-leader-election"], log_path,
+                            env=clock.env())
 
-    config: Path
-    url: str
-    log_path: Path
-    clock: Clock
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> LoopCollector:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "prescaler.cli", "collect", "--config", str(self.config), "--database-url",
-             self.url, "--metrics-port", str(self.port), "--no-leader-election"],
-            env={**os.environ, **self.clock.env()}, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        wait_for(f"collector /metrics (log {self.log_path})", lambda: self.metrics_text() is not None, timeout=60)
-        return self
-
-    def metrics_text(self) -> str | None:
-        assert self.proc is not None
-        assert self.proc.poll() is None, self.log_tail()
-        try:
-            return requests.get(f"http://127.0.0.1:{self.port}/metrics", timeout=2).text
-        except requests.RequestException:
-            return None
-
-    def metric(self, name: str, **labels: str) -> float:
-        total = 0.0
-        for line in (self.metrics_text() or "").splitlines():
-            if line.startswith(name) and line[len(name):len(name) + 1] in ("{", " ") and \
-                    all(f'{k}="{v}"' in line for k, v in labels.items()):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
-
-    def log_tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                assert self.proc.wait(60) == 0, self.log_tail()
-            finally:
-                if self.proc.poll() is None:
-                    self.proc.kill()
-                    self.proc.wait()
+def stop_cleanly(collector: CollectorProcess) -> None:
+    assert collector.stop() == 0, collector.log_tail()
 
 
 def test_broker_restart_while_collecting_loses_nothing(broker: KafkaBroker, engine_for: Any,
@@ -544,7 +477,7 @@ def test_broker_restart_while_collecting_loses_nothing(broker: KafkaBroker, engi
     # Three lots in event-time order (per partition), so none of them is late.
     first, keys1, sent = events(recent_minute(30), 5000, spacing=0.2)
     produce(broker, topic, first, keys=keys1)
-    collector = LoopCollector(config, url, tmp_path / "collector.log", clock).start()
+    collector = loop_collector(config, url, tmp_path / "collector.log", clock).start()
     try:
         wait_for("the first events counted", lambda: table(engine) == sent.counts)
         broker.stop()
@@ -564,7 +497,7 @@ def test_broker_restart_while_collecting_loses_nothing(broker: KafkaBroker, engi
         time.sleep(3)
         assert table(engine) == sent.counts, collector.log_tail()
     finally:
-        collector.stop()
+        stop_cleanly(collector)
         if not broker.alive():
             broker.start()
 
@@ -654,7 +587,7 @@ def test_database_unavailable_for_a_while_loses_nothing(broker: KafkaBroker, eng
     config = write_config(tmp_path / "c.yaml", broker, topic, batch_messages=1000)
     first, keys1, sent = events(recent_minute(20), 3000, spacing=0.2)
     produce(broker, topic, first, keys=keys1)
-    collector = LoopCollector(config, via_proxy, tmp_path / "collector.log",
+    collector = loop_collector(config, via_proxy, tmp_path / "collector.log",
                               Clock.scaled_from(dt.datetime.now(UTC), 30.0)).start()
     try:
         wait_for("the first events counted", lambda: table(engine) == sent.counts)
@@ -670,7 +603,7 @@ def test_database_unavailable_for_a_while_loses_nothing(broker: KafkaBroker, eng
         time.sleep(3)
         assert table(engine) == sent.counts, collector.log_tail()
     finally:
-        collector.stop()
+        stop_cleanly(collector)
         proxy.cut()
 
 

@@ -35,9 +35,9 @@ from kubernetes import client, config, watch
 from prescaler.clock import Clock
 from prescaler_dev import pgserver
 from prescaler_dev.localcluster import LocalCluster
+from waiting import wait_for
 
 from .operator_support import REQUESTS_PER_REPLICA_PER_MIN, daily_peak_load, free_port
-from .waiting import wait_for
 
 GROUP, VERSION, PLURAL = "prescaler.dev", "v1alpha1", "predictivescalers"
 # Ready reasons of a tick in which the planner produced a decision (every other reason is a tick that stopped

@@ -21,8 +21,7 @@ import pandas as pd
 
 from prescaler.clock import Clock
 from prescaler_dev.localcluster import LocalCluster
-
-from .waiting import wait_for
+from waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 STEP = timedelta(minutes=5)

@@ -12,29 +12,28 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import requests
 import sqlalchemy as sa
 import yaml
 from confluent_kafka import Producer
 
+from collector_process import CollectorProcess
 from prescaler.clock import Clock
 from prescaler.collect.prometheus import floor_minute
 from prescaler_dev.kafka import KafkaBroker
 from prescaler_dev.localcluster import LocalCluster
 from promserver import PrometheusServer
+from waiting import wait_for
 
 from .operator_support import (
     DAY0,
@@ -43,71 +42,16 @@ from .operator_support import (
     apply,
     daily_peak_load,
     deployment_yaml,
-    free_port,
     get_json,
     install_crds,
     namespace_yaml,
     peak_day_time,
     scaler_yaml,
 )
-from .waiting import wait_for
 
 MINUTE = timedelta(minutes=1)
 LEASE = "prescaler-collector"
 LEASE_DURATION = 4.0
-
-
-@dataclass
-class Collector:
-    """`prescaler collect` in loop mode as a real process."""
-
-    args: list[str]
-    log_path: Path
-    env: dict[str, str] = field(default_factory=dict)
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Collector:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "prescaler.cli", "collect", "--metrics-port", str(self.port), *self.args],
-            env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-        wait_for(f"collector /metrics (log {self.log_path})", lambda: self.metrics_text() is not None, timeout=60)
-        return self
-
-    def metrics_text(self) -> str | None:
-        assert self.proc is not None and self.proc.poll() is None, self.log_tail()
-        try:
-            return requests.get(f"http://127.0.0.1:{self.port}/metrics", timeout=2).text
-        except requests.RequestException:
-            return None
-
-    def metric(self, name: str, **labels: str) -> float:
-        total = 0.0
-        for line in (self.metrics_text() or "").splitlines():
-            if line.startswith(name) and line[len(name):len(name) + 1] in ("{", " ") and \
-                    all(f'{k}="{v}"' in line for k, v in labels.items()):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
-
-    def log_tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        os.killpg(self.proc.pid, sig)
-
-    def stop(self) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc is not None else None
-        self.signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.signal(signal.SIGKILL)
-            self.proc.wait(10)
-            return None
 
 
 def _lease(cluster: LocalCluster, namespace: str) -> dict[str, str | int]:
@@ -152,10 +96,10 @@ def test_only_the_lease_holder_collects_and_a_standby_takes_over_after_sigkill(
         return mark or timedelta(0), int(rows)
 
     try:
-        first = Collector(args, tmp_path / "first.log", env=cluster.env()).start()
+        first = CollectorProcess(args, tmp_path / "first.log", env=cluster.env()).start()
         wait_for("the first collector to lead", lambda: first.metric("prescaler_collector_leader") == 1)
         first_id = _lease(cluster, namespace)["holderIdentity"]
-        second = Collector(args, tmp_path / "second.log", env=cluster.env()).start()
+        second = CollectorProcess(args, tmp_path / "second.log", env=cluster.env()).start()
         wait_for("the first collector's backfill under way", lambda: collected()[0] >= timedelta(days=1),
                  timeout=180)
         assert collected()[0] < timedelta(days=15), "the backfill finished before the leader could be killed"
@@ -253,7 +197,7 @@ def test_kafka_counts_reach_the_operator_which_scales_ahead_of_the_peak(
     apply(cluster, scaler_yaml(NS, "web", "web"))
     clock = Clock.scaled_from(START, SPEED)
     env = {**cluster.env(), **clock.env()}
-    collector = Collector([*common, "--no-leader-election"], tmp_path / "collector.log", env=env).start()
+    collector = CollectorProcess([*common, "--no-leader-election"], tmp_path / "collector.log", env=env).start()
     operator = OperatorProcess(cluster, pg_url, clock, tmp_path / "operator.log").start()
     stop = threading.Event()
 

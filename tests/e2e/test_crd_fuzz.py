@@ -33,9 +33,9 @@ from kubernetes.client.exceptions import ApiException
 
 from prescaler.clock import Clock
 from prescaler_dev.localcluster import LocalCluster
+from waiting import wait_for
 
 from .operator_support import OperatorProcess, install_crds, peak_day_time
-from .waiting import wait_for
 
 GROUP, VERSION, PLURAL = "prescaler.dev", "v1alpha1", "predictivescalers"
 NS = "e2e-fuzz"

@@ -19,8 +19,7 @@ import yaml
 
 from prescaler_dev.kwok import kwok_stages
 from prescaler_dev.localcluster import LocalCluster
-
-from .waiting import wait_for
+from waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 POLL = 0.5  # seconds between kubectl polls: each one is a process on a small machine

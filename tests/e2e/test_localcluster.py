@@ -17,9 +17,9 @@ import pytest
 
 from prescaler_dev.kwok import KWOK_COMPLETE_LABEL, KWOK_NODE_ANNOTATION
 from prescaler_dev.localcluster import PORT_ROLES, ClusterConfig, LocalCluster
+from waiting import wait_for
 
 from .conftest import POD_READY_DELAY
-from .waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from prescaler import cli
 from prescaler.clock import Clock
 from prescaler_dev.localcluster import LocalCluster
+from waiting import wait_for
 
 from .operator_support import (
     DAY0,
@@ -28,7 +29,6 @@ from .operator_support import (
     install_crds,
     namespace_yaml,
 )
-from .waiting import wait_for
 
 NS = "e2e-react"
 BASE_PER_MIN = 120

@@ -1,4 +1,4 @@
-"""The one polling helper of the end-to-end tests."""
+"""The one polling helper of the tests that wait on real processes."""
 
 from __future__ import annotations
 
