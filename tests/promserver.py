@@ -123,7 +123,7 @@ class PrometheusServer:
             web_path = self.workdir / "web.yml"
             web_path.write_text(yaml.safe_dump(self.web_config, sort_keys=False))
             extra.append(f"--web.config.file={web_path}")
-        self.port = free_port()
+        self.port = self.port or free_port()  # a restart after stop(keep=True) answers at the same URL
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [binary, f"--config.file={config_path}", f"--storage.tsdb.path={storage}",
@@ -145,7 +145,8 @@ class PrometheusServer:
         self.stop()
         raise PrometheusError(f"prometheus not ready after {timeout:.0f}s:\n{self.log_tail()}")
 
-    def stop(self, grace: float = 15.0) -> None:
+    def stop(self, grace: float = 15.0, *, keep: bool = False) -> None:
+        """Stop the server; with `keep` its data and port stay, for a `start()` again (an outage)."""
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)  # flushes the head block and exits cleanly
@@ -154,7 +155,7 @@ class PrometheusServer:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        if self._own_workdir:
+        if self._own_workdir and not keep:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> PrometheusServer:

@@ -36,7 +36,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from sqlalchemy.engine import Engine
 
+from collector_process import CollectorProcess
 from prescaler import db
+from prescaler.clock import Clock
 from prescaler.collect import collect_once, load_config, metrics, run_forever
 from prescaler.collect.config import FeedSpec
 from prescaler.collect.feed import FeedReport
@@ -46,6 +48,7 @@ from prescaler.collect.promql import QueryTemplate, escape_label_value
 from prescaler.collect.runner import LeaderStop, run_cycle
 from prescaler.errors import InputError
 from promserver import PrometheusServer, find_binary, free_port
+from waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACE = ROOT / "bench" / "data" / "wikipedia_en_2016-01_1h.csv"
@@ -625,6 +628,49 @@ def test_loop_serves_metrics_and_health_and_stops_on_sigterm(history: History, e
             proc.wait()
     rows = _rows(engine, "nasa")
     assert rows and all(history.trace[t] == v for t, v in rows.items())
+
+
+def test_prometheus_down_for_five_minutes_then_the_gap_is_filled_once(history: History, engine_for: Any,
+                                                                      tmp_path: Path) -> None:
+    """The collector in loop mode on a clock 30x real time, Prometheus stopped for over five of its minutes
+    (cycles fail as unreachable) and started again: the minutes of the outage are collected afterwards, each
+    once, with its exact value, and nothing else is written."""
+    url, engine = engine_for()
+    config = _write_config(tmp_path / "c.yaml", history.url, backfill="1h")
+    clock = Clock.scaled_from(history.end - dt.timedelta(minutes=45), 30.0)
+    collector = CollectorProcess(["--config", str(config), "--database-url", url, "--settle", "5s",
+                                  "--no-leader-election"], tmp_path / "collector.log", env=clock.env()).start()
+
+    def collected_until() -> dt.datetime | None:
+        marks = _watermarks(engine)
+        return marks["nasa"][1] if "nasa" in marks else None
+
+    try:
+        wait_for("the backfill", lambda: (collected_until() or clock.now() - dt.timedelta(hours=9))
+                 >= floor_minute(clock.now()) - 2 * MINUTE, timeout=120)
+        history.prom.stop(keep=True)
+        try:
+            down_at = clock.now()
+            wait_for("cycles failing as unreachable", lambda: collector.metric(
+                "prescaler_collector_errors_total", feed="nasa", kind="unreachable") >= 2, timeout=120)
+            wait_for("five minutes of outage", lambda: clock.now() >= down_at + 5 * MINUTE, timeout=60)
+            stalled = collected_until()
+            assert stalled is not None and stalled <= floor_minute(down_at) + MINUTE, "written while down?"
+        finally:
+            history.prom.start()
+        up_at = clock.now()
+        wait_for("the outage's minutes collected", lambda: (collected_until() or down_at) >= floor_minute(up_at),
+                 timeout=120)
+    finally:
+        assert collector.stop() == 0, collector.log_tail()
+    rows = _rows(engine, "nasa")
+    until = collected_until()
+    assert until is not None
+    first = min(rows)
+    expected = {t: v for t, v in history.trace.items() if first <= t < until}
+    assert rows == expected, "a minute of the outage is missing, extra or wrong"
+    assert until - (floor_minute(down_at) - MINUTE) >= 6 * MINUTE, "the outage did not span five minutes"
+    assert _count(engine) == len(rows)
 
 
 def test_run_forever_cycles_on_the_minute_with_an_injected_stop(history: History, engine_for: Any,
