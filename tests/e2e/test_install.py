@@ -266,6 +266,42 @@ def test_upgrade_with_bad_values_is_refused_and_keeps_the_release(cluster: Local
     assert status["info"]["status"] == "deployed"
 
 
+COLLECTOR = f"{FULLNAME}-collector"
+COLLECTOR_SA = f"system:serviceaccount:{RELEASE_NS}:{COLLECTOR}"
+
+
+def test_helm_upgrade_adds_the_collector_with_a_lease_only_role(cluster: LocalCluster, release: str) -> None:
+    """The collector values of the kind path (a Prometheus feed), without the ServiceMonitor (its CRD belongs to
+    the Prometheus operator, which this cluster does not have)."""
+    helm(cluster, "upgrade", release, str(CHART), "-n", RELEASE_NS, "--reuse-values", "--wait", "--timeout", "3m",
+         "-f", str(CHART / "ci" / "collector-values.yaml"), "--set", "serviceMonitor.enabled=false")
+    wait_for("the collector Deployment ready",
+             lambda: get(cluster, "-n", RELEASE_NS, "deployment", COLLECTOR)["status"].get("readyReplicas") == 1,
+             interval=POLL)
+    spec = get(cluster, "-n", RELEASE_NS, "deployment", COLLECTOR)["spec"]["template"]["spec"]
+    args = spec["containers"][0]["args"]
+    assert args[0] == "collect" and "--config=/etc/prescaler/config.yaml" in args
+    assert "--leader-election" in args and f"--lease-namespace={RELEASE_NS}" in args
+    assert spec["serviceAccountName"] == COLLECTOR
+    config = yaml.safe_load(get(cluster, "-n", RELEASE_NS, "configmap", FULLNAME)["data"]["config.yaml"])
+    (feed,) = config["feeds"]
+    assert feed["name"] == "web" and feed["prometheus"]["services"] == ["workout-api"]
+    service = get(cluster, "-n", RELEASE_NS, "service", f"{COLLECTOR}-metrics")
+    assert service["spec"]["ports"][0]["name"] == "metrics"
+    # Its one grant: the Lease, in the release namespace; nothing of the operator's.
+    for verb in ("get", "create", "update"):
+        assert can_i(cluster, verb, "leases.coordination.k8s.io", namespace=RELEASE_NS, as_user=COLLECTOR_SA)
+    for verb, resource, namespace, sub in (
+        ("delete", "leases.coordination.k8s.io", RELEASE_NS, None),
+        ("get", "leases.coordination.k8s.io", TEAM_NS, None),
+        ("patch", "deployments", TEAM_NS, "scale"),
+        ("get", "secrets", RELEASE_NS, None),
+        ("list", "predictivescalers.prescaler.dev", None, None),
+    ):
+        assert not can_i(cluster, verb, resource, namespace=namespace, subresource=sub, as_user=COLLECTOR_SA), \
+            (verb, resource, namespace, sub)
+
+
 def test_helm_uninstall_leaves_nothing_behind(cluster: LocalCluster, release: str) -> None:
     assert release_objects(cluster), "the release should own objects before the uninstall"
     helm(cluster, "uninstall", release, "-n", RELEASE_NS, "--wait", "--timeout", "2m")
@@ -282,6 +318,10 @@ def test_helm_uninstall_leaves_nothing_behind(cluster: LocalCluster, release: st
         ("configmap", FULLNAME),
         ("deployment", FULLNAME),
         ("secret", f"{FULLNAME}-database"),
+        ("deployment", COLLECTOR),
+        ("serviceaccount", COLLECTOR),
+        ("role", COLLECTOR),
+        ("service", f"{COLLECTOR}-metrics"),
     ):
         assert cluster.kubectl("-n", RELEASE_NS, "get", kind, name, check=False).returncode != 0, (kind, name)
     assert not can_i(cluster, "patch", "deployments", namespace=TEAM_NS, subresource="scale")
