@@ -149,7 +149,9 @@ def condition(obj: dict[str, Any], ctype: str) -> dict[str, Any]:
 
 def scaler_yaml(namespace: str, name: str, target: str, *, mode: str = "Auto", actuation: str = "Replicas",
                 min_replicas: int = 2, max_replicas: int = 30, refresh: str = "2h", stale_after: str = "6h",
-                kind: str = "Deployment") -> str:
+                kind: str = "Deployment", service: str = "peak-api",
+                per_replica: int = REQUESTS_PER_REPLICA_PER_MIN, step: str = "5m", horizon: str = "1d",
+                interval: str = "1m", lead: str = "10m") -> str:
     return f"""
 apiVersion: prescaler.dev/v1alpha1
 kind: PredictiveScaler
@@ -160,13 +162,13 @@ spec:
   maxReplicas: {max_replicas}
   mode: {mode}
   actuation: {actuation}
-  series: {{source: default, service: peak-api}}
-  capacity: {{requestsPerReplica: {REQUESTS_PER_REPLICA_PER_MIN}, per: 1m}}
-  forecast: {{model: seasonal-naive, history: 14d, horizon: 1d, step: 5m, refreshInterval: {refresh},
+  series: {{source: default, service: {service}}}
+  capacity: {{requestsPerReplica: {per_replica}, per: 1m}}
+  forecast: {{model: seasonal-naive, history: 14d, horizon: {horizon}, step: {step}, refreshInterval: {refresh},
              quantile: yhat}}
   scaling:
-    interval: 1m
-    leadTime: 10m
+    interval: {interval}
+    leadTime: {lead}
     headroomPercent: 10
     scaleDown: {{stabilizationWindow: 15m, maxStepPercent: 50}}
   fallback: {{staleAfter: {stale_after}, action: HoldCurrent}}
@@ -180,9 +182,9 @@ kind: Deployment
 metadata: {{name: {name}, namespace: {namespace}}}
 spec:
   replicas: {replicas}
-  selector: {{matchLabels: {{app: {name}}}}}
+  selector: {{matchLabels: {{app: {name}}}
   template:
-    metadata: {{labels: {{app: {name}}}}}
+    metadata: {{labels: {{app: {name}}}
     spec:
       containers: [{{name: app, image: registry.example/app:1}}]
 """
@@ -199,7 +201,7 @@ spec:
   maxReplicas: {max_replicas}
   metrics:
     - type: Resource
-      resource: {{name: cpu, target: {{type: Utilization, averageUtilization: 70}}}}
+      resource: {{name: cpu, target: {{type: Utilization, averageUtilization: 70}}
 """
 
 

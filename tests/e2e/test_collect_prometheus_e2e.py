@@ -31,7 +31,15 @@ from prescaler_dev.localcluster import LocalCluster
 from promserver import PrometheusServer
 from waiting import wait_for
 
-from .operator_support import OperatorProcess, apply, deployment_yaml, get_json, install_crds, namespace_yaml
+from .operator_support import (
+    OperatorProcess,
+    apply,
+    deployment_yaml,
+    get_json,
+    install_crds,
+    namespace_yaml,
+    scaler_yaml,
+)
 
 NS = "e2e-prometheus"
 SERVICE = "live-api"
@@ -94,22 +102,6 @@ def _history_openmetrics(trace: Trace, until: float) -> str:
     return "\n".join(lines) + "\n# EOF\n"
 
 
-def _scaler() -> str:
-    return f"""
-apiVersion: prescaler.dev/v1alpha1
-kind: PredictiveScaler
-metadata: {{name: web, namespace: {NS}}}
-spec:
-  scaleTargetRef: {{apiVersion: apps/v1, kind: Deployment, name: web}}
-  minReplicas: 2
-  maxReplicas: 30
-  series: {{source: default, service: {SERVICE}}}
-  capacity: {{requestsPerReplica: {PER_REPLICA}, per: 1m}}
-  forecast: {{model: seasonal-naive, history: 14d, horizon: 2h, step: 1m, refreshInterval: 1h, quantile: yhat}}
-  scaling: {{interval: 30s, leadTime: 2m, headroomPercent: 10}}
-"""
-
-
 @pytest.fixture
 def exporter(request: pytest.FixtureRequest) -> Iterator[tuple[Trace, str]]:
     t0 = floor_minute(datetime.now(UTC)) + MINUTE
@@ -156,7 +148,8 @@ def test_exporter_to_prometheus_to_collector_to_operator_scales_ahead_of_the_bur
         install_crds(cluster)
         apply(cluster, namespace_yaml(NS))
         apply(cluster, deployment_yaml(NS, "web"))
-        apply(cluster, _scaler())
+        apply(cluster, scaler_yaml(NS, "web", "web", service=SERVICE, per_replica=PER_REPLICA, step="1m",
+                                   horizon="2h", interval="30s", lead="2m", refresh="1h"))
         operator = OperatorProcess(cluster, pg_url, Clock(), tmp_path / "operator.log").start()
         assert datetime.now(UTC) < burst - LEAD - MINUTE, "too slow a start: the burst is already within reach"
         while datetime.now(UTC) < burst + MINUTE:

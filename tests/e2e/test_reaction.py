@@ -28,6 +28,7 @@ from .operator_support import (
     deployment_yaml,
     install_crds,
     namespace_yaml,
+    scaler_yaml,
 )
 
 NS = "e2e-react"
@@ -41,19 +42,7 @@ HEADROOM = 0.10
 NEEDED = math.ceil(SURPRISE_PER_MIN * (1 + HEADROOM) / CAPACITY_PER_MIN)  # 14
 SPEED = 15.0  # one real second = 15 simulated seconds
 
-SCALER = f"""
-apiVersion: prescaler.dev/v1alpha1
-kind: PredictiveScaler
-metadata: {{name: web, namespace: {NS}}}
-spec:
-  scaleTargetRef: {{apiVersion: apps/v1, kind: Deployment, name: web}}
-  minReplicas: 2
-  maxReplicas: 30
-  series: {{source: default, service: surprise-api}}
-  capacity: {{requestsPerReplica: {CAPACITY_PER_MIN}, per: 1m}}
-  forecast: {{model: seasonal-naive, history: 14d, horizon: 1d, step: 5m, refreshInterval: 2h, quantile: yhat}}
-  scaling: {{interval: 1m, leadTime: 10m, headroomPercent: {round(HEADROOM * 100)}}}
-"""
+SCALER = scaler_yaml(NS, "web", "web", service="surprise-api", per_replica=CAPACITY_PER_MIN)
 
 
 def _minute_trace(path: Path) -> Path:
