@@ -313,10 +313,12 @@ def test_the_keeper_calibrates_once_per_forecast_and_reports_status(monkeypatch:
     truth = 1000 * (1 + 0.5 * np.sin(np.arange(len(hours)) * 2 * math.pi / 24))
     actuals = pd.Series(truth * np.random.default_rng(8).lognormal(0, 0.05, len(hours)), index=hours)
     reads: list[datetime] = []
+    starts: list[datetime] = []
 
     def read_history(engine: object, source: object, service: str, start: datetime, end: datetime,
                      step: timedelta) -> pd.Series:
         reads.append(end)
+        starts.append(start)
         return actuals[(actuals.index >= start) & (actuals.index < end)]
 
     monkeypatch.setattr(history, "read_history", read_history)
@@ -334,6 +336,9 @@ def test_the_keeper_calibrates_once_per_forecast_and_reports_status(monkeypatch:
             cal, status = asyncio.run(keeper.calibration_for("ns", "web", spec, None, fc, t,  # type: ignore[arg-type]
                                                              t + timedelta(minutes=10)))
     assert len(reads) == len(range(0, len(hours) - 30, 6))
+    # The record starts with its first forecast: the first read goes back only as far as that forecast's
+    # decisions need (lead time and two steps), not the whole 14-day window.
+    assert starts[0] == hours[0].to_pydatetime() - timedelta(hours=3)
     assert cal is not None and cal.ready and cal.service_level == 99.9
     level = status["serviceLevel"]
     assert isinstance(level, dict) and level["target"] == "99.9%" and "realizedServedPercent" in level

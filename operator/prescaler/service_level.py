@@ -75,7 +75,10 @@ class ServiceLevelKeeper:
         done = self._calibrated.get(key)
         if done is not None and done.generated_at == generated_at and done.settings == settings:
             return done.calibration, done.status
-        start = now - CALIBRATION_WINDOW - spec.lead_time - 2 * spec.step
+        # Samples only start with the oldest recorded forecast: after a restart the record holds one forecast of
+        # minutes ago, and reading the whole window for each of a fleet's scalers would delay its first decisions.
+        oldest = record.entries[0][0]
+        start = max(now - CALIBRATION_WINDOW, _floor(oldest, spec.step)) - spec.lead_time - 2 * spec.step
         try:
             actuals = await asyncio.to_thread(history.read_history, self.engine, source, spec.service, start, now,
                                               spec.step)
