@@ -1,6 +1,7 @@
 """Faults, each while the operator runs as a real process on scaled time against the real control plane:
 the API server restarted during a scale-up, etcd restarted during a scale-down, PostgreSQL restarted while a
-decision write is in flight, the operator SIGKILLed between its `/scale` patch and its decision write, and
+decision write is in flight, the operator SIGKILLed while its first scale waits for its decision row (the row
+is written before the `/scale` patch, so this is the window a kill can hit), and
 PostgreSQL frozen (SIGSTOP) for a minute of real time; plus two operator processes of which exactly one may act.
 
 Every fault test ends with the replica count the plan wants, no wrong scale-down and no lost decision row, as
@@ -285,7 +286,8 @@ def test_sigkill_between_scale_patch_and_decision_write(
     assert status["forecastGeneratedAt"] == forecasts[-1].strftime("%Y-%m-%dT%H:%M:%SZ")
     # Scaled up once, by whichever operator got to it, and never down again.
     assert seen == sorted(seen) and seen[-1] == PLATEAU, f"replicas flapped across the restart: {seen}"
-    figures = _measure("operator SIGKILL between the /scale patch and the decision write", rec, store, PLATEAU)
+    figures = _measure("operator SIGKILL while a scale's decision row is written, before its /scale patch", rec,
+                       store, PLATEAU)
     figures.notes = {"replicas when killed": at_kill}
     changes = [(c.before, c.after) for c in figures.changes]
     assert changes == [(MIN_REPLICAS, PLATEAU)], f"scaled more than once for one decision: {changes}"
