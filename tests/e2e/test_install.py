@@ -275,10 +275,12 @@ def test_helm_upgrade_adds_the_collector_with_a_lease_only_role(cluster: LocalCl
     the Prometheus operator, which this cluster does not have)."""
     helm(cluster, "upgrade", release, str(CHART), "-n", RELEASE_NS, "--reuse-values", "--wait", "--timeout", "3m",
          "-f", str(CHART / "ci" / "collector-values.yaml"), "--set", "serviceMonitor.enabled=false")
+    collector = get(cluster, "-n", RELEASE_NS, "deployment", COLLECTOR)
+    assert collector["spec"]["replicas"] == 2  # the default: a leader and a standby on the Lease
     wait_for("the collector Deployment ready",
-             lambda: get(cluster, "-n", RELEASE_NS, "deployment", COLLECTOR)["status"].get("readyReplicas") == 1,
+             lambda: get(cluster, "-n", RELEASE_NS, "deployment", COLLECTOR)["status"].get("readyReplicas") == 2,
              interval=POLL)
-    spec = get(cluster, "-n", RELEASE_NS, "deployment", COLLECTOR)["spec"]["template"]["spec"]
+    spec = collector["spec"]["template"]["spec"]
     args = spec["containers"][0]["args"]
     assert args[0] == "collect" and "--config=/etc/prescaler/config.yaml" in args
     assert "--leader-election" in args and f"--lease-namespace={RELEASE_NS}" in args
