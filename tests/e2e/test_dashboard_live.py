@@ -57,7 +57,8 @@ SETUP_TIMEOUT = 900.0  # real seconds for fits and actions to show up (model aut
 
 QUERIES = dashboard_queries(load_dashboard())
 # The collector's row (prescaler collect's own /metrics). This run has no collector, so its queries are run
-# against the real Prometheus (which must accept them) but have no series to return.
+# against the real Prometheus (which must accept them) here, and checked for data against a real collector in
+# test_dashboard_collector_live.py.
 COLLECTOR_PANELS = frozenset(range(40, 50))
 
 
