@@ -254,6 +254,7 @@ class Operator:
     log_path: Path
     timer_interval: float
     workers: int = 1
+    max_concurrent: int | None = None
     metrics_port: int = field(default_factory=free_port)
     liveness_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
@@ -265,6 +266,8 @@ class Operator:
         env = {**self.cluster.env(), "PRESCALER_DATABASE_URL": self.db_url,
                "PRESCALER_TIMER_INTERVAL": f"{self.timer_interval:g}",
                "PRESCALER_LOG_LEVEL": os.environ.get("PRESCALER_LOG_LEVEL", "INFO")}
+        if self.max_concurrent is not None:
+            env["PRESCALER_MAX_CONCURRENT_RECONCILES"] = str(self.max_concurrent)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "prescaler.cli", "run", "--all-namespaces", "--peering", "",
@@ -467,6 +470,7 @@ class RunConfig:
     profile: Path | None
     keep: bool
     seed_age: timedelta | None = None
+    max_concurrent: int | None = None
 
 
 @dataclass
@@ -510,7 +514,8 @@ def run_phase(label: str, cfg: RunConfig, cluster: LocalCluster, url: str, log_p
               profile: Path | None = None) -> PhaseRun:
     """Run the operator for `duration_s` (and, with `wait_stored`, until all those scalers stored a forecast)."""
     n = cfg.size
-    op = Operator(cluster, url, log_path, cfg.timer_interval, workers=cfg.workers)
+    op = Operator(cluster, url, log_path, cfg.timer_interval, workers=cfg.workers,
+                  max_concurrent=cfg.max_concurrent)
     log_from = log_path.stat().st_size if log_path.exists() else 0
     started_at = datetime.now(UTC)
     started = time.monotonic()
@@ -912,6 +917,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pod-ready-delay", type=float, default=1.0)
     p.add_argument("--output", type=Path, default=RESULTS / "fleet.json")
     p.add_argument("--keep", action="store_true", help="keep the database and logs (for debugging)")
+    p.add_argument("--max-concurrent", type=int, default=None,
+                   help="the operator's PRESCALER_MAX_CONCURRENT_RECONCILES (default: the operator's own)")
     p.add_argument("--seed-age", default=None,
                    help="skip the cold phase: store every scaler's forecast as made this long ago (e.g. 35m), then "
                         "run the restart phase (refits come due during it)")
@@ -944,7 +951,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             late_at_s=args.late_at_s if args.late_at_s is not None else 0.4 * args.duration_s,
                             pod_ready_delay=args.pod_ready_delay, store_timeout_s=args.store_timeout_s,
                             profile=args.profile, keep=args.keep,
-                            seed_age=_duration(args.seed_age) if args.seed_age else None)
+                            seed_age=_duration(args.seed_age) if args.seed_age else None,
+                            max_concurrent=args.max_concurrent)
             print(f"\n=== fleet of {size} PredictiveScalers ({args.duration_s:.0f}s) ===", flush=True)
             try:
                 results.append(run_size(cfg))

@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +57,11 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     cfg = _config
     _started_at = time.monotonic()
     settings.posting.level = logging.WARNING  # explicit events only, not every log line
+    # The ticks' SQL runs in the loop's default executor, which holds min(32, cores + 4) threads: 6 on two
+    # cores, fewer than the ticks admitted at once. Each admitted tick gets a thread of its own, plus a few for
+    # the forecast keeper's reads and writes.
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=cfg.max_concurrent_reconciles + 4, thread_name_prefix="prescaler-sql"))
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="prescaler.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="prescaler.dev")
     settings.watching.server_timeout = 300
