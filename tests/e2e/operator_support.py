@@ -182,9 +182,9 @@ kind: Deployment
 metadata: {{name: {name}, namespace: {namespace}}}
 spec:
   replicas: {replicas}
-  selector: {{matchLabels: {{app: {name}}}
+  selector: {{matchLabels: {{app: {name}}}}}
   template:
-    metadata: {{labels: {{app: {name}}}
+    metadata: {{labels: {{app: {name}}}}}
     spec:
       containers: [{{name: app, image: registry.example/app:1}}]
 """
@@ -201,7 +201,7 @@ spec:
   maxReplicas: {max_replicas}
   metrics:
     - type: Resource
-      resource: {{name: cpu, target: {{type: Utilization, averageUtilization: 70}}
+      resource: {{name: cpu, target: {{type: Utilization, averageUtilization: 70}}}}
 """
 
 
