@@ -539,8 +539,10 @@ def test_pooled_refits_equal_refits_in_this_process() -> None:
     one = bt(daily_wave(7), **kw)
     two = bt(daily_wave(7), workers=2, **kw)
     assert two.settings["workers"] == 2
-    # The pool measures what the refits cost in CPU, whatever else the machine runs.
-    assert two.settings["seconds"]["fit_cpu"] > 0 and one.settings["seconds"]["fit_cpu"] is None
+    # The pool measures what the refits cost in CPU, whatever else the machine runs (rounded to 0.1 s, so a few
+    # seasonal-naive refits on a quiet machine may read 0.0); in this process it is not measured.
+    cpu = two.settings["seconds"]["fit_cpu"]
+    assert isinstance(cpu, float) and cpu >= 0.0 and one.settings["seconds"]["fit_cpu"] is None
     np.testing.assert_allclose(one.yhat, two.yhat)
     for name in ("predictive", "reactive"):
         assert one.requested[name].tolist() == two.requested[name].tolist()
