@@ -118,11 +118,8 @@ class DecisionLog:
             retried = len(self._backlog)
             rows = [*self._backlog, *(row for row, _ in batch)]
             try:
-                if retried:
-                    await asyncio.to_thread(functools.partial(db.record_decisions, self.engine, rows,
-                                                              skip_recorded=True))
-                else:
-                    await asyncio.to_thread(db.record_decisions, self.engine, rows)
+                await asyncio.to_thread(functools.partial(db.record_decisions, self.engine, rows,
+                                                          skip_recorded=retried > 0))
             except DataUnavailable as exc:
                 dropped = max(0, len(rows) - self.MAX_BACKLOG)
                 if dropped:
