@@ -252,6 +252,68 @@ def test_samples_pair_each_bucket_with_the_forecasts_in_force_at_its_decisions()
     assert math.isnan(s.forecast[0][0]) and s.forecast[0][1] == 100.0
 
 
+def _loop_samples(forecasts: list[tuple[datetime, Forecast]], actuals: pd.Series, now: datetime,
+                  lead_time: timedelta) -> tuple[list[float], list[float], list[list[float]], list[list[float]]]:
+    """The definition, one bucket and one decision at a time (what the operator ran before it vectorised)."""
+    idx = pd.DatetimeIndex(actuals.index)
+    step = idx[1] - idx[0]
+    ordered = sorted(forecasts, key=lambda gf: gf[0])
+    generated = pd.DatetimeIndex([g for g, _ in ordered])
+    k = max(0, math.ceil(lead_time / step - 1e-9)) + 1
+    leads, loads, fs, rs = [], [], [], []
+    for i, u in enumerate(idx):
+        if not (u + step <= now and u >= now - timedelta(days=14)):
+            continue
+        row_f, row_r, first = [math.nan] * k, [math.nan] * k, None
+        for j in range(k):
+            decided = u - lead_time + j * step if j < k - 1 else u
+            g = int(generated.searchsorted(decided, side="right")) - 1
+            if g < 0:
+                continue
+            first = g if first is None else first
+            fc = ordered[g][1]
+            fstep = fc.ds[1] - fc.ds[0]
+            seg = fc.yhat[(fc.ds > decided - fstep) & (fc.ds < decided + lead_time + step)]
+            row_f[j] = float(np.nanmax(seg)) if np.isfinite(seg).any() else math.nan
+            b = int(idx.searchsorted(decided - step, side="right")) - 1
+            row_r[j] = float(actuals.iloc[b]) if b >= 0 else math.nan
+        if first is not None:
+            leads.append((u - generated[first]).total_seconds())
+            loads.append(float(actuals.iloc[i]))
+            fs.append(row_f)
+            rs.append(row_r)
+    return leads, loads, fs, rs
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), forecasts=st.integers(1, 5), lead_steps=st.integers(0, 4),
+       minutes=st.sampled_from([5, 60]))
+def test_vectorised_samples_match_the_definition(seed: int, forecasts: int, lead_steps: int, minutes: int) -> None:
+    rng = np.random.default_rng(seed)
+    step = timedelta(minutes=minutes)
+    start = NOW - 40 * step
+    index = pd.date_range(start, periods=45, freq=step, tz="UTC")
+    values = rng.uniform(0, 100, len(index))
+    values[rng.random(len(index)) < 0.1] = np.nan
+    actuals = pd.Series(values, index=index)
+    made = []
+    for _ in range(forecasts):
+        generated = start + int(rng.integers(-5, 35)) * step
+        y = rng.uniform(0, 100, 30)
+        y[rng.random(30) < 0.1] = np.nan
+        ds = pd.date_range(generated, periods=30, freq=step, tz="UTC")
+        made.append((generated.to_pydatetime() if hasattr(generated, "to_pydatetime") else generated,
+                     Forecast(ds=ds, yhat=y, lower=y, upper=y, model="test")))
+    unique = list({g: (g, f) for g, f in made}.values())
+    lead = lead_steps * step
+    s = samples_from_forecasts(unique, actuals, now=NOW, lead_time=lead)
+    leads, loads, fs, rs = _loop_samples(unique, actuals, NOW, lead)
+    assert s.lead_s.tolist() == leads
+    np.testing.assert_array_equal(s.actual, np.asarray(loads, dtype=float))
+    np.testing.assert_array_equal(s.forecast, np.asarray(fs, dtype=float).reshape(s.forecast.shape))
+    np.testing.assert_array_equal(s.observed, np.asarray(rs, dtype=float).reshape(s.observed.shape))
+
+
 def test_calibration_from_stored_forecasts_end_to_end() -> None:
     start = NOW - 14 * 24 * H
     rng = np.random.default_rng(5)

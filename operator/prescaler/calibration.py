@@ -273,38 +273,44 @@ def samples_from_forecasts(
         return _empty()
     idx = pd.DatetimeIndex(actuals.index)
     idx = idx.tz_localize("UTC") if idx.tz is None else idx.tz_convert("UTC")
-    step = pd.Timedelta(idx[1] - idx[0])
+    # All on int64 nanoseconds and whole arrays: a fleet's restart calibrates every scaler at its first tick,
+    # and a loop over buckets and decisions cost ~10 ms of the event loop per scaler.
+    at = np.asarray(idx.as_unit("ns").asi8)
+    step = int(at[1] - at[0])
     values = np.asarray(actuals, dtype=float)
-    now_ts = pd.Timestamp(now)
-    keep = (idx + step <= now_ts) & (idx >= now_ts - pd.Timedelta(window))
-    ordered = sorted(forecasts, key=lambda gf: gf[0])
-    generated = pd.DatetimeIndex([pd.Timestamp(g) for g, _ in ordered])
-    lead = pd.Timedelta(lead_time)
-    k = max(0, math.ceil(lead / step - 1e-9)) + 1
-    leads, loads, fs, rs = [], [], [], []
-    for i in (int(x) for x in np.flatnonzero(keep)):
-        u = idx[i]
-        row_f, row_r = np.full(k, np.nan), np.full(k, np.nan)
-        first: int | None = None
-        for j in range(k):
-            decided = u - lead + j * step if j < k - 1 else u
-            g = int(generated.searchsorted(decided, side="right")) - 1
-            if g < 0:
-                continue
-            first = g if first is None else first
-            row_f[j] = _window_max(ordered[g][1], decided, decided + lead + step)
-            # The floor saw the last bucket complete at the decision.
-            b = int(idx.searchsorted(decided - step, side="right")) - 1
-            row_r[j] = values[b] if 0 <= b < len(values) else math.nan
-        if first is None:
-            continue
-        leads.append((u - generated[first]).total_seconds())
-        loads.append(values[i])
-        fs.append(row_f)
-        rs.append(row_r)
-    if not loads:
+    now_ns, lead = pd.Timestamp(now).value, pd.Timedelta(lead_time).value
+    rows = np.flatnonzero((at + step <= now_ns) & (at >= now_ns - pd.Timedelta(window).value))
+    if len(rows) == 0:
         return _empty()
-    return Samples(lead_s=np.array(leads), actual=np.array(loads), forecast=np.array(fs), observed=np.array(rs))
+    ordered = sorted(forecasts, key=lambda gf: gf[0])
+    generated = np.array([pd.Timestamp(g).value for g, _ in ordered], dtype=np.int64)
+    k = max(0, math.ceil(lead / step - 1e-9)) + 1
+    u = at[rows]
+    # Decision j of a bucket: one per step from its start − lead_time, the last at its start.
+    offsets = np.where(np.arange(k) < k - 1, np.arange(k) * step - lead, 0)
+    decided = u[:, None] + offsets[None, :]
+    g = np.searchsorted(generated, decided, side="right") - 1
+    seen = g >= 0
+    forecast = np.full(decided.shape, np.nan)
+    for e, (_, fc) in enumerate(ordered):
+        cells = g == e
+        if cells.any():
+            forecast[cells] = _window_maxima(fc, decided[cells], decided[cells] + lead + step)
+    # The floor saw the last bucket complete at the decision.
+    b = np.searchsorted(at, decided - step, side="right") - 1
+    observed = np.where(seen & (b >= 0) & (b < len(values)), values[np.clip(b, 0, len(values) - 1)], np.nan)
+    forecast[~seen] = np.nan
+    keep = seen.any(axis=1)
+    if not keep.any():
+        return _empty()
+    first = generated[_first_valid(g[keep])]
+    return Samples(lead_s=(u[keep] - first) / 1e9, actual=values[rows][keep], forecast=forecast[keep],
+                   observed=observed[keep])
+
+
+def _first_valid(g: np.ndarray) -> np.ndarray:
+    """Per row, the forecast of its earliest decision that had one (g is non-decreasing along a row)."""
+    return g[np.arange(len(g)), np.argmax(g >= 0, axis=1)]
 
 
 @dataclass
@@ -339,15 +345,26 @@ class ForecastRecord:
         return True
 
 
-def _window_max(fc: Forecast, start: pd.Timestamp, end: pd.Timestamp) -> float:
-    """Highest yhat over the forecast's buckets that overlap [start, end), NaN if none."""
-    if len(fc.ds) == 0:
-        return math.nan
-    step = pd.Timedelta(fc.ds[1] - fc.ds[0]) if len(fc.ds) > 1 else pd.Timedelta(0)
-    lo = int(fc.ds.searchsorted(start - step, side="right"))
-    hi = int(fc.ds.searchsorted(end, side="left"))
-    seg = np.asarray(fc.yhat[lo:hi], dtype=float)
-    return float(np.nanmax(seg)) if len(seg) and np.isfinite(seg).any() else math.nan
+def _window_maxima(fc: Forecast, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Per window [start, end) (int64 ns), the highest yhat over the forecast's buckets that overlap it; NaN
+    where none or all are NaN."""
+    out = np.full(len(start), np.nan)
+    ds = fc.ns
+    if len(ds) == 0 or len(start) == 0:
+        return out
+    fstep = int(ds[1] - ds[0]) if len(ds) > 1 else 0
+    lo = np.searchsorted(ds, start - fstep, side="right")
+    hi = np.searchsorted(ds, end, side="left")
+    width = int((hi - lo).max(initial=0))
+    if width <= 0:
+        return out
+    yhat = np.asarray(fc.yhat, dtype=float)
+    pos = lo[:, None] + np.arange(width)[None, :]
+    inside = pos < hi[:, None]
+    raw = yhat[np.clip(pos, 0, len(yhat) - 1)]
+    valid = inside & np.isfinite(raw)
+    best = np.where(valid, raw, -np.inf).max(axis=1)
+    return np.where(valid.any(axis=1), best, np.nan)
 
 
 def _empty() -> Samples:
