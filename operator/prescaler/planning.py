@@ -194,12 +194,13 @@ def forecast_peak(forecast: Forecast, start: datetime, end: datetime, quantile: 
     Half-open: a bucket starting exactly at `end` is the next decision's business, so capacity is not
     requested one tick earlier than the lead time needs.
     """
-    if len(forecast.ds) == 0:
+    ns = forecast.ns
+    if len(ns) == 0:
         return None
-    step = _step_of(forecast.ds)
+    step = int(ns[1] - ns[0]) if len(ns) >= 2 else 0
     values = forecast.upper if quantile == "upper" else forecast.yhat
-    lo = int(forecast.ds.searchsorted(pd.Timestamp(start) - step, side="right"))
-    hi = int(forecast.ds.searchsorted(pd.Timestamp(end), side="left"))
+    lo = int(np.searchsorted(ns, pd.Timestamp(start).value - step, side="right"))
+    hi = int(np.searchsorted(ns, pd.Timestamp(end).value, side="left"))
     if hi <= lo:
         return None
     window = np.asarray(values[lo:hi], dtype=float)

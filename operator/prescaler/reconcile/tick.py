@@ -490,7 +490,7 @@ def _forecast_status(out: Outcome, ref: ScalerRef, spec: ScalerSpec, cached: Cac
                 metrics.MODEL_INFO.remove(namespace, name, state.model_label)
         state.model_label = cached.model
     metrics.MODEL_INFO.labels(namespace, name, cached.model).set(1)
-    idx = int(fc.ds.searchsorted(pd.Timestamp(now), side="right")) - 1
+    idx = int(np.searchsorted(fc.ns, pd.Timestamp(now).value, side="right")) - 1
     if 0 <= idx < len(fc.ds):
         for band, arr in (("yhat", fc.yhat), ("lower", fc.lower), ("upper", fc.upper)):
             metrics.FORECAST_LOAD.labels(namespace, name, band).set(float(arr[idx]))
