@@ -678,6 +678,32 @@ def seed_forecasts(url: str, fleet: Sequence[Scaler], cfg: RunConfig, age: timed
     return generated
 
 
+def warm_up(cfg: RunConfig, cluster: LocalCluster, url: str, log_path: Path, rows: RowLog,
+            keys: Sequence[tuple[str, str]], timeout_s: float = 300.0) -> dict[str, Any]:
+    """Run the operator until every scaler decided once and had its status written, then stop it: the restart
+    that follows finds the fleet as a running operator leaves it (statuses and conditions written), as after
+    an upgrade or an eviction, not a fleet whose every status is new."""
+    op = Operator(cluster, url, log_path, cfg.timer_interval, workers=cfg.workers,
+                  max_concurrent=cfg.max_concurrent)
+    started_at, started = datetime.now(UTC), time.monotonic()
+    op.start()
+    try:
+        while time.monotonic() - started < timeout_s:
+            if not op.alive():
+                raise RuntimeError(f"operator exited during the warm-up:\n{op.log_tail()}")
+            if len(set(keys) - set(rows.first_decisions(started_at))) == 0:
+                break
+            time.sleep(1)
+        decided = time.monotonic() - started
+        time.sleep(15)  # the status patches follow the rows; the API server may queue them a while
+    finally:
+        op.stop()
+    missing = len(set(keys) - set(rows.first_decisions(started_at)))
+    print(f"[{cfg.size}] warm-up: {len(keys) - missing} scalers decided in {decided:.0f}s; operator stopped",
+          flush=True)
+    return {"decided_s": round(decided, 1), "undecided": missing}
+
+
 def run_size(cfg: RunConfig) -> dict[str, Any]:
     n = cfg.size
     late_n = round(n * cfg.late_fraction)
@@ -754,6 +780,8 @@ def run_size(cfg: RunConfig) -> dict[str, Any]:
             print(f"[{n}] cold phase done after {cold.wall_s:.0f}s; restarting the operator", flush=True)
         else:
             time.sleep(3)  # the row poller has seen the seeded rows: they count as stored before the start
+            result["warm_up"] = warm_up(cfg, cluster, url, state / "operator.log", rows,
+                                        [(s.namespace, s.name) for s in early])
         warm = run_phase("restart", cfg, cluster, url, state / "operator.log", rows, cfg.restart_duration_s,
                          profile=cfg.profile)
         rows.stop()
