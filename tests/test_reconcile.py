@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from prescaler import db, forecasting, history
+from prescaler import db, forecasting, history, metrics
 from prescaler.actuation import HpaState, TargetState
 from prescaler.clock import Clock
 from prescaler.reconcile import Reconciler, ScalerState, Services
@@ -494,3 +494,20 @@ def test_the_row_is_written_before_the_patch_and_corrected_when_the_patch_fails(
         row = conn.execute(sa.select(db.scaling_decisions.c.applied, db.scaling_decisions.c.reason)
                            .where(db.scaling_decisions.c.namespace == "refused")).one()
     assert row.applied is False and "not applied: RuntimeError: the API server said no" in row.reason
+
+
+def test_a_deleted_scalers_series_go_and_a_new_one_of_the_name_is_exported_again() -> None:
+    def desired() -> float | None:
+        return metrics.REGISTRY.get_sample_value("prescaler_desired_replicas", {"namespace": "gone", "name": "web"})
+
+    metrics.child(metrics.DESIRED_REPLICAS, "gone", "web").set(3)
+    assert desired() == 3
+    metrics.forget_scaler("gone", "web")
+    assert desired() is None
+    # Not the removed child, kept: a fresh one that /metrics shows.
+    metrics.child(metrics.DESIRED_REPLICAS, "gone", "web").set(4)
+    assert desired() == 4
+    metrics.remove(metrics.DESIRED_REPLICAS, "gone", "web")
+    assert desired() is None
+    metrics.child(metrics.DESIRED_REPLICAS, "gone", "web").set(5)
+    assert desired() == 5

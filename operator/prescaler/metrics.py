@@ -91,8 +91,30 @@ def exposed_names(registry: CollectorRegistry = REGISTRY) -> tuple[str, ...]:
 METRIC_NAMES: tuple[str, ...] = exposed_names()
 
 
+# Labelled children, kept: `labels()` validates and takes a lock, and each tick of each scaler makes ~30 calls.
+_children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def child(metric: M, *values: str) -> M:
+    """`metric.labels(*values)`, looked up once."""
+    key = (id(metric), values)
+    found = _children.get(key)
+    if found is None:
+        found = _children[key] = metric.labels(*values)
+    return found
+
+
+def remove(metric: Any, *values: str) -> None:
+    """Drop one series (absent already: nothing to do)."""
+    _children.pop((id(metric), values), None)
+    with contextlib.suppress(KeyError):
+        metric.remove(*values)
+
+
 def forget_scaler(namespace: str, name: str) -> None:
     """Remove every series of one scaler (after its deletion), through the public collect/remove API."""
+    for key in [k for k in _children if k[1][:2] == (namespace, name)]:
+        _children.pop(key, None)
     for metric in ALL:
         label_names = _LABELS[metric]
         seen: set[tuple[str, ...]] = set()

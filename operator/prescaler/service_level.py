@@ -11,7 +11,6 @@ short history read per tick) and the status fields.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -128,10 +127,9 @@ def _export(namespace: str, name: str, spec: ScalerSpec, sizing: RealizedSizing)
               metrics.SERVICE_LEVEL_COVERAGE: sizing.coverage_percent, metrics.CALIBRATED_QUANTILE: sizing.quantile}
     for gauge, value in values.items():
         if value is None:
-            with contextlib.suppress(KeyError):
-                gauge.remove(namespace, name)
+            metrics.remove(gauge, namespace, name)
         else:
-            gauge.labels(namespace, name).set(value)
+            metrics.child(gauge, namespace, name).set(value)
 
 
 def _floor(t: datetime, step: timedelta) -> datetime:

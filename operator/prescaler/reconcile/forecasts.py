@@ -112,7 +112,7 @@ class ScalerRef:
         return f"{self.namespace}/{self.name}"
 
     def error(self, kind: str) -> None:
-        metrics.ERRORS.labels(self.namespace, self.name, kind).inc()
+        metrics.child(metrics.ERRORS, self.namespace, self.name, kind).inc()
 
 
 @dataclass
@@ -460,8 +460,8 @@ class ForecastKeeper:
         ref.state.forecast = CachedForecast(result.forecast, origin, result.model, result.smape, key,
                                             result.reason, result.fit_seconds)
         if fitted_here:  # a shared result was fitted (and timed) once, by the scaler that submitted it
-            metrics.FIT_DURATION.labels(ref.namespace, ref.name, result.model).observe(result.fit_seconds)
-        metrics.LAST_REFRESH.labels(ref.namespace, ref.name).set(time.time())
+            metrics.child(metrics.FIT_DURATION, ref.namespace, ref.name, result.model).observe(result.fit_seconds)
+        metrics.child(metrics.LAST_REFRESH, ref.namespace, ref.name).set(time.time())
         ref.state.store_checked_key = key
 
     # --- work after the decision -------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ API calls) runs in threads; fits run in a process pool and are polled, never awa
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import math
@@ -214,7 +213,7 @@ class Reconciler:
             if outcome.record is not None and not outcome.recorded:
                 await self._record(outcome.record)
         finally:
-            metrics.RECONCILE_DURATION.labels(namespace, name).observe(time.perf_counter() - started)
+            metrics.child(metrics.RECONCILE_DURATION, namespace, name).observe(time.perf_counter() - started)
         state.decided = True
         old = (body.get("status") or {}).get("conditions")
         merged, changed = merge_conditions(old, outcome.conditions, generation, now)
@@ -225,7 +224,8 @@ class Reconciler:
             outcome.events.append((kind, cond.reason, f"{ctype}={cond.status}: {cond.message}"))
         for c in merged:
             for status in ("True", "False", "Unknown"):
-                metrics.CONDITION.labels(namespace, name, c["type"], status).set(1 if c["status"] == status else 0)
+                metrics.child(metrics.CONDITION, namespace, name, c["type"], status).set(
+                    1 if c["status"] == status else 0)
         return outcome
 
     async def _record(self, row: dict[str, Any]) -> None:
@@ -302,7 +302,7 @@ class Reconciler:
             conds["DataAvailable"] = Cond("True", "DataFresh", f"observed {observed:,.0f} requests per "
                                           f"{format_duration(spec.step)} for {spec.service!r}")
         if observed is not None:
-            metrics.OBSERVED_LOAD.labels(namespace, name).set(observed)
+            metrics.child(metrics.OBSERVED_LOAD, namespace, name).set(observed)
 
         state.series = spec.service
         cached = await self.forecasts.ensure(ref, spec, source, now, data_error is None, conds)
@@ -365,7 +365,7 @@ class Reconciler:
                 await asyncio.shield(self._decisions.retract(out.record, f"{type(exc).__name__}: {exc}"))
                 raise
             direction = "up" if desired > current else "down"
-            metrics.SCALE_ACTIONS.labels(namespace, name, direction).inc()
+            metrics.child(metrics.SCALE_ACTIONS, namespace, name, direction).inc()
             what = f"HPA {hpa.name} minReplicas" if hpa is not None else f"{spec.target.kind} {spec.target.name}"
             out.events.append(("Normal", "ScaledUp" if direction == "up" else "ScaledDown",
                                f"{what} {current} → {desired}: {decision.reason}"))
@@ -373,16 +373,16 @@ class Reconciler:
 
         tick_s = spec.interval.total_seconds()
         ready = target.ready_replicas if hpa is None else max(target.ready_replicas, 0)
-        metrics.DESIRED_REPLICAS.labels(namespace, name).set(desired)
-        metrics.CURRENT_REPLICAS.labels(namespace, name).set(desired if applied else current)
-        metrics.READY_REPLICAS.labels(namespace, name).set(ready)
-        metrics.REPLICA_SECONDS.labels(namespace, name).inc(desired * tick_s)
-        under = metrics.UNDERPROVISIONED_SECONDS.labels(namespace, name)  # exported at 0 from the first tick
+        metrics.child(metrics.DESIRED_REPLICAS, namespace, name).set(desired)
+        metrics.child(metrics.CURRENT_REPLICAS, namespace, name).set(desired if applied else current)
+        metrics.child(metrics.READY_REPLICAS, namespace, name).set(ready)
+        metrics.child(metrics.REPLICA_SECONDS, namespace, name).inc(desired * tick_s)
+        under = metrics.child(metrics.UNDERPROVISIONED_SECONDS, namespace, name)  # exported at 0 from the first tick
         if observed is not None and observed > ready * spec.capacity_per_step:
             under.inc(tick_s)
         if out.static_peak is not None:
-            metrics.STATIC_PEAK_REPLICAS.labels(namespace, name).set(out.static_peak)
-            metrics.STATIC_REPLICA_SECONDS.labels(namespace, name).inc(out.static_peak * tick_s)
+            metrics.child(metrics.STATIC_PEAK_REPLICAS, namespace, name).set(out.static_peak)
+            metrics.child(metrics.STATIC_REPLICA_SECONDS, namespace, name).inc(out.static_peak * tick_s)
 
         out.status.update({
             "currentReplicas": desired if applied else current,
@@ -482,22 +482,21 @@ def _forecast_status(out: Outcome, ref: ScalerRef, spec: ScalerSpec, cached: Cac
     out.status["forecastGeneratedAt"] = now_iso(cached.generated_at)
     if cached.smape is not None and math.isfinite(cached.smape):
         out.status["forecastError"] = f"{cached.smape:.1f}%"
-        metrics.FORECAST_ERROR.labels(namespace, name).set(cached.smape)
-    metrics.FORECAST_AGE.labels(namespace, name).set(max(0.0, (now - cached.generated_at).total_seconds()))
+        metrics.child(metrics.FORECAST_ERROR, namespace, name).set(cached.smape)
+    metrics.child(metrics.FORECAST_AGE, namespace, name).set(max(0.0, (now - cached.generated_at).total_seconds()))
     if state.model_label != cached.model:
         if state.model_label is not None:  # auto may switch models: only the one in use reads 1
-            with contextlib.suppress(KeyError):
-                metrics.MODEL_INFO.remove(namespace, name, state.model_label)
+            metrics.remove(metrics.MODEL_INFO, namespace, name, state.model_label)
         state.model_label = cached.model
-    metrics.MODEL_INFO.labels(namespace, name, cached.model).set(1)
+    metrics.child(metrics.MODEL_INFO, namespace, name, cached.model).set(1)
     idx = int(np.searchsorted(fc.ns, pd.Timestamp(now).value, side="right")) - 1
     if 0 <= idx < len(fc.ds):
         for band, arr in (("yhat", fc.yhat), ("lower", fc.lower), ("upper", fc.upper)):
-            metrics.FORECAST_LOAD.labels(namespace, name, band).set(float(arr[idx]))
+            metrics.child(metrics.FORECAST_LOAD, namespace, name, band).set(float(arr[idx]))
     policy = spec.policy()
     lead_peak = forecast_peak(fc, now, now + spec.lead_time + spec.interval, spec.quantile)
     if lead_peak is not None:
-        metrics.FORECAST_PEAK_LOAD.labels(namespace, name).set(lead_peak.load)
+        metrics.child(metrics.FORECAST_PEAK_LOAD, namespace, name).set(lead_peak.load)
     peak = forecast_peak(fc, now, now + timedelta(days=1), spec.quantile)
     if peak is not None:
         per_unit = peak.load * (spec.per / spec.step)
