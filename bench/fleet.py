@@ -695,13 +695,28 @@ def warm_up(cfg: RunConfig, cluster: LocalCluster, url: str, log_path: Path, row
                 break
             time.sleep(1)
         decided = time.monotonic() - started
-        time.sleep(15)  # the status patches follow the rows; the API server may queue them a while
+        # The status patches follow the rows, and a busy API server may take a while to accept them all.
+        with_status = 0
+        while time.monotonic() - started < timeout_s and op.alive():
+            with_status = statuses_written(cluster)
+            if with_status >= len(keys):
+                break
+            time.sleep(5)
+        written = time.monotonic() - started
     finally:
         op.stop()
     missing = len(set(keys) - set(rows.first_decisions(started_at)))
-    print(f"[{cfg.size}] warm-up: {len(keys) - missing} scalers decided in {decided:.0f}s; operator stopped",
-          flush=True)
-    return {"decided_s": round(decided, 1), "undecided": missing}
+    print(f"[{cfg.size}] warm-up: {len(keys) - missing} scalers decided in {decided:.0f}s, {with_status} statuses "
+          f"written in {written:.0f}s; operator stopped", flush=True)
+    return {"decided_s": round(decided, 1), "undecided": missing, "statuses_written": with_status,
+            "statuses_written_s": round(written, 1)}
+
+
+def statuses_written(cluster: LocalCluster) -> int:
+    """How many PredictiveScalers carry a status an operator wrote (its observedGeneration)."""
+    out = cluster.kubectl("get", "predictivescalers", "-A", "-o",
+                          "jsonpath={range .items[*]}{.status.observedGeneration}{\"\\n\"}{end}", timeout=120)
+    return sum(1 for line in out.stdout.splitlines() if line.strip())
 
 
 def run_size(cfg: RunConfig) -> dict[str, Any]:
