@@ -15,8 +15,10 @@ Two phases per size. *Cold*: the forecasts table is empty, so every scaler's fir
 baseline fitted on the spot. *Restart*: once every scaler has stored a forecast (the cold phase goes on until
 then), the operator is stopped and started again; each scaler's first decision after the restart comes from
 its stored forecast. That second start is the one an SRE lives with (upgrades, node drains, evictions).
-The restart phase runs `--restart-duration-s`; with `--refresh 1h` and a run of some minutes, the stored
-forecasts come due and the refits (their rate, CPU and effect on the reconcile lag) are measured too.
+With `--seed-age` the cold phase is replaced by stored forecasts of that age and a warm-up run that ends once
+every scaler's status is written. The restart phase runs `--restart-duration-s`; with `--refresh 1h` and a
+run of some minutes, the stored forecasts come due and the refits (their rate, CPU and effect on the reconcile
+lag) are measured too.
 
 Model: `auto` by default (the operator's default: backtests several models per fit, seconds of CPU each);
 `--model seasonal-naive` measures the reconcile machinery alone.
@@ -963,8 +965,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrent", type=int, default=None,
                    help="the operator's PRESCALER_MAX_CONCURRENT_RECONCILES (default: the operator's own)")
     p.add_argument("--seed-age", default=None,
-                   help="skip the cold phase: store every scaler's forecast as made this long ago (e.g. 35m), then "
-                        "run the restart phase (refits come due during it)")
+                   help="skip the cold phase: store every scaler's forecast as made this long ago (e.g. 35m), run the "
+                        "operator until every status is written (the warm-up), then run the restart phase (refits "
+                        "come due during it)")
     return p
 
 
