@@ -715,10 +715,15 @@ def warm_up(cfg: RunConfig, cluster: LocalCluster, url: str, log_path: Path, row
 
 
 def statuses_written(cluster: LocalCluster) -> int:
-    """How many PredictiveScalers carry a status an operator wrote (its observedGeneration)."""
-    out = cluster.kubectl("get", "predictivescalers", "-A", "-o",
-                          "jsonpath={range .items[*]}{.status.observedGeneration}{\"\\n\"}{end}", timeout=120)
-    return sum(1 for line in out.stdout.splitlines() if line.strip())
+    """How many PredictiveScalers carry a status an operator wrote (its observedGeneration); 0 while the API
+    server is too busy to list them."""
+    try:
+        out = cluster.kubectl("get", "predictivescalers", "-A", "-o",
+                              "jsonpath={range .items[*]}{.status.observedGeneration}{\"\\n\"}{end}",
+                              check=False, timeout=120)
+    except subprocess.TimeoutExpired:
+        return 0
+    return sum(1 for line in out.stdout.splitlines() if line.strip()) if out.returncode == 0 else 0
 
 
 def run_size(cfg: RunConfig) -> dict[str, Any]:
