@@ -511,3 +511,4 @@ def test_a_deleted_scalers_series_go_and_a_new_one_of_the_name_is_exported_again
     assert desired() is None
     metrics.child(metrics.DESIRED_REPLICAS, "gone", "web").set(5)
     assert desired() == 5
+    metrics.forget_scaler("gone", "web")  # leave the shared registry as found
