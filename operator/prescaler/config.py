@@ -52,6 +52,9 @@ class OperatorConfig:
     timer_interval_s: float = 10.0  # timer wake-ups; each scaler's cadence is its own spec.scaling.interval
     peering_settle_s: float = 5.0  # a new replica waits this long for its peers before acting
     peering_lifetime_s: int = 60  # a silent peer still counts this long
+    # The start-up pass (every scaler's first decision in one sweep) starts no tick after this; with the chart's
+    # liveness probe (10 s delay, 6 failures 10 s apart) a start must answer within 70 s.
+    first_pass_budget_s: float = 30.0
     log_level: str = "INFO"
     clock: Clock = field(default_factory=Clock)
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import kopf
 from kubernetes import client
@@ -22,8 +22,8 @@ from prometheus_client import start_http_server
 from prescaler import db, events, forecasting, metrics
 from prescaler.actuation import Actuator, HpaState, TargetState, load_client_config
 from prescaler.config import OperatorConfig
-from prescaler.informers import Extract, Informer, namespace_filter
-from prescaler.reconcile import Reconciler, ScalerState, Services
+from prescaler.informers import Extract, Informer, ObjectKey, namespace_filter
+from prescaler.reconcile import Outcome, Reconciler, ScalerState, Services
 from prescaler.spec import TargetRef
 
 GROUP, VERSION, PLURAL = "prescaler.dev", "v1alpha1", "predictivescalers"
@@ -33,6 +33,20 @@ _reconciler: Reconciler | None = None
 _cache: ClusterCache | None = None
 _config: OperatorConfig | None = None
 _started_at = 0.0
+_first_pass: asyncio.Task[None] | None = None
+
+
+@dataclass
+class _Slot:
+    """One scaler's memory, shared by its kopf timer and the start-up pass (kopf's memo only reaches the
+    timer)."""
+
+    state: ScalerState = field(default_factory=ScalerState)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one tick of a scaler at a time
+    unpatched: Outcome | None = None  # decided by the start-up pass: the timer patches status and posts events
+
+
+_slots: dict[ObjectKey, _Slot] = {}
 
 
 class _QuietTimer(logging.Filter):
@@ -98,6 +112,9 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     _reconciler.start()
     _cache = ClusterCache.build(cfg.namespaces)
     _cache.start()
+    if not cfg.peering:
+        # kopf starts its watches and timers only after this handler returns: the loop is ours alone.
+        await decide_all(budget_s=cfg.first_pass_budget_s)
 
 
 @kopf.on.cleanup()
@@ -129,10 +146,16 @@ def _hpa(obj: Mapping[str, Any]) -> tuple[Hashable, HpaState]:
         max_replicas=int(spec.get("maxReplicas") or 1), current_replicas=int(status.get("currentReplicas") or 0))
 
 
-def _scaler(obj: Mapping[str, Any]) -> tuple[Hashable, tuple[str, str]]:
+class ScalerEntry(NamedTuple):
+    created: str  # creationTimestamp: of rivals for one target, the oldest owns it
+    name: str
+    body: Mapping[str, Any]
+
+
+def _scaler(obj: Mapping[str, Any]) -> tuple[Hashable, ScalerEntry]:
     meta, ref = obj["metadata"], (obj.get("spec") or {}).get("scaleTargetRef") or {}
     return ((meta.get("namespace", ""), str(ref.get("kind")), str(ref.get("name"))),
-            (str(meta.get("creationTimestamp")), str(meta["name"])))
+            ScalerEntry(str(meta.get("creationTimestamp")), str(meta["name"]), obj))
 
 
 class LazyActuator:
@@ -167,7 +190,7 @@ class ClusterCache:
     deployments: Informer[TargetState]
     statefulsets: Informer[TargetState]
     hpas: Informer[HpaState]  # by the (namespace, kind, name) they scale
-    scalers: Informer[tuple[str, str]]  # (creationTimestamp, name) by the target they scale
+    scalers: Informer[ScalerEntry]  # by the target they scale
     _listed: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     @classmethod
@@ -227,33 +250,79 @@ class ClusterCache:
         return found[0] if found else None
 
 
+async def _tick(namespace: str, name: str, body: Mapping[str, Any], state: ScalerState) -> Outcome | None:
+    """One scaler's tick on the cache's picture of its target, HPAs and rivals."""
+    assert _reconciler is not None and _cache is not None
+    ref = (body.get("spec") or {}).get("scaleTargetRef") or {}
+    key = (namespace, str(ref.get("kind")), str(ref.get("name")))
+    rivals = sorted(_cache.scalers.find(key), key=lambda e: (e.created, e.name))
+    owner = rivals[0].name if rivals else name
+    return await _reconciler.tick(
+        namespace=namespace, name=name, body=body, state=state, hpas=_cache.hpas.find(key),
+        rival_owner=owner if owner != name else None, targets=_cache.target,
+    )
+
+
+async def decide_all(budget_s: float) -> None:
+    """Every listed scaler's first decision in one sweep, instead of as kopf's per-object timers come round
+    (with 1,000 scalers those took 40 s to reach the last one, bench/fleet.py). Starts no tick after
+    `budget_s`: what is left is the timers'. The timers patch what this decided."""
+    assert _reconciler is not None and _config is not None and _cache is not None
+    started = time.monotonic()
+    if not await _cache.ready(timeout_s=budget_s):
+        log.warning("start-up pass skipped: the cluster was not listed within %.0fs", budget_s)
+        return
+    todo: asyncio.Queue[tuple[ObjectKey, ScalerEntry]] = asyncio.Queue()
+    for item in _cache.scalers.items():
+        todo.put_nowait(item)
+    decided = 0
+
+    async def worker() -> None:
+        nonlocal decided
+        while not todo.empty() and time.monotonic() - started < budget_s:
+            (namespace, name), entry = todo.get_nowait()
+            slot = _slots.setdefault((namespace, name), _Slot())
+            if slot.lock.locked() or slot.state.decided:
+                continue
+            async with slot.lock:
+                try:
+                    outcome = await _tick(namespace, name, entry.body, slot.state)
+                except Exception:  # this scaler's timer tries again and reports it
+                    log.exception("start-up pass: %s/%s", namespace, name)
+                    continue
+            if outcome is not None:
+                slot.unpatched = outcome
+                decided += 1
+
+    await asyncio.gather(*(worker() for _ in range(_config.max_concurrent_reconciles)))
+    log.info("start-up pass: %d of %d scalers decided in %.1fs", decided, len(_cache.scalers),
+             time.monotonic() - started)
+
+
 # Registered by run(): the wake-up interval is configuration, not known at import time.
 async def reconcile_timer(
     namespace: str,
     name: str,
     body: kopf.Body,
-    spec: Mapping[str, Any],
-    memo: kopf.Memo,
     patch: kopf.Patch,
     **_: Any,
 ) -> None:
+    global _first_pass
     assert _reconciler is not None and _config is not None and _cache is not None
-    if _config.peering and time.monotonic() - _started_at < _config.peering_settle_s:
-        # Let peering see every peer first, so a lower-priority replica never acts even once.
-        return
+    if _config.peering:
+        if time.monotonic() - _started_at < _config.peering_settle_s:
+            # Let peering see every peer first, so a lower-priority replica never acts even once.
+            return
+        if _first_pass is None:  # kopf runs timers only while this replica is the active one
+            _first_pass = asyncio.create_task(decide_all(budget_s=_config.first_pass_budget_s))
     if not await _cache.ready(timeout_s=60.0):
         return  # a tick on a partial picture could miss a target, a rival or an HPA; kopf wakes it again
-    if "scaler_state" not in memo:
-        memo["scaler_state"] = ScalerState()
-    ref = spec.get("scaleTargetRef") or {}
-    key = (namespace, str(ref.get("kind")), str(ref.get("name")))
-    hpas = _cache.hpas.find(key)
-    rivals = sorted(_cache.scalers.find(key))
-    owner = rivals[0][1] if rivals else name
-    outcome = await _reconciler.tick(
-        namespace=namespace, name=name, body=body, state=memo["scaler_state"], hpas=hpas,
-        rival_owner=owner if owner != name else None, targets=_cache.target,
-    )
+    slot = _slots.setdefault((namespace, name), _Slot())
+    async with slot.lock:
+        outcome = await _tick(namespace, name, body, slot.state)
+        earlier, slot.unpatched = slot.unpatched, None
+    # A decision of this wake-up was made from the same old status as the start-up pass's, and supersedes it.
+    outcome = outcome or earlier
     if outcome is None:
         return
     patch.status.update(outcome.status)
@@ -265,6 +334,7 @@ async def reconcile_timer(
 def forget(namespace: str, name: str, **_: Any) -> None:
     # Stale series would otherwise linger in /metrics until the process restarts.
     metrics.forget_scaler(namespace, name)
+    _slots.pop((namespace, name), None)
 
 
 def _ensure_peering(peering: str, namespaces: list[str]) -> None:

@@ -67,6 +67,11 @@ class Informer(Generic[V]):
         with self._lock:
             return list(self._by_key.get(key, {}).values())
 
+    def items(self) -> list[tuple[ObjectKey, V]]:
+        """Every object's (namespace, name) and value."""
+        with self._lock:
+            return [(ident, value) for ident, (_, value) in self._objects.items()]
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._objects)
