@@ -13,11 +13,11 @@ import kopf
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from tests.test_reconcile import NOW, FakeActuator, FixedClock, _body
 
 from prescaler import db, handlers, history
 from prescaler.config import OperatorConfig
 from prescaler.informers import Informer
+from test_reconcile import NOW, FakeActuator, FixedClock, _body
 
 NAMESPACE = "first-pass"
 NAMES = ("a", "b", "c")
