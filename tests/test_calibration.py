@@ -388,7 +388,7 @@ def test_the_keeper_calibrates_once_per_forecast_and_reports_status(monkeypatch:
                        "series": {"service": "web"}, "capacity": {"requestsPerReplica": 100},
                        "forecast": {"step": "1h", "history": "7d"}, "scaling": {"serviceLevel": "99.9%",
                                                                                  "leadTime": "1h"}})
-    keeper = ServiceLevelKeeper(engine=None)  # type: ignore[arg-type]
+    keeper = ServiceLevelKeeper(history.SharedReads(None))  # type: ignore[arg-type]
     cal = None
     status: dict[str, object] = {}
     for i in range(0, len(hours) - 30, 6):

@@ -248,3 +248,35 @@ def test_bad_retention_is_an_input_error_naming_the_field(tmp_path: Path, retent
     cfg.write_text(f"sources:\n  default:\n    retention: {retention}\n")
     with pytest.raises(InputError, match=message):
         load_sources(cfg)
+
+
+def test_shared_reads_in_flight_query_once_and_a_later_read_queries_again(engine: Engine,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from prescaler import history
+
+    calls: list[tuple[str, datetime]] = []
+
+    def counted(engine: Engine, source: TrafficSource, service: str, start: datetime, end: datetime,
+                step: timedelta) -> pd.Series:
+        calls.append((service, end))
+        return read_history(engine, source, service, start, end, step)
+
+    monkeypatch.setattr(history, "read_history", counted)
+    reads = history.SharedReads(engine)
+    source = default_source()
+
+    async def together() -> list[pd.Series]:
+        same = [reads.read(source, "api", T0, T0 + 30 * M, 5 * M) for _ in range(10)]
+        return await asyncio.gather(*same, reads.read(source, "api", T0, T0 + 20 * M, 5 * M))
+
+    first = asyncio.run(together())
+    assert sorted(calls) == [("api", T0 + 20 * M), ("api", T0 + 30 * M)]
+    expected = read_history(engine, source, "api", T0, T0 + 30 * M, 5 * M)
+    for series in first[:10]:
+        pd.testing.assert_series_equal(series, expected)
+    assert len(first[10]) == 4
+    # Nothing is kept once a read is done: new rows are seen by the next tick.
+    asyncio.run(reads.read(source, "api", T0, T0 + 30 * M, 5 * M))
+    assert len(calls) == 3

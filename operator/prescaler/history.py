@@ -6,6 +6,7 @@ as plain identifiers and quoted; every value (service, time range, step) is a bo
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 from collections.abc import Iterator
@@ -281,6 +282,28 @@ def read_history(engine: Engine, source: TrafficSource, service: str, start: dat
         step_us = step // timedelta(microseconds=1)
         out[(np.asarray(micros, dtype=np.int64) - index[0].value // 1000) // step_us] = np.asarray(values, dtype=float)
     return pd.Series(out, index=index, name=service)
+
+
+class SharedReads:
+    """`read_history` from the event loop, with reads in flight shared: the scalers of one service that tick
+    together (a fleet's first decisions after a start) ask for the same buckets, and each query costs a pool
+    checkout, a liveness ping and a rollback besides itself. Callers only read the series they get."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._reads: dict[tuple[Any, ...], asyncio.Future[pd.Series]] = {}
+
+    async def read(self, source: TrafficSource, service: str, start: datetime, end: datetime,
+                   step: timedelta) -> pd.Series:
+        key = (source, service, start, end, step)
+        read = self._reads.get(key)
+        if read is None or read.get_loop() is not asyncio.get_running_loop():
+            read = asyncio.ensure_future(asyncio.to_thread(read_history, self.engine, source, service, start, end,
+                                                           step))
+            self._reads[key] = read
+            read.add_done_callback(lambda done: self._reads.pop(key, None) if self._reads.get(key) is done
+                                   else None)
+        return await asyncio.shield(read)
 
 
 def last_timestamp(engine: Engine, source: TrafficSource, service: str) -> datetime | None:

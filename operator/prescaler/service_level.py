@@ -10,7 +10,6 @@ short history read per tick) and the status fields.
 
 from __future__ import annotations
 
-import asyncio
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -18,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy.engine import Engine
 
 from prescaler import history, metrics
 from prescaler.calibration import (
@@ -49,8 +47,8 @@ class _Calibrated:
 class ServiceLevelKeeper:
     """Per scaler (namespace, name): the record of forecasts used and the calibration of the newest."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, reads: history.SharedReads) -> None:
+        self.reads = reads
         self._records: dict[tuple[str, str], ForecastRecord] = {}
         self._calibrated: dict[tuple[str, str], _Calibrated] = {}
 
@@ -79,8 +77,7 @@ class ServiceLevelKeeper:
         oldest = record.entries[0][0]
         start = max(now - CALIBRATION_WINDOW, _floor(oldest, spec.step)) - spec.lead_time - 2 * spec.step
         try:
-            actuals = await asyncio.to_thread(history.read_history, self.engine, source, spec.service, start, now,
-                                              spec.step)
+            actuals = await self.reads.read(source, spec.service, start, now, spec.step)
         except DataUnavailable:
             # No record to read: plan as configured (headroom), calibrate at the next forecast.
             return None, {}
@@ -113,8 +110,7 @@ class ServiceLevelKeeper:
         steps = level_steps(spec.step)
         end = _floor(now, spec.step)
         try:
-            actual = await asyncio.to_thread(history.read_history, self.engine, source, spec.service,
-                                             end - steps * spec.step, end, spec.step)
+            actual = await self.reads.read(source, spec.service, end - steps * spec.step, end, spec.step)
         except DataUnavailable:
             return 1.0
         return level_factor(np.asarray(actual, dtype=float), _in_force(record, pd.DatetimeIndex(actual.index)))

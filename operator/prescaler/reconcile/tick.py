@@ -157,10 +157,10 @@ class Reconciler:
         self._gate = Gate(services.max_concurrent)
         self.forecasts = ForecastKeeper(services.engine, services.pool, services.fit_timeout_s,
                                         refit_spread=services.refit_spread)
-        self._reads: dict[tuple[history.TrafficSource, str, datetime, datetime], asyncio.Future[pd.Series]] = {}
+        self._reads = history.SharedReads(services.engine)
         self._decisions = DecisionLog(services.engine)
         # Service level, trust and level correction from each scaler's own record (issue 7).
-        self.service_levels = ServiceLevelKeeper(services.engine)
+        self.service_levels = ServiceLevelKeeper(self._reads)
         # API calls wait on the API server, which a fleet's status patches can slow to seconds per call: in threads
         # of their own (one per admission slot), they never hold up the SQL of other ticks.
         self._api = ThreadPoolExecutor(max_workers=max(1, services.max_concurrent), thread_name_prefix="prescaler-api")
@@ -415,24 +415,11 @@ class Reconciler:
         end = floor_time(now, MINUTE)
         start = min(end - 2 * spec.step, floor_time(now, spec.step) - 2 * spec.step)
         try:
-            minutes = await self._read_minutes(source, spec.service, start, end)
+            # Scalers of one service that tick together share the query.
+            minutes = await self._reads.read(source, spec.service, start, end, MINUTE)
         except DataUnavailable as exc:
             return None, str(exc)
         return observed_load(minutes, spec.step, end), None
-
-    async def _read_minutes(self, source: history.TrafficSource, service: str, start: datetime,
-                            end: datetime) -> pd.Series:
-        """Per-minute traffic; scalers of one service that tick together share one query (the series is only
-        read, never changed, by `observed_load`)."""
-        key = (source, service, start, end)
-        read = self._reads.get(key)
-        if read is None or read.get_loop() is not asyncio.get_running_loop():
-            read = asyncio.ensure_future(asyncio.to_thread(history.read_history, self.s.engine, source, service,
-                                                           start, end, MINUTE))
-            self._reads[key] = read
-            read.add_done_callback(lambda done: self._reads.pop(key, None) if self._reads.get(key) is done
-                                   else None)
-        return await asyncio.shield(read)
 
 
 MINUTE = timedelta(minutes=1)
