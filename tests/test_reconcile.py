@@ -323,6 +323,35 @@ def test_a_due_refit_is_shared_and_never_delays_the_decision(engine: Engine) -> 
                                                                timedelta(minutes=5)) for n in names)
 
 
+def test_held_refits_wait_and_the_stored_forecast_serves_until_released(engine: Engine) -> None:
+    pool, clock = FakePool(), FixedClock(NOW)
+    rec = _fleet(engine, pool, clock)
+    state = ScalerState()
+
+    async def tick() -> Any:
+        return await rec.tick(namespace="held", name="web", body=_named("held", "web"), state=state, hpas=[],
+                              rival_owner=None)
+
+    async def scenario() -> None:
+        rec.forecasts.hold_refits = True
+        await tick()  # no forecast at all: the first one is fitted even while refits are held
+        await rec.drain()
+        first = state.forecast
+        assert first is not None
+        clock.t = NOW + timedelta(hours=1, minutes=1)  # the refit is due
+        outcome = await tick()
+        await rec.drain()
+        assert outcome is not None and outcome.decision is not None and pool.submitted == []
+        assert state.forecast is first
+        rec.forecasts.hold_refits = False
+        clock.t += timedelta(minutes=1)
+        await tick()
+        await rec.drain()
+        assert len(pool.submitted) == 1
+
+    asyncio.run(scenario())
+
+
 def _count_single_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Scaler keys that `db.load_latest_forecast` (one scaler's row) is called for from now on."""
     keys: list[str] = []

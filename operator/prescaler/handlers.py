@@ -294,7 +294,12 @@ async def decide_all(budget_s: float) -> None:
                 slot.unpatched = outcome
                 decided += 1
 
-    await asyncio.gather(*(worker() for _ in range(_config.max_concurrent_reconciles)))
+    # Due refits start at the timers' ticks after the pass, spread by their own jitter.
+    _reconciler.forecasts.hold_refits = True
+    try:
+        await asyncio.gather(*(worker() for _ in range(_config.max_concurrent_reconciles)))
+    finally:
+        _reconciler.forecasts.hold_refits = False
     log.info("start-up pass: %d of %d scalers decided in %.1fs", decided, len(_cache.scalers),
              time.monotonic() - started)
 

@@ -186,6 +186,9 @@ class ForecastKeeper:
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots: asyncio.Semaphore | None = None
         self._slots_loop: asyncio.AbstractEventLoop | None = None
+        # While set, a due refit waits and the stored forecast serves (the start-up pass: a fit process and its
+        # 14-day read would take a core from the fleet's first decisions; bench/fleet.py p99 8.3 s -> 11.1 s).
+        self.hold_refits = False
 
     # --- stored forecasts -----------------------------------------------------------------------------------
 
@@ -245,7 +248,8 @@ class ForecastKeeper:
                                                 fit_seconds=stored.fit_seconds)
         self.poll(ref, conds)
         cached = state.forecast_for(key)
-        if data_ok and state.pending is None and self.due(cached, spec, key, now):
+        if data_ok and state.pending is None and self.due(cached, spec, key, now) \
+                and not (cached is not None and self.hold_refits):
             if cached is None:
                 await self._first(ref, spec, source, now, conds)
             else:
