@@ -354,3 +354,14 @@ def test_local_server_creates_and_drops_databases(pg_server_url: str) -> None:
     engine.dispose()
     with pytest.raises(InputError, match="invalid database name"):
         pgserver.create_database("x; DROP DATABASE prescaler")
+
+
+def test_the_operators_engine_holds_a_connection_per_sql_thread(pg_url: str) -> None:
+    default, sized = db.make_engine(pg_url), db.make_engine(pg_url, threads=20)
+    try:
+        assert sized.pool.size() == 20 and default.pool.size() == 5  # type: ignore[attr-defined]
+        with sized.connect() as conn:
+            assert conn.execute(sa.text("SELECT 1")).scalar() == 1
+    finally:
+        default.dispose()
+        sized.dispose()

@@ -74,8 +74,9 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     # The ticks' SQL runs in the loop's default executor, which holds min(32, cores + 4) threads: 6 on two
     # cores, fewer than the ticks admitted at once. Each admitted tick gets a thread of its own, plus a few for
     # the forecast keeper's reads and writes.
+    sql_threads = cfg.max_concurrent_reconciles + 4
     asyncio.get_running_loop().set_default_executor(
-        ThreadPoolExecutor(max_workers=cfg.max_concurrent_reconciles + 4, thread_name_prefix="prescaler-sql"))
+        ThreadPoolExecutor(max_workers=sql_threads, thread_name_prefix="prescaler-sql"))
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="prescaler.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="prescaler.dev")
     settings.watching.server_timeout = 300
@@ -92,7 +93,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         _ensure_peering(cfg.peering, list(cfg.namespaces))
     else:
         settings.peering.standalone = True
-    engine = db.make_engine(cfg.database_url)
+    engine = db.make_engine(cfg.database_url, threads=sql_threads)
     try:
         db.migrate(engine)
     except Exception as exc:  # the store may be down at start: ticks report DataAvailable=False and retry
