@@ -257,6 +257,7 @@ class Operator:
     timer_interval: float
     workers: int = 1
     max_concurrent: int | None = None
+    peering: str = ""  # standalone; a name runs with kopf peering, as the chart does
     metrics_port: int = field(default_factory=free_port)
     liveness_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
@@ -272,7 +273,7 @@ class Operator:
             env["PRESCALER_MAX_CONCURRENT_RECONCILES"] = str(self.max_concurrent)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "prescaler.cli", "run", "--all-namespaces", "--peering", "",
+                [sys.executable, "-m", "prescaler.cli", "run", "--all-namespaces", "--peering", self.peering,
                  "--metrics-port", str(self.metrics_port), "--liveness-port", str(self.liveness_port),
                  "--workers", str(self.workers)],
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO,
@@ -473,6 +474,7 @@ class RunConfig:
     keep: bool
     seed_age: timedelta | None = None
     max_concurrent: int | None = None
+    peering: str = ""
 
 
 @dataclass
@@ -517,7 +519,7 @@ def run_phase(label: str, cfg: RunConfig, cluster: LocalCluster, url: str, log_p
     """Run the operator for `duration_s` (and, with `wait_stored`, until all those scalers stored a forecast)."""
     n = cfg.size
     op = Operator(cluster, url, log_path, cfg.timer_interval, workers=cfg.workers,
-                  max_concurrent=cfg.max_concurrent)
+                  max_concurrent=cfg.max_concurrent, peering=cfg.peering)
     log_from = log_path.stat().st_size if log_path.exists() else 0
     started_at = datetime.now(UTC)
     started = time.monotonic()
@@ -686,7 +688,7 @@ def warm_up(cfg: RunConfig, cluster: LocalCluster, url: str, log_path: Path, row
     that follows finds the fleet as a running operator leaves it (statuses and conditions written), as after
     an upgrade or an eviction, not a fleet whose every status is new."""
     op = Operator(cluster, url, log_path, cfg.timer_interval, workers=cfg.workers,
-                  max_concurrent=cfg.max_concurrent)
+                  max_concurrent=cfg.max_concurrent, peering=cfg.peering)
     started_at, started = datetime.now(UTC), time.monotonic()
     op.start()
     try:
@@ -969,6 +971,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="keep the database and logs (for debugging)")
     p.add_argument("--max-concurrent", type=int, default=None,
                    help="the operator's PRESCALER_MAX_CONCURRENT_RECONCILES (default: the operator's own)")
+    p.add_argument("--peering", default="",
+                   help="run the operator with kopf peering under this name, as the chart does (default: standalone)")
     p.add_argument("--seed-age", default=None,
                    help="skip the cold phase: store every scaler's forecast as made this long ago (e.g. 35m), run the "
                         "operator until every status is written (the warm-up), then run the restart phase (refits "
@@ -1003,7 +1007,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             pod_ready_delay=args.pod_ready_delay, store_timeout_s=args.store_timeout_s,
                             profile=args.profile, keep=args.keep,
                             seed_age=_duration(args.seed_age) if args.seed_age else None,
-                            max_concurrent=args.max_concurrent)
+                            max_concurrent=args.max_concurrent, peering=args.peering)
             print(f"\n=== fleet of {size} PredictiveScalers ({args.duration_s:.0f}s) ===", flush=True)
             try:
                 results.append(run_size(cfg))
