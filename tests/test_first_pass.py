@@ -127,6 +127,17 @@ def test_the_start_up_pass_decides_each_scaler_once_and_the_timer_patches_it(
     assert posted == expected_events and any(r == "ScaledUp" for _, r in posted)  # each posted once
 
 
+def test_the_start_up_pass_leaves_a_scaler_being_deleted_alone(
+        engine: Engine, operator: tuple[FakeActuator, list[tuple[str, str]]]) -> None:
+    actuator, _ = operator
+    gone = _scaler("b")
+    gone["metadata"]["deletionTimestamp"] = "2024-03-04T12:00:00Z"
+    handlers._cache.scalers.apply({"type": "MODIFIED", "object": gone})  # type: ignore[union-attr]
+    asyncio.run(handlers.decide_all(budget_s=30.0))
+    assert sorted(actuator.scaled or []) == [(NAMESPACE, "web-a", 5), (NAMESPACE, "web-c", 5)]
+    assert [n for n, _ in _rows(engine)] == ["a", "c"]
+
+
 def test_the_start_up_pass_starts_nothing_past_its_budget(
         engine: Engine, operator: tuple[FakeActuator, list[tuple[str, str]]]) -> None:
     actuator, _ = operator

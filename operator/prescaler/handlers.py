@@ -282,6 +282,8 @@ async def decide_all(budget_s: float) -> None:
         nonlocal decided
         while not todo.empty() and time.monotonic() - started < budget_s:
             (namespace, name), entry = todo.get_nowait()
+            if (entry.body.get("metadata") or {}).get("deletionTimestamp"):
+                continue  # kopf runs no timer for it: nothing would patch, and it should scale nothing more
             slot = _slots.setdefault((namespace, name), _Slot())
             if slot.lock.locked() or slot.state.decided:
                 continue
