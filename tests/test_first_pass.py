@@ -5,6 +5,7 @@ A real reconciler on real PostgreSQL, the cluster cache filled from watch events
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -125,6 +126,27 @@ def test_the_start_up_pass_decides_each_scaler_once_and_the_timer_patches_it(
         assert patches[n]["desiredReplicas"] == 5 and patches[n]["observedGeneration"] == 1
         assert handlers._slots[(NAMESPACE, n)].unpatched is None
     assert posted == expected_events and any(r == "ScaledUp" for _, r in posted)  # each posted once
+
+
+def test_with_peering_the_first_settled_timer_starts_the_pass_and_timers_leave_it_their_scalers(
+        engine: Engine, operator: tuple[FakeActuator, list[tuple[str, str]]], monkeypatch: pytest.MonkeyPatch) -> None:
+    actuator, _ = operator
+    assert handlers._config is not None
+    monkeypatch.setattr(handlers, "_config", dataclasses.replace(handlers._config, peering="prescaler"))
+    monkeypatch.setattr(handlers, "_first_pass", None)
+    monkeypatch.setattr(handlers, "_started_at", -1e9)  # the settle time is long over
+
+    async def run() -> None:
+        patch = kopf.Patch()
+        await handlers.reconcile_timer(namespace=NAMESPACE, name="c", body=_scaler("c"), patch=patch)
+        assert handlers._first_pass is not None and not patch  # left to the pass
+        await handlers._first_pass
+        await handlers.reconcile_timer(namespace=NAMESPACE, name="c", body=_scaler("c"), patch=patch)
+        assert patch["status"]["desiredReplicas"] == 5
+
+    asyncio.run(run())
+    assert len(actuator.scaled or []) == len(NAMES)
+    assert _rows(engine) == [(n, 5) for n in NAMES]
 
 
 def test_the_start_up_pass_leaves_a_scaler_being_deleted_alone(

@@ -326,6 +326,8 @@ async def reconcile_timer(
     if not await _cache.ready(timeout_s=60.0):
         return  # a tick on a partial picture could miss a target, a rival or an HPA; kopf wakes it again
     slot = _slots.setdefault((namespace, name), _Slot())
+    if _first_pass is not None and not _first_pass.done() and not slot.state.decided:
+        return  # the pass is on its way to this scaler (with peering, beside kopf); the next wake-up patches
     async with slot.lock:
         outcome = await _tick(namespace, name, body, slot.state)
         earlier, slot.unpatched = slot.unpatched, None
