@@ -2,6 +2,7 @@
 
     python bench/fleet.py [--sizes 100,1000] [--duration-s 240] [--restart-duration-s 240]
                           [--model auto|seasonal-naive|...] [--refresh 1h] [--timer-interval 10]
+                          [--seed-age 35m] [--max-concurrent N] [--peering NAME]
 
 For each size N: a fresh PostgreSQL database with 14 days of 5-minute traffic for N/10 services (ten scalers
 share a trace), a fresh local control plane with kwok nodes, N Deployments and N PredictiveScalers
