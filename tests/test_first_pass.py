@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import kopf
@@ -166,3 +166,83 @@ def test_the_start_up_pass_starts_nothing_past_its_budget(
     asyncio.run(handlers.decide_all(budget_s=0.0))
     assert actuator.scaled is None and _rows(engine) == []
     assert all(not s.state.decided for s in handlers._slots.values())
+
+
+def test_live_peers_follow_kopfs_rule() -> None:
+    now = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+    status = {
+        "fresh": {"priority": 5, "lifetime": 60, "lastseen": "2026-12-06T11:59:30+00:00"},
+        "lapsed": {"priority": 9, "lifetime": 60, "lastseen": "2026-12-06T11:58:59+00:00"},
+        "short-lived": {"priority": 9, "lifetime": 10, "lastseen": "2026-12-06T11:59:30+00:00"},
+        "naive-time": {"priority": 1, "lifetime": 60, "lastseen": "2026-12-06T11:59:30"},
+        "never-seen": {"priority": 1},  # kopf counts a missing time as now
+        "garbled": {"priority": 1, "lastseen": "yesterday"},  # unreadable: assume alive rather than act beside it
+    }
+    assert sorted(handlers.live_peers(status, now)) == ["fresh", "garbled", "naive-time", "never-seen"]
+    assert handlers.live_peers({}, now) == []
+
+
+@pytest.fixture
+def peering(operator: tuple[FakeActuator, list[tuple[str, str]]], monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Peering configured, the settle time over; the returned list is what the peering object shows alive."""
+    assert handlers._config is not None
+    monkeypatch.setattr(handlers, "_config", dataclasses.replace(handlers._config, peering="prescaler"))
+    monkeypatch.setattr(handlers, "_first_pass", None)
+    monkeypatch.setattr(handlers, "_started_at", -1e9)
+    peers: list[str] = []
+    monkeypatch.setattr(handlers, "_live_peers_in", lambda name, namespaces: list(peers))
+    return peers
+
+
+def test_with_peering_and_no_live_peer_the_pass_runs_before_kopf_starts(
+        engine: Engine, operator: tuple[FakeActuator, list[tuple[str, str]]], peering: list[str]) -> None:
+    actuator, _ = operator
+
+    async def run() -> None:
+        await handlers._first_pass_with_peering("prescaler", [])
+        assert handlers._first_pass is not None and handlers._first_pass.result() is True
+        assert len(actuator.scaled or []) == len(NAMES)  # all decided before any timer ran
+        patch = kopf.Patch()
+        await handlers.reconcile_timer(namespace=NAMESPACE, name="a", body=_scaler("a"), patch=patch)
+        assert patch["status"]["desiredReplicas"] == 5
+
+    asyncio.run(run())
+    assert len(actuator.scaled or []) == len(NAMES)
+    assert _rows(engine) == [(n, 5) for n in NAMES]
+
+
+def test_with_a_live_peer_the_pass_waits_for_kopf_to_make_this_replica_active(
+        engine: Engine, operator: tuple[FakeActuator, list[tuple[str, str]]], peering: list[str]) -> None:
+    actuator, _ = operator
+    peering.append("other@host/20261206/abc")
+    asyncio.run(handlers._first_pass_with_peering("prescaler", []))
+    assert handlers._first_pass is None and actuator.scaled is None and _rows(engine) == []
+
+
+def test_two_replicas_passes_never_overlap(
+        engine: Engine, operator: tuple[FakeActuator, list[tuple[str, str]]], peering: list[str]) -> None:
+    actuator, _ = operator
+    key = {"key": handlers._PASS_LOCK_KEY}
+    with engine.connect() as other:  # another replica's pass, started at the same moment
+        other.execution_options(isolation_level="AUTOCOMMIT")
+        assert other.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), key).scalar()
+
+        async def run() -> None:
+            await handlers._first_pass_with_peering("prescaler", [])
+            assert handlers._first_pass is None and actuator.scaled is None  # left to the timers
+            patch = kopf.Patch()
+            await handlers.reconcile_timer(namespace=NAMESPACE, name="a", body=_scaler("a"), patch=patch)
+            waiting = handlers._first_pass
+            assert waiting is not None and not patch
+            await asyncio.sleep(1.5)
+            assert not waiting.done() and actuator.scaled is None and _rows(engine) == []
+            await asyncio.to_thread(other.execute, sa.text("SELECT pg_advisory_unlock(:key)"), key)
+            assert await waiting is True
+
+        asyncio.run(run())
+    assert _rows(engine) == [(n, 5) for n in NAMES]
+    with engine.connect() as conn:  # released: nothing holds it after the pass
+        held = conn.execute(sa.text(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = :hi AND objid = :lo"),
+            {"hi": handlers._PASS_LOCK_KEY >> 32, "lo": handlers._PASS_LOCK_KEY & 0xFFFFFFFF}).scalar()
+        assert held == 0

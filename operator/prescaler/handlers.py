@@ -9,12 +9,14 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple, cast
 
 import kopf
+import sqlalchemy as sa
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import start_http_server
@@ -33,7 +35,9 @@ _reconciler: Reconciler | None = None
 _cache: ClusterCache | None = None
 _config: OperatorConfig | None = None
 _started_at = 0.0
-_first_pass: asyncio.Task[None] | None = None
+_first_pass: asyncio.Task[bool] | None = None
+# A PostgreSQL session lock held through a start-up pass: the passes of two replicas never overlap ("prescale").
+_PASS_LOCK_KEY = 0x7072657363616C65
 
 
 @dataclass
@@ -113,9 +117,90 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     _reconciler.start()
     _cache = ClusterCache.build(cfg.namespaces)
     _cache.start()
+    # kopf starts its watches, timers and peering only after this handler returns: the loop is ours alone.
     if not cfg.peering:
-        # kopf starts its watches and timers only after this handler returns: the loop is ours alone.
         await decide_all(budget_s=cfg.first_pass_budget_s)
+    else:
+        await _first_pass_with_peering(cfg.peering, list(cfg.namespaces))
+
+
+async def _first_pass_with_peering(peering: str, namespaces: list[str]) -> None:
+    """The start-up pass before kopf starts, when no other operator is alive: the peering object lists none
+    (this process is not in it yet). Otherwise, or when another replica's pass holds the lock (two that start
+    at once), the first timer after the settle time starts it, as kopf runs timers only on the active one."""
+    global _first_pass
+    assert _config is not None
+    try:
+        peers = await asyncio.to_thread(_live_peers_in, peering, namespaces)
+    except ApiException as exc:
+        log.warning("start-up pass left to the timers: peering %s not read (%s)", peering, exc.reason)
+        return
+    if peers:
+        log.info("start-up pass left to the timers: live peers %s", ", ".join(sorted(peers)))
+        return
+    _first_pass = asyncio.create_task(_exclusive_pass(_config.first_pass_budget_s, wait=False))
+    if not await _first_pass:
+        _first_pass = None
+
+
+def live_peers(status: Mapping[str, Any], now: datetime) -> list[str]:
+    """The operators that a kopf peering object's status shows alive, by kopf's rule: last seen within their
+    own lifetime (a missing time counts as now, an unreadable one as alive)."""
+    alive = []
+    for identity, info in status.items():
+        info = info if isinstance(info, Mapping) else {}
+        try:
+            seen = datetime.fromisoformat(str(info["lastseen"])) if info.get("lastseen") else now
+            lifetime = timedelta(seconds=int(info.get("lifetime", 60)))
+        except (TypeError, ValueError):
+            alive.append(identity)
+            continue
+        if (seen if seen.tzinfo else seen.replace(tzinfo=UTC)) + lifetime > now:
+            alive.append(identity)
+    return alive
+
+
+def _live_peers_in(peering: str, namespaces: Iterable[str]) -> list[str]:
+    api = client.CustomObjectsApi()
+    objects = cast(list[Mapping[str, Any]], (
+        [api.get_namespaced_custom_object("kopf.dev", "v1", ns, "kopfpeerings", peering) for ns in namespaces]
+        or [api.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", peering)]))
+    now = datetime.now(UTC)
+    return sorted({p for obj in objects for p in live_peers(obj.get("status") or {}, now)})
+
+
+async def _exclusive_pass(budget_s: float, *, wait: bool) -> bool:
+    """The start-up pass under the pass lock, waiting for it up to the budget when `wait`. Whether it ran."""
+    assert _reconciler is not None
+    started = time.monotonic()
+    key = {"key": _PASS_LOCK_KEY}
+    try:
+        conn = await asyncio.to_thread(_reconciler.s.engine.connect)
+    except Exception as exc:  # the store is down: every tick would fail too, and the timers retry
+        log.warning("start-up pass skipped: %s", exc)
+        return False
+    try:
+        conn.execution_options(isolation_level="AUTOCOMMIT")  # no transaction left open through the pass
+
+        def try_lock() -> bool:
+            return bool(conn.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), key).scalar())
+
+        while not await asyncio.to_thread(try_lock):
+            if not wait or time.monotonic() - started >= budget_s:
+                log.info("start-up pass left to the timers: another replica's pass holds the lock")
+                return False
+            await asyncio.sleep(0.5)
+        try:
+            await decide_all(budget_s=budget_s - (time.monotonic() - started))
+        finally:
+            # The connection goes back to the pool, where a session lock would outlive the pass.
+            try:
+                await asyncio.to_thread(conn.execute, sa.text("SELECT pg_advisory_unlock(:key)"), key)
+            except Exception:
+                conn.invalidate()  # closed instead of pooled: its session, and so the lock, ends
+        return True
+    finally:
+        await asyncio.to_thread(conn.close)
 
 
 @kopf.on.cleanup()
@@ -322,7 +407,7 @@ async def reconcile_timer(
             # Let peering see every peer first, so a lower-priority replica never acts even once.
             return
         if _first_pass is None:  # kopf runs timers only while this replica is the active one
-            _first_pass = asyncio.create_task(decide_all(budget_s=_config.first_pass_budget_s))
+            _first_pass = asyncio.create_task(_exclusive_pass(_config.first_pass_budget_s, wait=True))
     if not await _cache.ready(timeout_s=60.0):
         return  # a tick on a partial picture could miss a target, a rival or an HPA; kopf wakes it again
     slot = _slots.setdefault((namespace, name), _Slot())
