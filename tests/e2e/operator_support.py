@@ -65,6 +65,7 @@ class OperatorProcess:
     clock: Clock
     log_path: Path
     peering: str = ""
+    priority: int | None = None  # kopf peering priority; random when None
     extra_env: dict[str, str] = field(default_factory=dict)
     metrics_port: int = field(default_factory=free_port)
     liveness_port: int = field(default_factory=free_port)
@@ -82,7 +83,7 @@ class OperatorProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "prescaler.cli", "run", "--all-namespaces", "--peering", self.peering,
              "--metrics-port", str(self.metrics_port), "--liveness-port", str(self.liveness_port),
-             "--workers", "1"],
+             "--workers", "1", *([] if self.priority is None else ["--priority", str(self.priority)])],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()

@@ -390,3 +390,38 @@ def test_two_operators_exactly_one_acts(crds: LocalCluster, two_operators: list[
     active, standby = (two_operators[0], two_operators[1]) if counts[0] > 0 else (two_operators[1], two_operators[0])
     active.kill()
     wait_for("the standby taking over", lambda: reconciles(standby) > 0, timeout=90)
+
+
+def test_with_peering_only_a_replica_that_finds_no_live_peer_runs_the_start_up_pass(
+        crds: LocalCluster, private_pg: tuple[PrivatePostgres, str], logdir: Path, namespaces: list[str]) -> None:
+    ns = "e2e-first-pass"
+    _setup(crds, ns, namespaces)  # the scaler exists before either operator starts, as at a restart
+    clock = Clock.scaled_from(peak_day_time(12, 0), SPEED)
+
+    def operator(name: str, priority: int) -> OperatorProcess:
+        return OperatorProcess(crds, private_pg[1], clock, logdir / f"{name}.log", peering="prescaler-e2e-pass",
+                               priority=priority, extra_env={"PRESCALER_PEERING_LIFETIME": "10"})
+
+    def said(op: OperatorProcess, text: str) -> bool:
+        return text in op.log_path.read_text(errors="replace")
+
+    def reconciles(op: OperatorProcess) -> float:
+        return op.metric("prescaler_reconcile_duration_seconds_count", namespace=ns)
+
+    first, second = operator("pass-first", 20), operator("pass-second", 10)
+    try:
+        first.start()
+        # Alone in the peering object: the pass decides before kopf starts (or runs any timer).
+        wait_for("the first operator's start-up pass", lambda: said(first, "scalers decided in"), timeout=90)
+        assert not said(first, "start-up pass left to the timers")
+        assert reconciles(first) >= 1
+        second.start()
+        # The first is alive in the peering object, so the second leaves its pass to kopf, which keeps it paused.
+        wait_for("the second operator finding the first alive",
+                 lambda: said(second, "start-up pass left to the timers: live peers"), timeout=60)
+        time.sleep(5)
+        assert not said(second, "scalers decided in") and reconciles(second) == 0
+        assert reconciles(first) >= 2  # the first goes on deciding
+    finally:
+        second.stop()
+        first.stop()
