@@ -13,6 +13,7 @@ from typing import Any
 import kopf
 import pytest
 import sqlalchemy as sa
+from kubernetes.client.exceptions import ApiException
 from sqlalchemy.engine import Engine
 
 from prescaler import db, handlers, history
@@ -215,6 +216,19 @@ def test_with_a_live_peer_the_pass_waits_for_kopf_to_make_this_replica_active(
         engine: Engine, operator: tuple[FakeActuator, list[tuple[str, str]]], peering: list[str]) -> None:
     actuator, _ = operator
     peering.append("other@host/20261206/abc")
+    asyncio.run(handlers._first_pass_with_peering("prescaler", []))
+    assert handlers._first_pass is None and actuator.scaled is None and _rows(engine) == []
+
+
+def test_a_peering_object_that_cannot_be_read_leaves_the_pass_to_kopf(
+        engine: Engine, operator: tuple[FakeActuator, list[tuple[str, str]]], peering: list[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    actuator, _ = operator
+
+    def forbidden(name: str, namespaces: list[str]) -> list[str]:
+        raise ApiException(status=403, reason="Forbidden")
+
+    monkeypatch.setattr(handlers, "_live_peers_in", forbidden)
     asyncio.run(handlers._first_pass_with_peering("prescaler", []))
     assert handlers._first_pass is None and actuator.scaled is None and _rows(engine) == []
 

@@ -132,8 +132,8 @@ async def _first_pass_with_peering(peering: str, namespaces: list[str]) -> None:
     assert _config is not None
     try:
         peers = await asyncio.to_thread(_live_peers_in, peering, namespaces)
-    except ApiException as exc:
-        log.warning("start-up pass left to the timers: peering %s not read (%s)", peering, exc.reason)
+    except Exception as exc:  # the API server is unreachable or refuses: kopf's peering decides, then the timers
+        log.warning("start-up pass left to the timers: peering %s not read (%s)", peering, exc)
         return
     if peers:
         log.info("start-up pass left to the timers: live peers %s", ", ".join(sorted(peers)))
