@@ -136,7 +136,7 @@ async def _first_pass_with_peering(peering: str, namespaces: list[str]) -> None:
         log.warning("start-up pass left to the timers: peering %s not read (%s)", peering, exc)
         return
     if peers:
-        log.info("start-up pass left to the timers: live peers %s", ", ".join(sorted(peers)))
+        log.info("start-up pass left to the timers: live peers %s", ", ".join(peers))  # sorted already
         return
     _first_pass = asyncio.create_task(_exclusive_pass(_config.first_pass_budget_s, wait=False))
     if not await _first_pass:
