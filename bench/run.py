@@ -1,4 +1,5 @@
-"""`make bench`: the backtest bench, the forecaster bench, the operator fleet bench, then the storage bench.
+"""`make bench`: the backtest bench, its clairvoyant bounds, the forecaster bench, the operator fleet bench,
+then the storage bench.
 
 Each prints its measurements; results are written to bench/results/ (gitignored). The targets are
 reported as PASS/FAIL for information: the exit code only says whether the benches ran.
@@ -33,8 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     status = 0
     took: list[tuple[str, int, float]] = []
-    for name, bench_args in (("bench_backtest", args), ("bench_forecast", []), ("fleet", []),
-                             ("bench_storage", [])):
+    for name, bench_args in (("bench_backtest", args), ("bench_bounds", []), ("bench_forecast", []),
+                             ("fleet", []), ("bench_storage", [])):
         module = _load(name)
         if module is None:
             print(f"({name}.py not present: skipped)")

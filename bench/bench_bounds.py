@@ -1,0 +1,170 @@
+"""What a perfect forecast of the load's level would buy, against reactive at equal replica-hours.
+
+    python bench/bench_bounds.py [SCENARIO ...] [--windows 5,15,30,60]   (minutes)
+
+A *clairvoyant* reference replays each backtest scenario's evaluated window (the same window, capacity,
+startup delay, HPA scale-down stabilisation and headroom sweep as `bench_backtest.py`) with a forecast no
+forecaster can make: the load's centered moving mean over a window of minutes, past and future alike. It sizes
+as the planner does by headroom, max(P, R) with P that level's maximum over the lead window and R the load
+observed in the last bucket (the reactive floor), and once more without the floor. Each sweep is read
+against reactive's as the issue-7 frontier target reads predictive's: unserved at equal replica-hours, as a
+share of reactive's.
+
+What it tells: on per-minute traffic most of the load reactive leaves unserved is minute-to-minute noise
+around the level. If even a clairvoyant of the 15- or 30-minute level cannot leave ≤ 0.5× of reactive's
+unserved load, that target is out of reach of any forecast of the level, however good, and only a
+forecast of the noise itself (not something traffic history offers) would meet it. Nothing here is
+causal: these are bounds, not policies a user could run. Reports, never asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_backtest import SCENARIOS, Scenario
+
+from prescaler.backtest.policies import (
+    HPA_WINDOW,
+    reactive_requests,
+    ready_from_requests,
+    sizing,
+)
+from prescaler.backtest.results import kpis
+from prescaler.backtest.run import _regularise, _window
+from prescaler.planning import (
+    Recommendation,
+    ScalingPolicy,
+    apply_bounds,
+    normalize_desired,
+    stabilize_recommendation,
+)
+
+HEADROOMS = (0.0, 5.0, 10.0, 20.0, 30.0, 50.0, 75.0, 100.0)
+DEFAULT = ("clarknet_1m_2m", "clarknet_1m_10m", "clarknet_5m_2m", "clarknet_5m_10m")
+
+Curve = list[tuple[float, float]]  # (replica-hours, unserved %) per headroom
+
+
+class Replay:
+    """One scenario's evaluated window, ready to replay a policy's requests through the startup delay."""
+
+    def __init__(self, sc: Scenario) -> None:
+        series, step = _regularise(sc.series, sc.step)
+        s, e0 = _window(series, step, sc.last, None)
+        values = s.to_numpy(dtype=float)
+        self.step = step.to_pytimedelta()
+        self.ds = pd.DatetimeIndex(s.index[e0:])
+        self.load = values[e0:]
+        self.prev = values[e0 - 1: len(values) - 1]
+        self.initial = float(pd.Series(values[:e0]).ffill().iloc[-1])
+        self.delay_steps = math.ceil(sc.startup_delay / self.step - 1e-9)
+        self.lead = self.delay_steps * self.step
+        self.capacity = sc.capacity
+        self.all_values = values
+        self.e0 = e0
+
+    def policy(self, headroom: float) -> ScalingPolicy:
+        return sizing(self.capacity, self.lead, self.step, headroom, "yhat", HPA_WINDOW)
+
+    def kpis(self, requested: np.ndarray) -> tuple[float, float]:
+        ready = ready_from_requests(requested, self.delay_steps)
+        rh, unserved, _, _ = kpis(self.load, requested, ready, self.capacity, self.step.total_seconds() / 3600)
+        return rh, unserved
+
+    def sweep(self, requests: Callable[[ScalingPolicy], np.ndarray]) -> Curve:
+        return [self.kpis(requests(self.policy(h))) for h in HEADROOMS]
+
+    def reactive(self, policy: ScalingPolicy) -> np.ndarray:
+        return reactive_requests(self.ds, self.prev, self.initial, policy)
+
+    def level(self, minutes: int) -> np.ndarray:
+        """The centered moving mean over `minutes` (at least one bucket) of the whole trace, future
+        included, on the evaluated window."""
+        window = max(1, round(minutes * 60 / self.step.total_seconds()))
+        whole = pd.Series(self.all_values).rolling(window, center=True, min_periods=1).mean()
+        return whole.to_numpy()[self.e0:]
+
+    def clairvoyant(self, level: np.ndarray, floor: bool) -> Callable[[ScalingPolicy], np.ndarray]:
+        ahead = self.delay_steps + 1  # the planner's window: now to now + lead time + one tick
+
+        def requests(policy: ScalingPolicy) -> np.ndarray:
+            out = np.zeros(len(self.load), dtype=np.int64)
+            cur = max(1, policy.replicas_for(float(np.nan_to_num(level[0]))))
+            recent: tuple[Recommendation, ...] = ()
+            for t, now in enumerate(self.ds.to_pydatetime()):
+                window = level[t: t + ahead + 1]
+                p = float(np.nanmax(window)) if np.isfinite(window).any() else 0.0
+                r = float(self.prev[t]) if floor and np.isfinite(self.prev[t]) else 0.0
+                rec, _ = apply_bounds(policy, policy.replicas_for(max(p, r)))
+                stabilised, recent = stabilize_recommendation(rec, now=now, recent=recent,
+                                                              window=policy.scale_down_window)
+                cur, _ = normalize_desired(policy, current=cur, recommended=rec, stabilised=stabilised)
+                out[t] = cur
+            return out
+
+        return requests
+
+
+def share_at(reactive: Curve, rh: float, unserved: float) -> float | None:
+    """`unserved` as a share of reactive's at `rh` replica-hours (interpolated); None outside reactive's
+    sweep or where reactive leaves nothing."""
+    xs, ys = [p[0] for p in reactive], [p[1] for p in reactive]
+    if not xs[0] <= rh <= xs[-1]:
+        return None
+    theirs = float(np.interp(rh, xs, ys))
+    return unserved / theirs if theirs > 0 else None
+
+
+def describe(label: str, curve: Curve, reactive: Curve) -> str:
+    shares = [share_at(reactive, rh, u) for rh, u in curve]
+    known = [s for s in shares if s is not None]
+    worst = f"worst share {max(known):.2f}" if known else "no point within reactive's sweep"
+    points = ", ".join(f"{rh:,.0f} rh {u:.3f}%" + (f" ({s:.2f})" if s is not None else "")
+                       for (rh, u), s in zip(curve, shares, strict=True))
+    return f"  {label:<34} {worst}: {points}"
+
+
+def run(name: str, windows: Sequence[int]) -> None:
+    sc = SCENARIOS[name]()
+    replay = Replay(sc)
+    print(f"\n== {name}: {sc.title}")
+    reactive = replay.sweep(replay.reactive)
+    print(f"  {'reactive':<34} " + ", ".join(f"{rh:,.0f} rh {u:.3f}%" for rh, u in reactive))
+    for minutes in windows:
+        level = replay.level(minutes)
+        for floor in (True, False):
+            label = f"clairvoyant {minutes}-min level" + (" + floor" if floor else ", no floor")
+            print(describe(label, replay.sweep(replay.clairvoyant(level, floor)), reactive), flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("scenarios", nargs="*", help=f"any of {', '.join(SCENARIOS)} (default: {', '.join(DEFAULT)})")
+    p.add_argument("--windows", default="5,15,30,60",
+                   help="level windows in minutes, comma-separated (default 5,15,30,60)")
+    args = p.parse_args(argv)
+    names = args.scenarios or list(DEFAULT)
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        p.error(f"unknown scenario {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
+    try:
+        windows = [int(w) for w in args.windows.split(",")]
+    except ValueError:
+        p.error(f"--windows must be whole numbers separated by commas, got {args.windows!r}")
+    if any(w < 1 for w in windows):
+        p.error("--windows must be at least 1 minute each")
+    for name in names:
+        run(name, windows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
