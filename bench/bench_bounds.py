@@ -8,7 +8,8 @@ forecaster can make: the load's centered moving mean over a window of minutes, p
 as the planner does by headroom, max(P, R) with P that level's maximum over the lead window and R the load
 observed in the last bucket (the reactive floor), and once more without the floor. Each sweep is read
 against reactive's as the issue-7 frontier target reads predictive's: unserved at equal replica-hours, as a
-share of reactive's.
+share of reactive's; and at the replica-hours (× the oracle's) where it first serves 99.85%, the served floor
+of the service-level target.
 
 What it tells: on per-minute traffic most of the load reactive leaves unserved is minute-to-minute noise
 around the level. If even a clairvoyant of the 15- or 30-minute level cannot leave ≤ 0.5× of reactive's
@@ -33,6 +34,7 @@ from bench_backtest import SCENARIOS, Scenario
 
 from prescaler.backtest.policies import (
     HPA_WINDOW,
+    oracle_requests,
     reactive_requests,
     ready_from_requests,
     sizing,
@@ -48,6 +50,7 @@ from prescaler.planning import (
 )
 
 HEADROOMS = (0.0, 5.0, 10.0, 20.0, 30.0, 50.0, 75.0, 100.0)
+SERVED = 99.85  # the service-level target's floor (issue 7)
 DEFAULT = ("clarknet_1m_2m", "clarknet_1m_10m", "clarknet_5m_2m", "clarknet_5m_10m")
 
 Curve = list[tuple[float, float]]  # (replica-hours, unserved %) per headroom
@@ -70,6 +73,7 @@ class Replay:
         self.capacity = sc.capacity
         self.all_values = values
         self.e0 = e0
+        self.oracle_rh = float(oracle_requests(self.load, self.capacity).sum()) * self.step.total_seconds() / 3600
 
     def policy(self, headroom: float) -> ScalingPolicy:
         return sizing(self.capacity, self.lead, self.step, headroom, "yhat", HPA_WINDOW)
@@ -123,10 +127,27 @@ def share_at(reactive: Curve, rh: float, unserved: float) -> float | None:
     return unserved / theirs if theirs > 0 else None
 
 
-def describe(label: str, curve: Curve, reactive: Curve) -> str:
-    shares = [share_at(reactive, rh, u) for rh, u in curve]
+def cost_to_serve(curve: Curve, served: float) -> float | None:
+    """The replica-hours at which `curve` first leaves no more than 100 − `served` % unserved, interpolated
+    between sweep points; None when no point does."""
+    limit = 100.0 - served
+    for (rh0, u0), (rh1, u1) in zip([(math.nan, math.inf), *curve], curve, strict=False):
+        if u1 <= limit:
+            return rh1 if not math.isfinite(u0) else rh0 + (u0 - limit) / (u0 - u1) * (rh1 - rh0)
+    return None
+
+
+def describe(label: str, curve: Curve, reactive: Curve | None, oracle_rh: float) -> str:
+    """One line: the worst share of reactive's unserved (unless `reactive` is None), the cost of serving
+    SERVED %, then every sweep point."""
+    shares = [share_at(reactive, rh, u) if reactive is not None else None for rh, u in curve]
     known = [s for s in shares if s is not None]
-    worst = f"worst share {max(known):.2f}" if known else "no point within reactive's sweep"
+    cost = cost_to_serve(curve, SERVED)
+    served = f"{SERVED:g}% served at " + (f"{cost / oracle_rh:.2f}× oracle" if cost is not None else "no point")
+    if reactive is None:
+        worst = served
+    else:
+        worst = (f"worst share {max(known):.2f}" if known else "no point within reactive's sweep") + f"; {served}"
     points = ", ".join(f"{rh:,.0f} rh {u:.3f}%" + (f" ({s:.2f})" if s is not None else "")
                        for (rh, u), s in zip(curve, shares, strict=True))
     return f"  {label:<34} {worst}: {points}"
@@ -137,12 +158,14 @@ def run(name: str, windows: Sequence[int]) -> None:
     replay = Replay(sc)
     print(f"\n== {name}: {sc.title}")
     reactive = replay.sweep(replay.reactive)
-    print(f"  {'reactive':<34} " + ", ".join(f"{rh:,.0f} rh {u:.3f}%" for rh, u in reactive))
+    print(f"  oracle {replay.oracle_rh:,.0f} rh")
+    print(describe("reactive", reactive, None, replay.oracle_rh))
     for minutes in windows:
         level = replay.level(minutes)
         for floor in (True, False):
             label = f"clairvoyant {minutes}-min level" + (" + floor" if floor else ", no floor")
-            print(describe(label, replay.sweep(replay.clairvoyant(level, floor)), reactive), flush=True)
+            curve = replay.sweep(replay.clairvoyant(level, floor))
+            print(describe(label, curve, reactive, replay.oracle_rh), flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
