@@ -32,6 +32,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_backtest import SCENARIOS, Scenario
 
+from prescaler.backtest import evaluated_window
 from prescaler.backtest.policies import (
     HPA_WINDOW,
     oracle_requests,
@@ -40,7 +41,6 @@ from prescaler.backtest.policies import (
     sizing,
 )
 from prescaler.backtest.results import kpis
-from prescaler.backtest.run import _regularise, _window
 from prescaler.planning import (
     Recommendation,
     ScalingPolicy,
@@ -60,8 +60,7 @@ class Replay:
     """One scenario's evaluated window, ready to replay a policy's requests through the startup delay."""
 
     def __init__(self, sc: Scenario) -> None:
-        series, step = _regularise(sc.series, sc.step)
-        s, e0 = _window(series, step, sc.last, None)
+        s, step, e0 = evaluated_window(sc.series, step=sc.step, last=sc.last, warmup=None)
         values = s.to_numpy(dtype=float)
         self.step = step.to_pytimedelta()
         self.ds = pd.DatetimeIndex(s.index[e0:])

@@ -34,6 +34,7 @@ from prescaler.backtest.run import (
     DEFAULT_WARMUP,
     FIT_WINDOW,
     MIN_WARMUP,
+    evaluated_window,
     run_backtest,
 )
 
@@ -54,6 +55,7 @@ __all__ = [
     "PolicyKpis",
     "ServiceLevelReport",
     "compare_frontiers",
+    "evaluated_window",
     "format_table",
     "frontier_summary",
     "ready_from_requests",

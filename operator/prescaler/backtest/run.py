@@ -159,6 +159,15 @@ def _window(
     return s, e0
 
 
+def evaluated_window(series: pd.Series, *, step: timedelta | None, last: timedelta | None,
+                     warmup: timedelta | None) -> tuple[pd.Series, pd.Timedelta, int]:
+    """What `run_backtest` replays: the series on its regular grid trimmed to the history used, the grid's
+    step and the index of the first evaluated bucket. Raises InputError as `run_backtest` does."""
+    s, grid_step = _regularise(series, step)
+    s, e0 = _window(s, grid_step, last, warmup)
+    return s, grid_step, e0
+
+
 def _ceil_to_grid(t: pd.Timestamp, origin: pd.Timestamp, step: pd.Timedelta) -> pd.Timestamp:
     n = math.ceil((t - origin) / step)
     return origin + max(0, n) * step
@@ -239,8 +248,7 @@ def run_backtest(
         raise InputError(f"workers must be at least 1, got {workers}")
     forecasting.check_model_name(model)
 
-    s, grid_step = _regularise(series, step)
-    s, e0 = _window(s, grid_step, last, warmup)
+    s, grid_step, e0 = evaluated_window(series, step=step, last=last, warmup=warmup)
     step_td = grid_step.to_pytimedelta()
     refit = refit_every if refit_every is not None else timedelta(days=1)
     if refit <= timedelta(0):
