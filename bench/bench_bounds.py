@@ -41,13 +41,7 @@ from prescaler.backtest.policies import (
     sizing,
 )
 from prescaler.backtest.results import kpis
-from prescaler.planning import (
-    Recommendation,
-    ScalingPolicy,
-    apply_bounds,
-    normalize_desired,
-    stabilize_recommendation,
-)
+from prescaler.planning import ScalingPolicy
 
 HEADROOMS = (0.0, 5.0, 10.0, 20.0, 30.0, 50.0, 75.0, 100.0)
 SERVED = 99.85  # the service-level target's floor (issue 7)
@@ -96,24 +90,15 @@ class Replay:
         return whole.to_numpy()[self.e0:]
 
     def clairvoyant(self, level: np.ndarray, floor: bool) -> Callable[[ScalingPolicy], np.ndarray]:
-        ahead = self.delay_steps + 1  # the planner's window: now to now + lead time + one tick
-
-        def requests(policy: ScalingPolicy) -> np.ndarray:
-            out = np.zeros(len(self.load), dtype=np.int64)
-            cur = max(1, policy.replicas_for(float(np.nan_to_num(level[0]))))
-            recent: tuple[Recommendation, ...] = ()
-            for t, now in enumerate(self.ds.to_pydatetime()):
-                window = level[t: t + ahead + 1]
-                p = float(np.nanmax(window)) if np.isfinite(window).any() else 0.0
-                r = float(self.prev[t]) if floor and np.isfinite(self.prev[t]) else 0.0
-                rec, _ = apply_bounds(policy, policy.replicas_for(max(p, r)))
-                stabilised, recent = stabilize_recommendation(rec, now=now, recent=recent,
-                                                              window=policy.scale_down_window)
-                cur, _ = normalize_desired(policy, current=cur, recommended=rec, stabilised=stabilised)
-                out[t] = cur
-            return out
-
-        return requests
+        """Requests sized from max(P, R), P the level's highest over each decision's lead window (now to now +
+        lead time + one tick), through reactive's own steps (bounds, stabilisation, step limit)."""
+        # The buckets t .. t + delay + 1 (the lead time and one tick), as a trailing window of the reversed level.
+        span = self.delay_steps + 2
+        peak = pd.Series(level[::-1]).rolling(span, min_periods=1).max().to_numpy()[::-1]
+        observed = self.prev if floor else np.zeros(len(self.prev))
+        sized = np.maximum(np.nan_to_num(peak), np.nan_to_num(observed))
+        initial = float(np.nan_to_num(level[0]))
+        return lambda policy: reactive_requests(self.ds, sized, initial, policy)
 
 
 def share_at(reactive: Curve, rh: float, unserved: float) -> float | None:

@@ -45,6 +45,7 @@ SELECTABLE = ("prophet", "holt-winters", "seasonal-naive")
 NOMINAL = fc.BAND_COVERAGE * 100
 COVERAGE_TOLERANCE = 3.0
 AUTO_VS_BEST = 0.9
+Z_UPPER = statistics.NormalDist().inv_cdf(fc.UPPER_QUANTILE)  # the standard normal's quantile of the upper band
 
 
 @dataclass
@@ -112,7 +113,6 @@ def resample(series: pd.Series, step: timedelta, min_share: float = 0.6) -> pd.S
 
 
 SYNTHETIC_NOISE = 0.05
-Z_90 = 1.2815515655446004  # the standard normal's 90% quantile
 
 
 def synthetic_mean(days: int = 14, step: timedelta = timedelta(minutes=5)) -> pd.Series:
@@ -143,7 +143,7 @@ def traces(quick: bool) -> dict[str, Trace]:
                            "January 2016, 1h step, last days in 1-day windows"),
         "synthetic": Trace("synthetic", synthetic(), timedelta(days=1), 3 if quick else 7,
                            "14 days at 5m, 1-day windows starting every 12 h", stride=half_day,
-                           truth_q90=synthetic_mean() * (1 + SYNTHETIC_NOISE * Z_90)),
+                           truth_q90=synthetic_mean() * (1 + SYNTHETIC_NOISE * Z_UPPER)),
     }
 
 
