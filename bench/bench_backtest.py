@@ -23,6 +23,7 @@ import pandas as pd
 
 from prescaler import backtest, ingest, report
 from prescaler.backtest import peers
+from prescaler.broadcast import simulate_broadcast
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
@@ -153,6 +154,21 @@ def fitness_calendar(*, with_events: bool) -> Scenario:
                     last=timedelta(days=28), targets=False, events=calendar)
 
 
+def broadcast(*, with_calendar: bool) -> Scenario:
+    """Six weeks of scheduled broadcasts (bursts at kick-off and half-time); the last two are evaluated.
+
+    The calendar holds names, kinds and times only, as a public schedule does.
+    """
+    series, calendar = simulate_broadcast(start=datetime(2024, 9, 2, tzinfo=UTC), days=42, seed=11)
+    name = "broadcast_calendar" if with_calendar else "broadcast_no_calendar"
+    title = ("simulated scheduled broadcasts, last 14 of 42 days, 5m step, 10m startup delay, "
+             + ("with the broadcast schedule" if with_calendar else "without the schedule"))
+    # 1,000 requests per 5 minutes per replica: the evaluated fortnight's busiest burst (30.1k/5m) needs 31.
+    return Scenario(name, title, series, capacity=1_000.0, startup_delay=timedelta(minutes=10),
+                    last=timedelta(days=14), targets=False, events=calendar if with_calendar else None,
+                    step=timedelta(minutes=5))
+
+
 REAL_AND_EVENT_SCENARIOS: dict[str, Callable[[], Scenario]] = {
     "clarknet_1m_2m": lambda: clarknet(1, 2),
     "clarknet_1m_10m": lambda: clarknet(1, 10),
@@ -161,6 +177,8 @@ REAL_AND_EVENT_SCENARIOS: dict[str, Callable[[], Scenario]] = {
     "clarknet_5m_10m_holiday": lambda: clarknet(5, 10, holiday=True),
     "fitness_no_calendar": lambda: fitness_calendar(with_events=False),
     "fitness_calendar": lambda: fitness_calendar(with_events=True),
+    "broadcast_no_calendar": lambda: broadcast(with_calendar=False),
+    "broadcast_calendar": lambda: broadcast(with_calendar=True),
 }
 SCENARIOS.update(REAL_AND_EVENT_SCENARIOS)
 

@@ -33,6 +33,7 @@ from prescaler.planning import (
     replicas_array,
     stabilize_recommendation,
 )
+from prescaler.windows import WindowSizing
 
 POLICIES = ("static", "reactive", "predictive", "oracle")
 # HPA's default scale-down stabilisation window.
@@ -166,13 +167,15 @@ def predictive_requests(
     trust: np.ndarray,
     multiplier: np.ndarray,
     policy: ScalingPolicy,
+    windows: WindowSizing | None = None,
 ) -> np.ndarray:
     """The planner's decision at every bucket, with step 1 precomputed for the whole replay.
 
     `peak` is the forecast's highest value over each decision's lead window (what `peak_load` reads; NaN:
     none), `stale` marks decisions without a forecast in force (a failed fit: the planner's fallback),
     `trust` the blend weight and `multiplier` the calibrated service-level multiplier (NaN: sized by
-    headroom), as `size_load` applies them. The rest goes through the planner's own steps, so a replay
+    headroom), as `size_load` applies them; `windows` the scheduled windows' factor on the observed load and
+    their replica floor (`prescaler.windows`). The rest goes through the planner's own steps, so a replay
     equals `plan` called per bucket (a test holds the two together) at a fraction of its cost: the frontier
     replays it once per headroom.
     """
@@ -185,7 +188,11 @@ def predictive_requests(
     load[leaning] = blended(forecast[leaning], observed[leaning], trust[leaning])
     load[calibrated] = provision(forecast[calibrated], observed[calibrated], trust[calibrated],
                                  multiplier[calibrated])
+    if windows is not None:
+        load = np.maximum(load, observed * windows.rise)
     raw = replicas_array(policy, load, np.where(calibrated, 1.0, policy.headroom_factor))
+    if windows is not None:
+        raw = np.maximum(raw, windows.min_replicas)
     out = np.zeros(len(times), dtype=np.int64)
     cur = 0
     recent: tuple[Recommendation, ...] = ()

@@ -56,6 +56,7 @@ from prescaler.calibration import (
 from prescaler.durations import format_duration
 from prescaler.errors import InputError
 from prescaler.planning import Quantile
+from prescaler.windows import Regime, Window, WindowSizing, learn_regimes, size_windows, windows_from_events
 
 # Fits see at most this much history: enough for weekly seasonality, cheap enough for daily refits ...
 FIT_WINDOW = timedelta(days=56)
@@ -193,6 +194,32 @@ def _last_lifts(fits: Sequence[Fit]) -> dict[str, float]:
 # The run
 
 
+def _window_sizing(s: pd.Series, ds: pd.DatetimeIndex, origins: Sequence[int], lead_steps: int,
+                   windows: Sequence[Window]) -> tuple[WindowSizing | None, dict[str, Regime]]:
+    """The scheduled windows' sizing of every evaluated decision, learned at each refit from the past only."""
+    if not windows:
+        return None, {}
+    values = s.to_numpy(dtype=float)
+    index = pd.DatetimeIndex(s.index)
+    step_ns = int((index[1] - index[0]).value) if len(index) > 1 else 0
+    starts = [o for o in origins if o >= 0] or [0]
+    if starts[0] > 0:
+        starts.insert(0, 0)
+    rise = np.ones(len(ds))
+    floor = np.zeros(len(ds), dtype=np.int64)
+    regimes: dict[str, Regime] = {}
+    names: list[str] = []
+    for i, o in enumerate(starts):
+        end = starts[i + 1] if i + 1 < len(starts) else len(ds)
+        if end <= o:
+            continue
+        regimes = learn_regimes(values, index, windows, now=ds[o], lead_steps=lead_steps)
+        part = size_windows(ds[o:end], step_ns, lead_steps, windows, regimes)
+        rise[o:end], floor[o:end] = part.rise, part.min_replicas
+        names.extend(part.active)
+    return WindowSizing(rise, floor, tuple(dict.fromkeys(names))), regimes
+
+
 def run_backtest(
     series: pd.Series,
     *,
@@ -211,6 +238,7 @@ def run_backtest(
     service_level: float | None = None,
     workers: int | None = None,
     calibration_warmup: timedelta = CALIBRATION_WARMUP,
+    schedules: Sequence[Window] = (),
 ) -> BacktestResult:
     """Replay `series` (requests per step, UTC index, NaN = missing) through the four policies.
 
@@ -219,7 +247,9 @@ def run_backtest(
     history starts `warmup` before the evaluated window. Predictive forecasts are refit every
     `refit_every` (default 1 day) on at most `fit_window(step)` of history, in `workers` processes (default: one
     per usable core). `events` are passed to the forecaster: they stand for scheduled launches known in
-    advance.
+    advance. Events and `schedules` (windows expanded from cron schedules) are scheduled windows: at each
+    refit the rise of each kind's past windows is learned (`prescaler.windows`) and sizes the reactive floor
+    in the upcoming ones.
 
     At each refit the predictive policy calibrates on its own record so far (`prescaler.calibration`): the
     trust in the forecast always, and with `service_level` (percent of requests to serve) the multipliers
@@ -294,11 +324,14 @@ def run_backtest(
                             headroom_percent=headroom)
         return sizing_of(track, cals, quantile=quantile), cals
 
+    window_list = [*windows_from_events(events), *schedules]
+    window_sizing, regimes = _window_sizing(s, ds, origins, delay_steps, window_list)
+
     def run_predictive_with(sized: Sizing, headroom: float, level: float | None) -> np.ndarray:
         ev = slice(off, off + n)
         return predictive_requests(
             times, prev_load, sized.peak[ev], track.stale[ev], sized.trust[ev], sized.multiplier[ev],
-            sizing(capacity, lead, step_td, headroom, quantile, HPA_WINDOW, level),
+            sizing(capacity, lead, step_td, headroom, quantile, HPA_WINDOW, level), window_sizing,
         )
 
     def run_predictive(headroom: float) -> np.ndarray:
@@ -415,6 +448,9 @@ def run_backtest(
         "events": 0 if events is None else len(events),
         "event_lifts": _last_lifts(fits),
         "event_windows": event_lift.windows_within(events, ds[0], ds[-1] + grid_step),
+        "schedules": len(schedules),
+        "window_regimes": {k: {"rise": [round(r, 3) for r in v.rise], "windows": v.windows, "source": v.source}
+                           for k, v in sorted(regimes.items())},
         "peers": dict(peers.TITLES),
     }
     cpu = cpu_seconds(fits)
