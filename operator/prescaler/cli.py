@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from prescaler.durations import format_duration, parse_duration
 from prescaler.errors import DataUnavailable, InputError, PrescalerError
@@ -129,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--timezone", default="UTC", help="zone of naive timestamps in the CSV")
     b.add_argument("--events", type=Path, help="scheduled events CSV (name,kind,start,end[,service]; naive times "
                    "in --timezone); default with --series: the series' stored events")
+    b.add_argument("--schedules", type=Path, help="YAML list of cron schedules ({name, cron, duration, timeZone, "
+                   "minReplicas?}, as spec.schedules): their windows are sized like calendar kinds, or held at "
+                   "minReplicas")
     b.add_argument("--json", type=Path, dest="json_out")
     b.add_argument("--report", type=Path)
     b.add_argument("--no-progress", action="store_true")
@@ -277,10 +281,21 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     return 0
 
 
+def _utc_span(series: Any) -> tuple[datetime, datetime]:
+    """First and last timestamp of a series (naive ones are UTC), the last widened by a day."""
+    import pandas as pd
+
+    idx = pd.DatetimeIndex(series.index)
+    idx = idx.tz_localize(UTC) if idx.tz is None else idx.tz_convert(UTC)
+    return idx.min().to_pydatetime(), idx.max().to_pydatetime() + timedelta(days=1)
+
+
 def cmd_backtest(args: argparse.Namespace) -> int:
-    from prescaler import backtest, events, forecasting, history, ingest, report
+    from prescaler import backtest, events, forecasting, history, ingest, report, schedules
 
     forecasting.check_model_name(args.model)
+    # Validated before the trace is read or any fit starts, like the calendar below.
+    cron = schedules.load_schedules_file(args.schedules) if args.schedules is not None else []
     calendar = None
     if args.events is not None:
         # Validated before the trace is read or any fit starts: a bad line fails at once, with its number.
@@ -303,6 +318,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         series, capacity=args.capacity, startup_delay=args.startup_delay, step=args.step, model=args.model,
         headroom_percent=args.headroom, last=args.last, progress=not args.no_progress,
         events=calendar, service_level=args.service_level, workers=args.workers, quantile=args.quantile,
+        schedules=schedules.windows_between(cron, *_utc_span(series)),
     )
     print(backtest.format_table(result))
     if args.json_out:

@@ -203,6 +203,8 @@ def predictive_requests(
             dec = plan(policy, now=now, current_replicas=cur, forecast=None, forecast_generated_at=None,
                        observed_load=obs, recent=recent)
             cur, recent = dec.desired, dec.recommendations
+            if windows is not None:
+                cur = max(cur, int(windows.min_replicas[t]))  # a schedule's floor holds without a forecast too
         else:
             rec, _ = apply_bounds(policy, int(raw[t]))
             stabilised, recent = stabilize_recommendation(rec, now=now, recent=recent, window=window)
