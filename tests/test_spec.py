@@ -104,11 +104,30 @@ def test_forecast_key_changes_with_forecast_settings_only() -> None:
         ({"scaling": {"serviceLevel": "0%"}}, "spec.scaling.serviceLevel"),
         ({"scaling": {"serviceLevel": "high"}}, "spec.scaling.serviceLevel"),
         ({"scaling": {"serviceLevel": 99.9}}, "spec.scaling.serviceLevel"),
+        ({"schedules": [{"name": "x", "cron": "0 99 * * *", "duration": "1h"}]}, "spec.schedules[0].cron"),
+        ({"schedules": [{"name": "x", "cron": "0 9 * * *", "duration": "1h", "timeZone": "Nowhere/Land"}]},
+         "spec.schedules[0].timeZone"),
+        ({"schedules": [{"name": "x", "cron": "0 9 * * *", "duration": "0s"}]}, "spec.schedules[0].duration"),
+        ({"schedules": [{"name": "x", "cron": "0 9 * * *", "duration": "2d"}]}, "spec.schedules[0].duration"),
+        ({"schedules": [{"name": "x", "cron": "0 9 * * *", "duration": "1h", "minReplicas": 11}]},
+         "spec.schedules[0].minReplicas"),
     ],
 )
 def test_bad_specs_name_the_field(change: dict[str, Any], field: str) -> None:
-    with pytest.raises(InputError, match=field.replace(".", r"\.")):
+    with pytest.raises(InputError, match=field.replace(".", r"\.").replace("[", r"\[").replace("]", r"\]")):
         parse_spec({**MINIMAL, **change})
+
+
+def test_schedules_parse_into_the_spec() -> None:
+    parsed = parse_spec({**MINIMAL, "schedules": [
+        {"name": "prime-time", "cron": "0 19 * * *", "duration": "2h", "timeZone": "Europe/Berlin"},
+        {"name": "batch", "cron": "0 2 * * 1-5", "duration": "30m", "minReplicas": 6},
+    ]})
+    first, second = parsed.schedules
+    assert (first.name, first.duration, first.time_zone, first.min_replicas) == (
+        "prime-time", timedelta(hours=2), "Europe/Berlin", None)
+    assert (second.time_zone, second.min_replicas) == ("UTC", 6)
+    assert parse_spec(MINIMAL).schedules == ()
 
 
 def test_conditions_keep_transition_time_until_status_changes() -> None:

@@ -19,6 +19,7 @@ from prescaler.durations import format_duration, parse_duration
 from prescaler.errors import InputError
 from prescaler.forecasting import MODEL_NAMES
 from prescaler.planning import Fallback, Quantile, ScalingPolicy
+from prescaler.schedules import Schedule, parse_schedules
 
 Mode = Literal["Auto", "ForecastOnly", "Paused"]
 Actuation = Literal["Replicas", "HPAMinReplicas"]
@@ -64,6 +65,7 @@ class ScalerSpec:
     fallback: Fallback
     # Percent of requests to serve; None sizes by quantile and headroomPercent (see `prescaler.planning`).
     service_level: float | None = None
+    schedules: tuple[Schedule, ...] = ()
 
     @property
     def capacity_per_step(self) -> float:
@@ -188,6 +190,7 @@ def parse_spec(spec: Mapping[str, Any]) -> ScalerSpec:
         fallback=cast(Fallback, _enum(fallback, "action", "spec.fallback.action", "HoldCurrent",
                                       ("HoldCurrent", "ScaleToMax"))),
         service_level=_service_level(scaling),
+        schedules=tuple(parse_schedules(spec.get("schedules"), "spec.schedules", max_replicas=max_r)),
     )
     _check_relations(parsed)
     return parsed
