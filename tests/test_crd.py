@@ -223,7 +223,7 @@ def test_fields_the_operator_parses_exist_with_their_types() -> None:
 
 
 def test_every_field_is_described() -> None:
-    """Descriptions feed the README's field reference."""
+    """Descriptions feed the field reference in docs/reference.md."""
     undocumented = [
         p
         for p, n in walk(scaler_schema())

@@ -1,5 +1,5 @@
 """Every Prometheus metric the operator exports. The single source of metric names: the dashboard,
-the chart and the README are checked against `METRIC_NAMES`.
+the chart and docs/metrics.md are checked against `METRIC_NAMES`.
 
 Labels are only `namespace` and `name`, plus small enums (direction, kind, condition, status).
 """
@@ -87,7 +87,7 @@ def exposed_names(registry: CollectorRegistry = REGISTRY) -> tuple[str, ...]:
     return tuple(names)
 
 
-# The single list the dashboard, chart and README tests check against: derived, never kept by hand.
+# The single list the dashboard, chart and docs tests check against: derived, never kept by hand.
 METRIC_NAMES: tuple[str, ...] = exposed_names()
 
 

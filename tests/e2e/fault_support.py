@@ -190,7 +190,7 @@ def decision_rows(engine: sa.Engine, namespace: str, name: str) -> list[Row]:
 
 @dataclass
 class Figures:
-    """One fault test's result, printed for the README and checked by `check()`."""
+    """One fault test's result, printed for docs/faults.md and checked by `check()`."""
 
     fault: str
     end_replicas: int

@@ -7,7 +7,7 @@ source). Every object is sent to the API server with strict field validation, as
 either rejected with a message naming a field it broke, or accepted and then reported by the operator as a
 Ready condition for its generation (False with a reason, or True) — while the one operator process stays
 alive and healthy. The corpus is derandomized and generated once; the API calls go out in parallel batches.
-Prints one `FUZZ FIGURES` line (the README quotes it).
+Prints one `FUZZ FIGURES` line (docs/faults.md quotes it).
 """
 
 from __future__ import annotations

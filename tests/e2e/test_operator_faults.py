@@ -5,7 +5,7 @@ is written before the `/scale` patch, so this is the window a kill can hit), and
 PostgreSQL frozen (SIGSTOP) for a minute of real time; plus two operator processes of which exactly one may act.
 
 Every fault test ends with the replica count the plan wants, no wrong scale-down and no lost decision row, as
-`fault_support` defines them, and prints one `FAULT FIGURES` line (the README quotes them). PostgreSQL is this
+`fault_support` defines them, and prints one `FAULT FIGURES` line (docs/faults.md quotes them). PostgreSQL is this
 module's own server, so stopping or freezing it leaves the session's shared server alone.
 """
 
