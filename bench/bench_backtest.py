@@ -201,9 +201,10 @@ def _cell(v: object) -> str:
 
 
 def readme_table(docs: Sequence[dict[str, object]], headroom: float = 10.0) -> str:
-    """The README's table: per trace, at predictive's replica-hours for `headroom`, every policy's unserved.
+    """The equal-cost table of docs/benchmarks.md (the README quotes it): per trace, at predictive's replica-hours
+    for `headroom`, every policy's unserved.
 
-    The last column counts the frontier points where predictive leaves the least of all policies that
+    "predictive least" counts the frontier points where predictive leaves the least of all policies that
     reach that cost (ties count), out of those where any of them leaves some.
     """
     lines = ["| trace | replica-hours (× oracle) | predictive | reactive | Crane EHPA | PHPA | predictive least "
@@ -317,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help=f"percent served that predictive sizes for (default {SERVICE_LEVEL:g}; 0: by headroom)")
     p.add_argument("--workers", type=int, default=None, help="refit processes (default: one per usable core)")
     p.add_argument("--readme-table", action="store_true",
-                   help="print the README's equal-cost table from the scenarios' saved results, run nothing")
+                   help="print the equal-cost table of docs/benchmarks.md from the saved results, run nothing")
     args = p.parse_args(argv)
     names = args.scenarios or list(SCENARIOS)
     if args.readme_table:
