@@ -52,7 +52,7 @@ def test_every_problem_is_one_line_naming_its_setting(tmp_path: Path) -> None:
         sources_path=bad_sources, metrics_port=70000, workers=0, check_cluster=no_cluster,
     )
     expected = ["database:", "--config:", "--metrics-port:", "--workers:", "PRESCALER_FIT_TIMEOUT:",
-                "PRESCALER_MAX_CONCURRENT_RECONCILES:", "PRESCALER_LOG_LEVEL:", "PRESCALER_CLOCK_*:",
+                "PRESCALER_MAX_CONCURRENT_RECONCILES:", "PRESCALER_LOG_LEVEL:", "PRESCALER_CLOCK_SPEED:",
                 "cluster credentials:"]
     assert [p.split(": ", 1)[0] + ":" for p in problems] == expected
     assert all("\n" not in p for p in problems)

@@ -313,23 +313,6 @@ def test_unreachable_database_is_data_unavailable() -> None:
         db.load_latest_forecast(engine, "x")
 
 
-def test_database_url_comes_from_the_flag_then_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PRESCALER_DATABASE_URL", "postgresql://env/db")
-    assert db.database_url() == "postgresql://env/db"
-    assert db.database_url("postgresql://flag/db") == "postgresql://flag/db"
-
-
-@pytest.mark.parametrize("env", [None, "", "  "])
-def test_no_database_url_is_an_input_error_not_a_local_default(monkeypatch: pytest.MonkeyPatch,
-                                                                env: str | None) -> None:
-    if env is None:
-        monkeypatch.delenv("PRESCALER_DATABASE_URL", raising=False)
-    else:
-        monkeypatch.setenv("PRESCALER_DATABASE_URL", env)
-    with pytest.raises(InputError, match=r"^no database URL: set PRESCALER_DATABASE_URL or pass --database-url$"):
-        db.database_url()
-
-
 def test_bad_url_is_input_error() -> None:
     with pytest.raises(InputError):
         db.make_engine("not a url")

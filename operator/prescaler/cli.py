@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from prescaler.durations import format_duration, parse_duration
-from prescaler.errors import DataUnavailable, InputError, PrescalerError
+from prescaler.errors import ConfigError, DataUnavailable, InputError, PrescalerError
 
 EXIT_INPUT = 2
 EXIT_UNAVAILABLE = 3
@@ -183,17 +183,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from prescaler import db
+    from prescaler import config, db
 
-    engine = db.make_engine(db.database_url(args.database_url))
+    engine = db.make_engine(config.database_url(args.database_url))
     db.migrate(engine)
     return engine
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from prescaler import db
+    from prescaler import config, db
 
-    engine = db.make_engine(db.database_url(args.database_url))
+    engine = db.make_engine(config.database_url(args.database_url))
     db.migrate(engine)
     print(f"schema at revision {db.current_revision(engine)}")
     return 0
@@ -333,34 +333,36 @@ def cmd_backtest(args: argparse.Namespace) -> int:
 def cmd_collect(args: argparse.Namespace) -> int:
     from prescaler import collect, db
     from prescaler.collect import leader
+    from prescaler.collect.config import CollectorSettings
 
     config = collect.load_config(args.config)
     if not 0 <= args.metrics_port < 65536:
         raise InputError(f"--metrics-port: {args.metrics_port} is not a TCP port")
     if args.concurrency < 1:
         raise InputError(f"--concurrency: must be at least 1, got {args.concurrency}")
+    settings = CollectorSettings.build(database_url=args.collect_database_url or args.database_url)
     election = None
     in_pod = leader.pod_namespace()
     if not args.once and (args.leader_election or (args.leader_election is None and in_pod)):
         election = leader.ElectionSettings(
             lease_name=args.lease_name, namespace=args.lease_namespace or in_pod or "",
-            lease_duration=args.lease_duration, renew_deadline=args.renew_deadline, retry_period=args.retry_period)
+            identity=leader.default_identity(settings.pod_name), lease_duration=args.lease_duration,
+            renew_deadline=args.renew_deadline, retry_period=args.retry_period)
         election.check()
-    engine = db.make_engine(db.database_url(args.collect_database_url or args.database_url))
+    engine = db.make_engine(settings.database_url)
     return collect.main(config, engine, once=args.once, settle=args.settle, port=args.metrics_port or None,
-                        concurrency=args.concurrency, election=election)
+                        concurrency=args.concurrency, election=election, clock=settings.clock,
+                        log_level=settings.log_level)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import os
-
     from prescaler import handlers
     from prescaler.actuation import load_client_config
-    from prescaler.config import ConfigError, OperatorConfig
+    from prescaler.config import OperatorConfig
 
     try:
         config = OperatorConfig.build(
-            os.environ, database_url=args.database_url, sources_path=args.config,
+            database_url=args.database_url, sources_path=args.config,
             namespaces=tuple(args.namespace or ()), metrics_port=args.metrics_port,
             liveness_port=args.liveness_port, peering=args.peering or None, priority=args.priority,
             workers=args.workers, check_cluster=load_client_config,
@@ -379,6 +381,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except InputError as exc:
         print(f"prescaler: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(f"prescaler: error: {line}", file=sys.stderr)
         return EXIT_INPUT
     except DataUnavailable as exc:
         print(f"prescaler: unavailable: {exc}", file=sys.stderr)

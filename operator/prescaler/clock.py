@@ -1,18 +1,16 @@
 """Wall clock, or a scaled clock so the demo and the tests can live through a day in minutes.
 
-A scaled clock is shared by several processes through three environment variables: the simulated time
-`PRESCALER_CLOCK_START` was current at the real unix time `PRESCALER_CLOCK_EPOCH`, and simulated time runs
-`PRESCALER_CLOCK_SPEED` times faster than real time. A restarted operator resumes the same timeline.
+A scaled clock is shared by several processes through three environment variables (`env()` writes them for a
+child process; `prescaler.config.read_clock` reads them): the simulated time `PRESCALER_CLOCK_START` was
+current at the real unix time `PRESCALER_CLOCK_EPOCH`, and simulated time runs `PRESCALER_CLOCK_SPEED` times
+faster than real time. A restarted operator resumes the same timeline.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-
-from prescaler.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -46,19 +44,3 @@ class Clock:
     @classmethod
     def scaled_from(cls, start: datetime, speed: float) -> Clock:
         return cls(start=start, epoch=time.time(), speed=speed)
-
-    @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> Clock:
-        env = os.environ if environ is None else environ
-        start_text = env.get("PRESCALER_CLOCK_START")
-        if not start_text:
-            return cls()
-        try:
-            start = datetime.fromisoformat(start_text)
-            epoch = float(env.get("PRESCALER_CLOCK_EPOCH", time.time()))
-            speed = float(env.get("PRESCALER_CLOCK_SPEED", "1"))
-        except ValueError as exc:
-            raise InputError(f"scaled clock settings are malformed: {exc}") from exc
-        if speed <= 0:
-            raise InputError(f"PRESCALER_CLOCK_SPEED must be greater than zero, got {speed}")
-        return cls(start=start if start.tzinfo else start.replace(tzinfo=UTC), epoch=epoch, speed=speed)

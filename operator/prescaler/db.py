@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -181,21 +180,6 @@ ROLLUP_TRIGGERS = ("traffic_log_rollup_insert", "traffic_log_rollup_update", "tr
 
 
 # --- engine and errors -------------------------------------------------------------------------------------
-
-DATABASE_URL_ENV = "PRESCALER_DATABASE_URL"
-
-
-def database_url(explicit: str | None = None) -> str:
-    """`explicit` (the command line's --database-url) when given, else $PRESCALER_DATABASE_URL.
-
-    There is no default on purpose: a forgotten setting that quietly reached some local database would
-    forecast from the wrong history and record decisions where nobody looks.
-    """
-    url = explicit or os.environ.get(DATABASE_URL_ENV, "").strip()
-    if not url:
-        raise InputError(f"no database URL: set {DATABASE_URL_ENV} or pass --database-url")
-    return url
-
 
 def make_engine(url: str, *, threads: int | None = None) -> Engine:
     """An engine with liveness checks, a connect timeout and UTC sessions; `threads` sizes its pool to the

@@ -11,3 +11,11 @@ class InputError(PrescalerError):
 
 class DataUnavailable(PrescalerError):
     """The traffic store cannot be reached or has no usable data (transient)."""
+
+
+class ConfigError(PrescalerError):
+    """The configuration cannot start the process: one line per problem, each naming its flag or variable."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems

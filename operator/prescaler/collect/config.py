@@ -1,25 +1,28 @@
-"""The collector's configuration: `feeds:` beside `sources:` in the administrator's one YAML file.
+"""The collector's configuration: `feeds:` beside `sources:` in the administrator's one YAML file, and the
+settings it reads from its environment (`CollectorSettings`, from rows of `prescaler.config.SETTINGS`).
 
-Every problem is an InputError of one line naming the file, the feed and the field, raised before anything
-is collected (`prescaler collect` exits 2). A feed is one kind of traffic source (`prometheus` or `kafka`)
-under a common header: a unique `name` and the `source` whose table it fills.
+Every problem is an InputError of one line naming the file, the feed and the field (or a ConfigError line
+naming the variable), raised before anything is collected (`prescaler collect` exits 2). A feed is one kind of
+traffic source (`prometheus` or `kafka`) under a common header: a unique `name` and the `source` whose table it
+fills.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from prescaler import history
+from prescaler.clock import Clock
 from prescaler.collect.promql import QueryTemplate
+from prescaler.config import DATABASE_URL, LOG_LEVEL, POD_NAME, environment, read_clock
 from prescaler.durations import parse_duration
-from prescaler.errors import InputError
+from prescaler.errors import ConfigError, InputError
 
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -37,7 +40,7 @@ class Secret:
     env: str | None = None
 
     def read(self, environ: Mapping[str, str] | None = None) -> str:
-        env = os.environ if environ is None else environ
+        env = environment() if environ is None else environ
         if self.file is not None:
             try:
                 return self.file.read_text().strip()
@@ -133,6 +136,31 @@ class CollectorConfig:
     path: Path
     sources: Mapping[str, history.TrafficSource]
     feeds: tuple[FeedSpec, ...]
+
+
+@dataclass(frozen=True)
+class CollectorSettings:
+    """What `prescaler collect` reads from its environment; the feeds come from the file (`load_config`)."""
+
+    database_url: str
+    log_level: str = LOG_LEVEL.default
+    clock: Clock = field(default_factory=Clock)
+    pod_name: str = POD_NAME.default
+
+    @classmethod
+    def build(cls, environ: Mapping[str, str] | None = None, *, database_url: str | None = None
+              ) -> CollectorSettings:
+        """`database_url` is the --database-url flag, which wins; raises ConfigError naming every problem."""
+        env = environment() if environ is None else environ
+        problems: list[str] = []
+        url = (database_url or "").strip() or DATABASE_URL.read(env, problems) or ""
+        if not url:
+            problems.append(f"no database URL: set {DATABASE_URL.name} or pass --database-url")
+        settings = cls(database_url=url, log_level=LOG_LEVEL.read(env, problems), clock=read_clock(env, problems),
+                       pod_name=POD_NAME.read(env, problems))
+        if problems:
+            raise ConfigError(problems)
+        return settings
 
 
 class _Fields:
@@ -381,7 +409,7 @@ def parse_feeds(doc: Mapping[str, Any], sources: Mapping[str, history.TrafficSou
 
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> CollectorConfig:
     """Sources and feeds from the administrator's file; raises InputError naming the file, feed and field."""
-    env = os.environ if environ is None else environ
+    env = environment() if environ is None else environ
     doc = history.read_config(path)
     sources = history.parse_sources(doc, path)
     try:

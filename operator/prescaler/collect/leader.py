@@ -12,7 +12,6 @@ one begins. On a clean stop the holder releases the Lease so a standby takes ove
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import threading
 import time
@@ -59,9 +58,10 @@ def pod_namespace(path: Path = POD_NAMESPACE_FILE) -> str | None:
         return None
 
 
-def default_identity() -> str:
-    """The pod's name (its hostname) and a random suffix: a restarted pod is a new candidate."""
-    return f"{os.environ.get('POD_NAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+def default_identity(pod_name: str = "") -> str:
+    """The pod's name (else the hostname, which in a pod is the same) and a random suffix: a restarted pod is a
+    new candidate."""
+    return f"{pod_name or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
 
 
 def _micro_time(t: datetime) -> datetime:

@@ -277,13 +277,14 @@ def _sleep(seconds: float, stop: threading.Event, wake: threading.Event) -> None
 
 
 def main(config: CollectorConfig, engine: Engine, *, once: bool, settle: timedelta, port: int | None,
-         concurrency: int = 4, election: ElectionSettings | None = None) -> int:
+         concurrency: int = 4, election: ElectionSettings | None = None, clock: Clock | None = None,
+         log_level: str = "INFO") -> int:
     """`prescaler collect`: `--once` never takes part in the election (feeds are idempotent, or fenced)."""
-    clock = Clock.from_env()
+    clock = clock or Clock()
     if once:
         db.migrate(engine)
         return collect_once(config, engine, settle=settle, clock=clock, concurrency=concurrency)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if election is None:
         return run_forever(config, engine, settle=settle, port=port, clock=clock, concurrency=concurrency)
     election.check()
