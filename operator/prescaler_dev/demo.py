@@ -29,7 +29,7 @@ import pandas as pd
 
 from prescaler import backtest, db, events, history, ingest, report
 from prescaler.clock import Clock
-from prescaler_dev import pgserver
+from prescaler_dev import pgserver, settings
 from prescaler_dev.kafka import KafkaBroker
 from prescaler_dev.localcluster import ClusterConfig, LocalCluster
 
@@ -136,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "out")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    state = Path(os.environ.get("PRESCALER_CACHE", Path.home() / ".cache" / "prescaler")) / "demo"
+    state = settings.cache_dir() / "demo"
 
     print("▶ PostgreSQL")
     was_running = pgserver.is_running()
@@ -170,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sent = producer.produce_until(now0)
         t0 = time.monotonic()
         done = subprocess.run([sys.executable, "-m", "prescaler.cli", "collect", "--config", str(config_path),
-                               "--once"], env={**os.environ, "PRESCALER_DATABASE_URL": url},
+                               "--once"], env={**settings.inherited(), "PRESCALER_DATABASE_URL": url},
                               capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise SystemExit(f"collect --once failed ({done.returncode}):\n{done.stderr[-2000:]}")
@@ -201,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"(capacity {rpr} requests/min per replica, lead {lead_minutes}m)")
 
         clock = Clock.scaled_from(now0, args.speed)
-        env = {**os.environ, **cluster.env(), **clock.env(), "PRESCALER_DATABASE_URL": url,
+        env = {**settings.inherited(), **cluster.env(), **clock.env(), "PRESCALER_DATABASE_URL": url,
                "PRESCALER_TIMER_INTERVAL": "0.5", "PRESCALER_LOG_LEVEL": "WARNING"}
         log_path = args.out / "demo-operator.log"
         print(f"▶ operator on scaled time: 1 real second = {args.speed / 60:g} simulated minutes "

@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prescaler_dev import settings
 from prescaler_dev.processes import alive, port_in_use, proc_start_time, terminate
 
-KAFKA_VERSION = os.environ.get("PRESCALER_KAFKA_VERSION", "4.1.1")
+KAFKA_VERSION = settings.kafka_version()
 LOG4J_VERSION = "2.24.3"
 START_TIMEOUT_S = 90.0
 
@@ -63,14 +64,9 @@ class KafkaError(RuntimeError):
     pass
 
 
-def cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return Path(os.environ.get("PRESCALER_CACHE") or os.path.join(base, "prescaler"))
-
-
 def fetch(version: str = KAFKA_VERSION) -> Path:
     """The broker's classpath directory, downloaded once (serialised between concurrent callers)."""
-    libs = cache_root() / "kafka" / f"kafka-{version}" / "libs"
+    libs = settings.cache_dir() / "kafka" / f"kafka-{version}" / "libs"
     if (libs / ".complete").exists():
         return libs
     libs.parent.mkdir(parents=True, exist_ok=True)
@@ -107,8 +103,8 @@ def free_port() -> int:
 
 
 def _java() -> str:
-    home = os.environ.get("JAVA_HOME")
-    java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
+    home = settings.java_home()
+    java = str(home / "bin" / "java") if home else shutil.which("java")
     if not java:
         raise KafkaError("java not found: Kafka needs a Java 17 runtime (Debian package openjdk-17-jre-headless)")
     return java
@@ -314,10 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("fetch", help="download the broker's jars into the cache")
     s = sub.add_parser("start", help="start a broker and print its bootstrap address")
-    s.add_argument("--state-dir", type=Path, default=cache_root() / "kafka" / "state")
+    s.add_argument("--state-dir", type=Path, default=settings.cache_dir() / "kafka" / "state")
     s.add_argument("--port", type=int, default=0)
     t = sub.add_parser("stop", help="stop the broker started with --state-dir")
-    t.add_argument("--state-dir", type=Path, default=cache_root() / "kafka" / "state")
+    t.add_argument("--state-dir", type=Path, default=settings.cache_dir() / "kafka" / "state")
     args = ap.parse_args(argv)
     try:
         if args.cmd == "fetch":

@@ -39,6 +39,7 @@ from typing import IO, Any
 import yaml
 
 from prescaler.errors import InputError, PrescalerError
+from prescaler_dev import settings
 from prescaler_dev.kwok import KWOK_NODE_ANNOTATION, NODE_IP, kwok_stages, node_manifest
 from prescaler_dev.pki import make_pki, write_kubeconfig
 from prescaler_dev.processes import alive, cmdline, listening_pids, port_in_use, proc_start_time, terminate
@@ -184,15 +185,10 @@ def _http_ok(url: str, context: ssl.SSLContext | None, timeout: float = 2.0) -> 
         return False
 
 
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return Path(os.environ.get("PRESCALER_CACHE") or os.path.join(base, "prescaler"))
-
-
 def _lock_port_block(base_port: int) -> IO[str] | None:
     """Hold an advisory lock on a port block for the life of a cluster, so concurrent test sessions
     and the demo never pick the same ports. None when another live cluster holds it."""
-    lock_dir = _cache_dir() / "port-locks"
+    lock_dir = settings.cache_dir() / "port-locks"
     lock_dir.mkdir(parents=True, exist_ok=True)
     handle = (lock_dir / f"{base_port}.lock").open("w")
     try:
@@ -249,7 +245,7 @@ class LocalCluster:
 
     def env(self) -> dict[str, str]:
         """Environment for subprocesses: KUBECONFIG of the admin and the built kubectl/helm first on PATH."""
-        env = dict(os.environ)
+        env = settings.inherited()
         env["KUBECONFIG"] = str(self.kubeconfig)
         env["PATH"] = f"{self.bin_dir}{os.pathsep}{env.get('PATH', '')}"
         helm_home = self.state_dir / "helm"
@@ -473,7 +469,7 @@ class LocalCluster:
         if setpriv and threading.current_thread() is threading.main_thread():
             # Parent-death signal: even a SIGKILLed test runner takes the control plane with it.
             cmd = [setpriv, "--pdeathsig", "KILL", "--", *cmd]
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBECONFIG", "ETCD"))}
+        env = {k: v for k, v in settings.inherited().items() if not k.startswith(("KUBECONFIG", "ETCD"))}
         proc = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
@@ -663,7 +659,7 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def _default_state_dir() -> Path:
-    return _cache_dir() / "localcluster"
+    return settings.cache_dir() / "localcluster"
 
 
 def _int_arg(flag: str, value: str) -> int:

@@ -27,9 +27,10 @@ import psycopg2
 from psycopg2 import sql
 
 from prescaler.errors import DataUnavailable, InputError
+from prescaler_dev import settings
 
 DEFAULT_PORT = 55432
-PG_BIN = Path(os.environ.get("PRESCALER_PG_BIN", "/usr/lib/postgresql/15/bin"))
+PG_BIN = settings.pg_bin()
 ROLE = "prescaler"
 PASSWORD = "prescaler"
 DATABASE = "prescaler"
@@ -38,10 +39,7 @@ _DB_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 def state_dir() -> Path:
-    base = os.environ.get("PRESCALER_STATE_DIR")
-    if base:
-        return Path(base).expanduser() / "pg"
-    return Path.home() / ".cache" / "prescaler" / "pg-15"
+    return settings.pg_state_dir()
 
 
 def data_dir() -> Path:
