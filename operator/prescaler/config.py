@@ -51,7 +51,7 @@ class Setting(Generic[V]):
     description: str  # one line, for the docs
     parse: Callable[[str], V]
     read_by: tuple[str, ...]
-    chart: str = ""  # the chart value that sets it; blank: only through extraEnv
+    chart: str = ""  # the chart value that sets it; blank: the chart leaves it to `extraEnv`
     shown_default: str = ""  # how the docs show the default when the value itself does not say it
 
     def read(self, environ: Mapping[str, str], problems: list[str]) -> V:
@@ -110,12 +110,10 @@ def _log_level(text: str) -> str:
     return level
 
 
-EXTRA_ENV = "`extraEnv`"
-
 DATABASE_URL: Setting[str | None] = Setting(
     "PRESCALER_DATABASE_URL", "SQLAlchemy URL", None,
     "The PostgreSQL database, e.g. `postgresql+psycopg2://USER:PASSWORD@HOST:5432/DB`; `--database-url` wins "
-    "over it. There is no default on purpose: a forgotten setting must not quietly reach some local database.",
+    "over it. No default on purpose: a forgotten setting never quietly reaches some local database.",
     str, PROCESSES,
     chart="`database.url` (kept in a Secret), or `database.existingSecret` and `database.secretKey`",
     shown_default="none: required unless `--database-url` is given")
@@ -126,42 +124,41 @@ LOG_LEVEL = Setting(
 FIT_TIMEOUT = Setting(
     "PRESCALER_FIT_TIMEOUT", "seconds, > 0", 120.0,
     "A forecast fit running longer is killed and the previous forecast kept.",
-    _number(float, minimum=0.0, strict=True), (OPERATOR,), chart=EXTRA_ENV)
+    _number(float, minimum=0.0, strict=True), (OPERATOR,))
 MAX_CONCURRENT_RECONCILES = Setting(
     "PRESCALER_MAX_CONCURRENT_RECONCILES", "integer, ≥ 1", 16,
-    "Scalers decided at once; each also holds a database connection while it decides.",
-    _number(int, minimum=1), (OPERATOR,), chart=EXTRA_ENV)
+    "Scalers decided at once; the database connection pool and the SQL threads are sized from it.",
+    _number(int, minimum=1), (OPERATOR,))
 REFIT_SPREAD = Setting(
     "PRESCALER_REFIT_SPREAD", "share, 0 ≤ x < 1", 0.5,
     "A refit may come up to this share of `spec.forecast.refreshInterval` early, so forecasts made at the same "
     "time (a cold start, a restore) refit spread out instead of all at once; 0 refits exactly on time.",
-    _number(float, minimum=0.0, below=1.0, below_why=" (a share of the refresh interval)"), (OPERATOR,),
-    chart=EXTRA_ENV)
+    _number(float, minimum=0.0, below=1.0, below_why=" (a share of the refresh interval)"), (OPERATOR,))
 TIMER_INTERVAL = Setting(
     "PRESCALER_TIMER_INTERVAL", "seconds, > 0", 10.0,
     "How often each scaler's timer wakes to see whether its `spec.scaling.interval` is due.",
-    _number(float, minimum=0.0, strict=True), (OPERATOR,), chart=EXTRA_ENV)
+    _number(float, minimum=0.0, strict=True), (OPERATOR,))
 PEERING_SETTLE = Setting(
     "PRESCALER_PEERING_SETTLE", "seconds, ≥ 0", 5.0,
     "With peering, a starting replica waits this long to see its peers before it acts.",
-    _number(float, minimum=0.0), (OPERATOR,), chart=EXTRA_ENV)
+    _number(float, minimum=0.0), (OPERATOR,))
 PEERING_LIFETIME = Setting(
     "PRESCALER_PEERING_LIFETIME", "whole seconds, ≥ 1", 60,
     "A silent peer still counts this long: a standby replica takes over this long after the active one dies.",
-    _number(int, minimum=1), (OPERATOR,), chart=EXTRA_ENV)
+    _number(int, minimum=1), (OPERATOR,))
 CLOCK_START: Setting[datetime | None] = Setting(
     "PRESCALER_CLOCK_START", "ISO 8601 timestamp (naive: UTC)", None,
     "Runs the process on a scaled clock that read this time at `PRESCALER_CLOCK_EPOCH` (the demo and the "
     "tests live through a day in minutes).",
-    _timestamp, (OPERATOR, COLLECTOR), chart=EXTRA_ENV, shown_default="unset: the wall clock")
+    _timestamp, (OPERATOR, COLLECTOR), shown_default="unset: the wall clock")
 CLOCK_EPOCH: Setting[float | None] = Setting(
     "PRESCALER_CLOCK_EPOCH", "unix time, seconds", None,
     "The real time at which the scaled clock read `PRESCALER_CLOCK_START`; read only with it.",
-    _unix_time, (OPERATOR, COLLECTOR), chart=EXTRA_ENV, shown_default="when the process starts")
+    _unix_time, (OPERATOR, COLLECTOR), shown_default="when the process starts")
 CLOCK_SPEED = Setting(
     "PRESCALER_CLOCK_SPEED", "number, > 0", 1.0,
     "Simulated seconds per real second of the scaled clock; read only with `PRESCALER_CLOCK_START`.",
-    _number(float, minimum=0.0, strict=True), (OPERATOR, COLLECTOR), chart=EXTRA_ENV)
+    _number(float, minimum=0.0, strict=True), (OPERATOR, COLLECTOR))
 POD_NAME = Setting(
     "POD_NAME", "string", "",
     "The collector's name in the leader-election Lease (a random suffix is added, so a restart is a new "
