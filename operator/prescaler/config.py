@@ -12,6 +12,7 @@ line per problem, each naming the flag or variable to fix, so `prescaler run` ex
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import time
@@ -79,6 +80,8 @@ def _number(kind: Callable[[str], N], *, minimum: N, strict: bool = False, below
             value = kind(text)
         except ValueError:
             raise ValueError(f"{text!r} is not a {'whole ' if kind is int else ''}number") from None
+        if not math.isfinite(value):
+            raise ValueError(f"{text!r} is not a finite number")
         if value < minimum or (strict and value == minimum):
             raise ValueError(f"must be {'greater than' if strict else 'at least'} {minimum:g}, got {text}")
         if below is not None and value >= below:
@@ -90,9 +93,12 @@ def _number(kind: Callable[[str], N], *, minimum: N, strict: bool = False, below
 
 def _unix_time(text: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise ValueError(f"{text!r} is not a unix time in seconds") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{text!r} is not a unix time in seconds")
+    return value
 
 
 def _timestamp(text: str) -> datetime:

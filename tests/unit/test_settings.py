@@ -66,6 +66,8 @@ def test_numbers_are_checked_against_their_bounds() -> None:
                               ("PRESCALER_MAX_CONCURRENT_RECONCILES", "2.5", "not a whole number"),
                               ("PRESCALER_REFIT_SPREAD", "1", "less than 1"),
                               ("PRESCALER_PEERING_SETTLE", "-1", "at least 0"),
+                              ("PRESCALER_TIMER_INTERVAL", "nan", "not a finite number"),
+                              ("PRESCALER_FIT_TIMEOUT", "inf", "not a finite number"),
                               ("PRESCALER_CLOCK_SPEED", "0", "greater than 0")):
         problems: list[str] = []
         by_name[name].read({name: text}, problems)
