@@ -9,9 +9,9 @@ forecasts take the fallback and never scale down. No I/O; `now` is an argument.
 
 1. peak (`peak_load`): P, R and which of them drives the count;
    sizing (`size_load`): the load to provision for and the factor on it — max(P, R) with headroom by
-   default; with a `Calibration`, the trust-weighted blend with reactive, and with a service level
-   max(m·B, R): the blend B = w·P + (1 − w)·R scaled by the calibrated multiplier m instead of the headroom,
-   the observed load under it (see `prescaler.calibration`);
+   default; with a `SizingCalibration`, the floor plus the trusted share of the forecast's rise, and with a
+   service level max(m·B, R): the trust-weighted mean B = w·P + (1 − w)·R scaled by the calibrated
+   multiplier m instead of the headroom, the observed load under it (see `prescaler.sizing`);
 2. replicas (`ScalingPolicy.replicas_at`): that load times the factor over capacity, rounded up;
 3. bounds (`apply_bounds`): into [minReplicas, maxReplicas];
 4. stabilise (`stabilize_recommendation`): a scale-down goes no lower than the highest recommendation of the
@@ -51,10 +51,12 @@ from typing import Literal, get_args
 import numpy as np
 import pandas as pd
 
-from prescaler.calibration import Calibration, check_service_level
 from prescaler.durations import format_duration
 from prescaler.errors import InputError
 from prescaler.forecasting.interface import Forecast
+from prescaler.sizing.calibration import SizingCalibration
+from prescaler.sizing.loads import floor_plus_trusted_rise, trust_weighted_mean
+from prescaler.sizing.service_level import check_service_level
 
 Quantile = Literal["yhat", "upper"]
 Fallback = Literal["HoldCurrent", "ScaleToMax"]
@@ -165,7 +167,7 @@ class Decision:
     # The calibrated multiplier that sized the load for the service level (None: headroom sized it).
     multiplier: float | None = None
     # The level correction the forecast was scaled by (1: none).
-    level: float = 1.0
+    level_correction: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -256,7 +258,7 @@ def peak_load(
 
 
 @dataclass(frozen=True)
-class Sizing:
+class SizedLoad:
     """What step 2 sizes for: `load` × `factor` of capacity."""
 
     load: float  # max(P, R) or R + w·max(0, P − R) (headroom); max(m·B, R) (service level)
@@ -264,47 +266,48 @@ class Sizing:
     trust: float  # w: the weight of the forecast against the observed load (1 = full trust)
     multiplier: float | None  # the calibrated multiplier, when the service level sized the load
     limited_by: LimitedBy  # ReactiveBlend when the trust held the count below the forecast's
-    note: str  # the blend and the calibration in words ("" when neither applied)
+    note: str  # the trust and the calibration in words ("" when neither applied)
 
 
-def is_calibrated(policy: ScalingPolicy, calibration: Calibration | None) -> bool:
+def is_calibrated(policy: ScalingPolicy, calibration: SizingCalibration | None) -> bool:
     """True when a service level is set and the calibration can size it."""
     return policy.service_level is not None and calibration is not None and calibration.ready
 
 
-def sizing_quantile(policy: ScalingPolicy, calibration: Calibration | None) -> Quantile:
+def sizing_quantile(policy: ScalingPolicy, calibration: SizingCalibration | None) -> Quantile:
     """Where P is read: the point forecast when the calibration sizes it (the multiplier is the quantile)."""
     return "yhat" if is_calibrated(policy, calibration) else policy.quantile
 
 
-def size_load(policy: ScalingPolicy, load: Load, calibration: Calibration | None, lead: timedelta,
-              level: float = 1.0) -> Sizing:
-    """Step 1b: the blend with reactive and the service level's multiplier, or max(P, R) with headroom.
+def size_load(policy: ScalingPolicy, load: Load, calibration: SizingCalibration | None, lead: timedelta,
+              level_correction: float = 1.0) -> SizedLoad:
+    """Step 1b: the trust in the forecast and the service level's multiplier, or max(P, R) with headroom.
 
-    With a calibrated service level the load is max(m·B, R), B = w·P + (1 − w)·R: the blend of forecast and
-    observation scaled by the multiplier m of `lead` (now + leadTime − generated_at: errors grow with it),
-    with the observed load under it unscaled. By headroom it is R + w·max(0, P − R), times 1 + headroom.
-    The blend needs the reactive floor: without it there is nothing to lean on, and the forecast keeps
-    full trust. `level` is the level correction (`prescaler.calibration.level_factor`) P is scaled by first.
+    With a calibrated service level the load is max(m·B, R), B = w·P + (1 − w)·R: the trust-weighted mean of
+    forecast and observation scaled by the multiplier m of `lead` (now + leadTime − generated_at: errors grow
+    with it), with the observed load under it unscaled. By headroom it is R + w·max(0, P − R), times
+    1 + headroom. Trust below 1 needs the reactive floor: without it there is nothing to lean on, and the
+    forecast keeps full trust. P is first scaled by `level_correction`
+    (`prescaler.sizing.level_correction`).
     """
-    p, r = load.forecast * level, load.observed
+    p, r = load.forecast * level_correction, load.observed
     trust, notes = 1.0, []
-    if level != 1.0:
-        notes.append(f"forecast ×{level:.2f} to the recent level")
+    if level_correction != 1.0:
+        notes.append(f"forecast ×{level_correction:.2f} to the recent level")
     if calibration is not None and policy.reactive_floor and calibration.trust.leans_on_reactive:
         trust = calibration.trust.weight
     leaning: LimitedBy | None = "ReactiveBlend" if trust < 1.0 and p > r else None
     if calibration is not None and is_calibrated(policy, calibration):
         multiplier = calibration.multiplier(lead)
         assert multiplier is not None  # a ready calibration has buckets
-        scaled = multiplier * (trust * p + (1 - trust) * r)
+        scaled = float(multiplier * trust_weighted_mean(p, r, trust))
         value = max(scaled, r)
         limited_by: LimitedBy = "ReactiveFloor" if r > scaled else (leaning or "None")
         if leaning:
             notes.append(f"{calibration.trust.reason}: sized for {_fmt_load(value, policy)}")
         notes.append(calibration.describe(lead))
-        return Sizing(value, 1.0, trust, multiplier, limited_by, "; ".join(notes))
-    value = max(p, r) if trust >= 1.0 else r + trust * max(0.0, p - r)
+        return SizedLoad(value, 1.0, trust, multiplier, limited_by, "; ".join(notes))
+    value = max(p, r) if trust >= 1.0 else float(floor_plus_trusted_rise(p, r, trust))
     if leaning and calibration is not None:
         notes.append(f"{calibration.trust.reason}: sizing for {_fmt_load(value, policy)}")
     if policy.service_level is not None:
@@ -312,7 +315,7 @@ def size_load(policy: ScalingPolicy, load: Load, calibration: Calibration | None
         notes.append(f"service level {policy.service_level:g}% not calibrated yet ({have} samples): "
                      f"{policy.quantile} + {policy.headroom_percent:g}% headroom")
     floor: LimitedBy = "ReactiveFloor" if r > p else "None"
-    return Sizing(value, policy.headroom_factor, trust, None, leaning or floor, "; ".join(notes))
+    return SizedLoad(value, policy.headroom_factor, trust, None, leaning or floor, "; ".join(notes))
 
 
 def replicas_array(policy: ScalingPolicy, load: np.ndarray, factor: np.ndarray | float) -> np.ndarray:
@@ -386,14 +389,14 @@ def plan(
     forecast_generated_at: datetime | None,
     observed_load: float | None,
     recent: Sequence[Recommendation] = (),
-    calibration: Calibration | None = None,
-    level: float = 1.0,
+    calibration: SizingCalibration | None = None,
+    level_correction: float = 1.0,
 ) -> Decision:
     """Decide the replica count for `now`. `recent` carries the stabilisation window between calls.
 
-    `calibration` (from `prescaler.calibration`, on the scaler's own recent record) brings the trust in the
-    forecast and, with the policy's service level, the multipliers that size for it; `level` the level
-    correction of the forecast (`prescaler.calibration.level_factor` of the last hour's load against it).
+    `calibration` (`prescaler.sizing.calibration`, on the scaler's own recent record) brings the trust in
+    the forecast and, with the policy's service level, the multipliers that size for it; `level_correction`
+    the factor on the forecast (`prescaler.sizing.level_correction`, the last hour's load against it).
     """
     current = max(0, int(current_replicas))
     observed = None if observed_load is None or math.isnan(observed_load) else max(0.0, float(observed_load))
@@ -407,7 +410,7 @@ def plan(
     assert forecast_generated_at is not None
     load = peak_load(policy, forecast, now=now, end=horizon_end, observed=observed,
                      quantile=sizing_quantile(policy, calibration))
-    sized = size_load(policy, load, calibration, now + policy.lead_time - forecast_generated_at, level)
+    sized = size_load(policy, load, calibration, now + policy.lead_time - forecast_generated_at, level_correction)
     raw = policy.replicas_at(sized.load, sized.factor)
     recommended, bound = apply_bounds(policy, raw)
     stabilised, recs = stabilize_recommendation(recommended, now=now, recent=recent,
@@ -431,7 +434,7 @@ def plan(
         limited_by=limit or bound or sized.limited_by,
         trust=sized.trust,
         multiplier=sized.multiplier,
-        level=level,
+        level_correction=level_correction,
     )
 
 

@@ -21,7 +21,6 @@ from datetime import datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from prescaler.calibration import blended, provision
 from prescaler.forecasting.interface import Forecast
 from prescaler.planning import (
     Quantile,
@@ -33,6 +32,7 @@ from prescaler.planning import (
     replicas_array,
     stabilize_recommendation,
 )
+from prescaler.sizing.loads import calibrated_load, floor_plus_trusted_rise
 
 POLICIES = ("static", "reactive", "predictive", "oracle")
 # HPA's default scale-down stabilisation window.
@@ -81,7 +81,7 @@ def ready_from_requests(requested: np.ndarray, delay_steps: int) -> np.ndarray:
     return ready
 
 
-def sizing(
+def replay_policy(
     capacity: float,
     lead: timedelta,
     step: timedelta,
@@ -171,7 +171,7 @@ def predictive_requests(
 
     `peak` is the forecast's highest value over each decision's lead window (what `peak_load` reads; NaN:
     none), `stale` marks decisions without a forecast in force (a failed fit: the planner's fallback),
-    `trust` the blend weight and `multiplier` the calibrated service-level multiplier (NaN: sized by
+    `trust` the trust weight and `multiplier` the calibrated service-level multiplier (NaN: sized by
     headroom), as `size_load` applies them. The rest goes through the planner's own steps, so a replay
     equals `plan` called per bucket (a test holds the two together) at a fraction of its cost: the frontier
     replays it once per headroom.
@@ -182,9 +182,9 @@ def predictive_requests(
     # Full trust by headroom is max(P, R) exactly as the planner computes it.
     load = np.maximum(forecast, observed)
     leaning = (trust < 1.0) & ~calibrated
-    load[leaning] = blended(forecast[leaning], observed[leaning], trust[leaning])
-    load[calibrated] = provision(forecast[calibrated], observed[calibrated], trust[calibrated],
-                                 multiplier[calibrated])
+    load[leaning] = floor_plus_trusted_rise(forecast[leaning], observed[leaning], trust[leaning])
+    load[calibrated] = calibrated_load(forecast[calibrated], observed[calibrated], trust[calibrated],
+                                       multiplier[calibrated])
     raw = replicas_array(policy, load, np.where(calibrated, 1.0, policy.headroom_factor))
     out = np.zeros(len(times), dtype=np.int64)
     cur = 0

@@ -30,7 +30,7 @@ from prescaler.planning import Decision, Recommendation, forecast_peak, plan
 from prescaler.reconcile.conditions import Cond, merge_conditions, now_iso
 from prescaler.reconcile.forecasts import CachedForecast, ForecastKeeper, ScalerRef, ScalerState, floor_time
 from prescaler.reconcile.gate import Gate
-from prescaler.service_level import ServiceLevelKeeper
+from prescaler.reconcile.sizing_record import SizingRecordKeeper
 from prescaler.spec import ScalerSpec, TargetRef, parse_spec
 
 log = logging.getLogger("prescaler.reconcile")
@@ -159,8 +159,8 @@ class Reconciler:
                                         refit_spread=services.refit_spread)
         self._reads = history.SharedReads(services.engine)
         self._decisions = DecisionLog(services.engine)
-        # Service level, trust and level correction from each scaler's own record (issue 7).
-        self.service_levels = ServiceLevelKeeper(self._reads)
+        # Service level, trust and level correction from each scaler's own record.
+        self.sizing_records = SizingRecordKeeper(self._reads)
         # API calls wait on the API server, which a fleet's status patches can slow to seconds per call: in threads
         # of their own (one per admission slot), they never hold up the SQL of other ticks.
         self._api = ThreadPoolExecutor(max_workers=max(1, services.max_concurrent), thread_name_prefix="prescaler-api")
@@ -319,12 +319,11 @@ class Reconciler:
             # After a (re)start, scale-down waits one stabilisation window: no flap on a cold memory.
             state.recommendations = (Recommendation(now, current),)
             state.started = True
-        # --- issue 7: the calibration of this scaler's own record (prescaler.service_level) ---
-        calibration, level, record_status = (None, 1.0, {}) if data_error is not None else \
-            await self.service_levels.for_tick(namespace, name, spec, source, cached.forecast if cached else None,
+        # The calibration of this scaler's own record (prescaler.reconcile.sizing_record).
+        calibration, level_correction, record_status = (None, 1.0, {}) if data_error is not None else \
+            await self.sizing_records.for_tick(namespace, name, spec, source, cached.forecast if cached else None,
                                                cached.generated_at if cached else None, now)
         out.status.update(record_status)
-        # --- end issue 7 ---
         decision = plan(
             spec.policy(),
             now=now,
@@ -334,7 +333,7 @@ class Reconciler:
             observed_load=observed,
             recent=state.recommendations,
             calibration=calibration,
-            level=level,
+            level_correction=level_correction,
         )
         if data_error is not None and decision.desired < current:
             decision = _hold(decision, current, "scale-down held: traffic data unavailable")
