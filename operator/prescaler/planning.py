@@ -15,8 +15,13 @@ forecasts take the fallback and never scale down. No I/O; `now` is an argument.
 2. replicas (`ScalingPolicy.replicas_at`): that load times the factor over capacity, rounded up;
 3. bounds (`apply_bounds`): into [minReplicas, maxReplicas];
 4. stabilise (`stabilize_recommendation`): a scale-down goes no lower than the highest recommendation of the
-   window; the backtest's reactive policy calls the same function;
-5. step limit (`limit_scale_down_step`): a scale-down removes at most maxStepPercent of the current count.
+   window;
+5. step limit (`limit_scale_down_step`, within `normalize_desired`): a scale-down removes at most
+   maxStepPercent of the current count.
+
+Steps 3 to 5 are one sequence, `apply_replica_limits`, shared with every policy of the backtest that scales
+like an HPA (reactive, predictive, the peers): a limit added there applies to all of them. Steps 1 and 2
+have a whole-replay twin in `prescaler.backtest.policies.predictive_requests` (a test holds the two equal).
 
 Every `Decision` says in words why (`reason`) and, for machines, which step set the count (`limited_by`):
 
@@ -376,6 +381,28 @@ def normalize_desired(
     return desired, None
 
 
+@dataclass(frozen=True)
+class LimitedReplicas:
+    """What steps 3 to 5 left of a raw count."""
+
+    recommended: int  # the raw count within [minReplicas, maxReplicas]
+    stabilised: int  # the highest recommendation of the window, this one included
+    desired: int
+    limited_by: LimitedBy | None  # the last limit that changed the count (None: none did)
+    recommendations: tuple[Recommendation, ...]  # the window with this recommendation: the next call's `recent`
+
+
+def apply_replica_limits(
+    policy: ScalingPolicy, raw: int, *, current: int, now: datetime, recent: Sequence[Recommendation]
+) -> LimitedReplicas:
+    """Steps 3 to 5 in order: bounds, scale-down stabilisation, then up at once or down by at most a step."""
+    recommended, bound = apply_bounds(policy, raw)
+    stabilised, recommendations = stabilize_recommendation(recommended, now=now, recent=recent,
+                                                           window=policy.scale_down_window)
+    desired, limit = normalize_desired(policy, current=current, recommended=recommended, stabilised=stabilised)
+    return LimitedReplicas(recommended, stabilised, desired, limit or bound, recommendations)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The plan
 
@@ -412,17 +439,15 @@ def plan(
                      quantile=sizing_quantile(policy, calibration))
     sized = size_load(policy, load, calibration, now + policy.lead_time - forecast_generated_at, level_correction)
     raw = policy.replicas_at(sized.load, sized.factor)
-    recommended, bound = apply_bounds(policy, raw)
-    stabilised, recs = stabilize_recommendation(recommended, now=now, recent=recent,
-                                                window=policy.scale_down_window)
-    desired, limit = normalize_desired(policy, current=current, recommended=recommended, stabilised=stabilised)
+    limited = apply_replica_limits(policy, raw, current=current, now=now, recent=recent)
 
-    why = _explain(policy, load, observed, raw=raw, recommended=recommended, current=current,
-                   stabilised=stabilised, desired=desired, note=sized.note)
+    desired = limited.desired
+    why = _explain(policy, load, observed, raw=raw, recommended=limited.recommended, current=current,
+                   stabilised=limited.stabilised, desired=desired, note=sized.note)
     return Decision(
         desired=desired,
         current=current,
-        recommended=recommended,
+        recommended=limited.recommended,
         direction=_direction(desired, current),
         reason=f"{why} → {desired} replicas",
         stale=False,
@@ -430,8 +455,8 @@ def plan(
         observed_load=observed,
         peak_at=load.peak.at if load.peak is not None else None,
         peak_load=load.peak.load if load.peak is not None else None,
-        recommendations=recs,
-        limited_by=limit or bound or sized.limited_by,
+        recommendations=limited.recommendations,
+        limited_by=limited.limited_by or sized.limited_by,
         trust=sized.trust,
         multiplier=sized.multiplier,
         level_correction=level_correction,

@@ -26,11 +26,9 @@ from prescaler.planning import (
     Quantile,
     Recommendation,
     ScalingPolicy,
-    apply_bounds,
-    normalize_desired,
+    apply_replica_limits,
     plan,
     replicas_array,
-    stabilize_recommendation,
 )
 from prescaler.sizing.loads import calibrated_load, floor_plus_trusted_rise
 
@@ -129,8 +127,9 @@ def reactive_requests(
 ) -> np.ndarray:
     """HPA-like: size from the last observed bucket; scale up at once, scale down as the planner does.
 
-    The scale-down goes through the planner's own steps (HPA's stabilisation over `policy.scale_down_window`,
-    then the step limit), so reactive and predictive differ only in what they size from.
+    The count goes through the planner's own limits (`apply_replica_limits`: bounds, HPA's stabilisation over
+    `policy.scale_down_window`, then the step limit), so reactive and predictive differ only in what they size
+    from.
     """
     out = np.zeros(len(prev_load), dtype=np.int64)
     cur = max(1, policy.replicas_for(initial_load))
@@ -138,11 +137,9 @@ def reactive_requests(
     for t, y in enumerate(prev_load):
         # A missing observation carries no recommendation: the fleet holds and the window ages.
         if not math.isnan(y):
-            rec, _ = apply_bounds(policy, policy.replicas_for(float(y)))
-            stabilised, recent = stabilize_recommendation(
-                rec, now=ds[t].to_pydatetime(), recent=recent, window=policy.scale_down_window
-            )
-            cur, _ = normalize_desired(policy, current=cur, recommended=rec, stabilised=stabilised)
+            limited = apply_replica_limits(policy, policy.replicas_for(float(y)), current=cur,
+                                           now=ds[t].to_pydatetime(), recent=recent)
+            cur, recent = limited.desired, limited.recommendations
         out[t] = cur
     return out
 
@@ -189,7 +186,6 @@ def predictive_requests(
     out = np.zeros(len(times), dtype=np.int64)
     cur = 0
     recent: tuple[Recommendation, ...] = ()
-    window = policy.scale_down_window
     for t, now in enumerate(times):
         if stale[t]:
             obs = None if math.isnan(prev_load[t]) else float(prev_load[t])
@@ -197,9 +193,8 @@ def predictive_requests(
                        observed_load=obs, recent=recent)
             cur, recent = dec.desired, dec.recommendations
         else:
-            rec, _ = apply_bounds(policy, int(raw[t]))
-            stabilised, recent = stabilize_recommendation(rec, now=now, recent=recent, window=window)
-            cur, _ = normalize_desired(policy, current=cur, recommended=rec, stabilised=stabilised)
+            limited = apply_replica_limits(policy, int(raw[t]), current=cur, now=now, recent=recent)
+            cur, recent = limited.desired, limited.recommendations
         out[t] = cur
     return out
 
