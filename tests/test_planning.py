@@ -13,7 +13,16 @@ from hypothesis import strategies as st
 
 from prescaler.errors import InputError
 from prescaler.forecasting import Forecast
-from prescaler.planning import LIMITED_BY, Decision, Recommendation, ScalingPolicy, plan, stabilize_recommendation
+from prescaler.planning import (
+    LIMITED_BY,
+    Decision,
+    Recommendation,
+    ScalingPolicy,
+    cap_at_hpa_max_replicas,
+    hold_scale_down_without_data,
+    plan,
+    stabilize_recommendation,
+)
 from prescaler.sizing.calibration import LeadBucket, SizingCalibration, calibrate_sizing
 from prescaler.sizing.samples import Samples
 from prescaler.sizing.trust import Trust
@@ -235,6 +244,8 @@ def _limited_by_cases() -> dict[str, tuple[Decision, int, str]]:
                                "scale-down limited to 17 (50% step"),
         "StaleForecast": (_decide(policy(), 12, [100] * 30, generated_at=NOW - timedelta(hours=3)), 12,
                           "fallback HoldCurrent"),
+        "HPAMaxReplicas": (cap_at_hpa_max_replicas(_decide(policy(), 2, [3000] * 30), "web", 20), 20,
+                           "capped at HPA web's maxReplicas 20 → 20 replicas"),
     }
 
 
@@ -259,6 +270,24 @@ def test_limited_by_in_a_fallback_names_what_overrode_it() -> None:
     to_max = plan(policy(fallback="ScaleToMax"), now=NOW, current_replicas=3, observed_load=None,
                   **stale)  # type: ignore[arg-type]
     assert (to_max.desired, to_max.limited_by) == (40, "StaleForecast")
+
+
+def test_the_hpa_cap_only_ever_lowers_the_count_to_the_hpas_maximum() -> None:
+    up = _decide(policy(), 2, [3000] * 30)  # 33 replicas
+    assert cap_at_hpa_max_replicas(up, "web", 40) is up
+    capped = cap_at_hpa_max_replicas(up, "web", 20)
+    assert (capped.desired, capped.direction, capped.recommended) == (20, "up", up.recommended)
+    at_max = cap_at_hpa_max_replicas(_decide(policy(), 20, [3000] * 30), "web", 20)
+    assert (at_max.desired, at_max.direction, at_max.limited_by) == (20, "none", "HPAMaxReplicas")
+
+
+def test_without_data_a_scale_down_is_held_and_a_scale_up_goes_ahead() -> None:
+    down = _decide(policy(), 30, [100] * 30)
+    held = hold_scale_down_without_data(down)
+    assert (down.desired, held.desired, held.direction) == (15, 30, "none")
+    assert held.reason.endswith("scale-down held: traffic data unavailable")
+    up = _decide(policy(), 2, [3000] * 30)
+    assert hold_scale_down_without_data(up) is up
 
 
 def test_target_above_max_replicas_is_brought_back_within_bounds() -> None:

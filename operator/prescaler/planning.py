@@ -23,6 +23,14 @@ Steps 3 to 5 are one sequence, `apply_replica_limits`, shared with every policy 
 like an HPA (reactive, predictive, the peers): a limit added there applies to all of them. Steps 1 and 2
 have a whole-replay twin in `prescaler.backtest.policies.predictive_requests` (a test holds the two equal).
 
+Two more steps need what only the reconciler knows, and it applies them, in this order, to the decision
+`plan` returned:
+
+6. data hold (`hold_scale_down_without_data`): while the traffic history cannot be read, a scale-down is
+   held at the current count;
+7. HPA cap (`cap_at_hpa_max_replicas`): with actuation HPAMinReplicas the count is the HPA's minReplicas,
+   which the HPA's own maxReplicas bounds.
+
 Every `Decision` says in words why (`reason`) and, for machines, which step set the count (`limited_by`):
 
 - `None`: the forecast peak within the lead time set it; no limit bound;
@@ -35,7 +43,8 @@ Every `Decision` says in words why (`reason`) and, for machines, which step set 
   within the stabilisation window;
 - `ScaleDownStepLimit`: a scale-down was cut to the largest step maxStepPercent allows;
 - `StaleForecast`: the forecast is missing, older than staleAfter or does not cover the lead time, and the
-  fallback action set the count (a reactive floor or the bounds may still override it, and then say so).
+  fallback action set the count (a reactive floor or the bounds may still override it, and then say so);
+- `HPAMaxReplicas`: the count was cut to the maxReplicas of the HPA whose minReplicas it sets.
 
 When several steps bind, the last one to change the count names it: that is the limit to lift first.
 
@@ -49,7 +58,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Literal, get_args
 
@@ -75,6 +84,7 @@ LimitedBy = Literal[
     "ScaleDownStabilization",
     "ScaleDownStepLimit",
     "StaleForecast",
+    "HPAMaxReplicas",
 ]
 LIMITED_BY: tuple[LimitedBy, ...] = get_args(LimitedBy)
 
@@ -559,6 +569,28 @@ def _fallback(
         recommendations=recs,
         limited_by=limited_by,
     )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The reconciler's steps
+
+
+def hold_scale_down_without_data(decision: Decision) -> Decision:
+    """Step 6: while the traffic history cannot be read, a scale-down waits at the current count."""
+    if decision.desired >= decision.current:
+        return decision
+    return replace(decision, desired=decision.current, direction="none",
+                   reason=f"{decision.reason}; scale-down held: traffic data unavailable")
+
+
+def cap_at_hpa_max_replicas(decision: Decision, hpa_name: str, max_replicas: int) -> Decision:
+    """Step 7: a count written as an HPA's minReplicas is at most that HPA's maxReplicas."""
+    if decision.desired <= max_replicas:
+        return decision
+    return replace(decision, desired=max_replicas, direction=_direction(max_replicas, decision.current),
+                   limited_by="HPAMaxReplicas",
+                   reason=f"{decision.reason}; capped at HPA {hpa_name}'s maxReplicas {max_replicas} "
+                          f"→ {max_replicas} replicas")
 
 
 def _direction(desired: int, current: int) -> Direction:

@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
@@ -26,7 +26,14 @@ from prescaler.actuation import HpaState, TargetNotFound, TargetState
 from prescaler.clock import Clock
 from prescaler.durations import format_duration
 from prescaler.errors import DataUnavailable, InputError
-from prescaler.planning import Decision, Recommendation, forecast_peak, plan
+from prescaler.planning import (
+    Decision,
+    Recommendation,
+    cap_at_hpa_max_replicas,
+    forecast_peak,
+    hold_scale_down_without_data,
+    plan,
+)
 from prescaler.reconcile.conditions import Cond, merge_conditions, now_iso
 from prescaler.reconcile.forecasts import CachedForecast, ForecastKeeper, ScalerRef, ScalerState, floor_time
 from prescaler.reconcile.gate import Gate
@@ -302,9 +309,9 @@ class Reconciler:
         decision = self._plan(t, current, cached, observed, calibration, level_correction,
                               data_available=data_available)
         out.decision = decision
-        desired = decision.desired
-        if hpa is not None and desired > hpa.max_replicas:
-            desired = hpa.max_replicas
+        # The HPA's cap sets the count written; the row and the status still tell the plan before it.
+        desired = (cap_at_hpa_max_replicas(decision, hpa.name, hpa.max_replicas) if hpa is not None
+                   else decision).desired
         applied = await self._actuate(t, hpa, decision, desired, current)
         if applied is None:
             return out
@@ -405,8 +412,8 @@ class Reconciler:
             calibration=calibration,
             level_correction=level_correction,
         )
-        if not data_available and decision.desired < current:
-            decision = _hold(decision, current, "scale-down held: traffic data unavailable")
+        if not data_available:
+            decision = hold_scale_down_without_data(decision)
         state.recommendations = decision.recommendations
         return decision
 
@@ -587,6 +594,3 @@ def peak_summary(at: datetime, now: datetime, replicas: int) -> str:
         when = f"in {int(ahead.total_seconds() // 3600)}h"
     return f"{at:%H:%M} UTC ({when}) {replicas} replica{'s' if replicas != 1 else ''}"
 
-
-def _hold(decision: Decision, current: int, why: str) -> Decision:
-    return replace(decision, desired=current, direction="none", reason=f"{decision.reason}; {why}")
