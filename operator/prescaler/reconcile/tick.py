@@ -306,16 +306,13 @@ class Reconciler:
         hpa = hpas[0] if spec.actuation == "HPAMinReplicas" else None
         current = hpa.min_replicas if hpa is not None else target.spec_replicas
         calibration, level_correction = await self._calibrate(t, cached, data_available=data_available)
-        decision = self._plan(t, current, cached, observed, calibration, level_correction,
+        decision = self._plan(t, current, hpa, cached, observed, calibration, level_correction,
                               data_available=data_available)
         out.decision = decision
-        # The HPA's cap sets the count written; the row and the status still tell the plan before it.
-        desired = (cap_at_hpa_max_replicas(decision, hpa.name, hpa.max_replicas) if hpa is not None
-                   else decision).desired
-        applied = await self._actuate(t, hpa, decision, desired, current)
+        applied = await self._actuate(t, hpa, decision)
         if applied is None:
             return out
-        self._report(t, target, hpa, decision, desired, current, applied, observed)
+        self._report(t, target, hpa, decision, applied)
         return out
 
     def _validate(self, ref: ScalerRef, out: Outcome, body: Mapping[str, Any], hpas: list[HpaState],
@@ -393,9 +390,11 @@ class Reconciler:
         t.out.status.update(record_status)
         return calibration, level_correction
 
-    def _plan(self, t: _TickContext, current: int, cached: CachedForecast | None, observed: float | None,
-              calibration: SizingCalibration | None, level_correction: float, *, data_available: bool) -> Decision:
-        """The planner's decision; the stabilisation window is carried in the scaler's state."""
+    def _plan(self, t: _TickContext, current: int, hpa: HpaState | None, cached: CachedForecast | None,
+              observed: float | None, calibration: SizingCalibration | None, level_correction: float, *,
+              data_available: bool) -> Decision:
+        """The decision to apply: the planner's, then the data hold and the HPA's cap (what gets applied is what
+        the row and the status record). The stabilisation window is carried in the scaler's state."""
         state, now = t.ref.state, t.now
         if not state.started:
             # After a (re)start, scale-down waits one stabilisation window: no flap on a cold memory.
@@ -414,14 +413,16 @@ class Reconciler:
         )
         if not data_available:
             decision = hold_scale_down_without_data(decision)
+        if hpa is not None:
+            decision = cap_at_hpa_max_replicas(decision, hpa.name, hpa.max_replicas)
         state.recommendations = decision.recommendations
         return decision
 
-    async def _actuate(self, t: _TickContext, hpa: HpaState | None, decision: Decision, desired: int,
-                       current: int) -> bool | None:
+    async def _actuate(self, t: _TickContext, hpa: HpaState | None, decision: Decision) -> bool | None:
         """The decision row, then the patch when the mode is Auto and the count changes. Whether it was applied;
         None when the target disappeared under the patch (the conditions say so)."""
         namespace, name, spec, out = t.ref.namespace, t.ref.name, t.spec, t.out
+        desired, current = decision.desired, decision.current
         applied = spec.mode == "Auto" and desired != current
         out.record = db.decision_row(namespace=namespace, name=name, target_kind=spec.target.kind,
                                      target_name=spec.target.name, decision=decision, decided_at=t.now,
@@ -452,10 +453,11 @@ class Reconciler:
         out.status["lastScaleTime"] = now_iso(t.now)
         return True
 
-    def _report(self, t: _TickContext, target: TargetState, hpa: HpaState | None, decision: Decision, desired: int,
-                current: int, applied: bool, observed: float | None) -> None:
+    def _report(self, t: _TickContext, target: TargetState, hpa: HpaState | None, decision: Decision,
+                applied: bool) -> None:
         """The decision's metrics, status fields and conditions."""
         namespace, name, spec, out = t.ref.namespace, t.ref.name, t.spec, t.out
+        desired, current, observed = decision.desired, decision.current, decision.observed_load
         conds = out.conditions
         tick_s = spec.interval.total_seconds()
         ready = target.ready_replicas if hpa is None else max(target.ready_replicas, 0)
