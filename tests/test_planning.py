@@ -244,6 +244,8 @@ def _limited_by_cases() -> dict[str, tuple[Decision, int, str]]:
                                "scale-down limited to 17 (50% step"),
         "StaleForecast": (_decide(policy(), 12, [100] * 30, generated_at=NOW - timedelta(hours=3)), 12,
                           "fallback HoldCurrent"),
+        "DataUnavailable": (hold_scale_down_without_data(_decide(policy(), 30, [100] * 30)), 30,
+                            "scale-down held: traffic data unavailable → 30 replicas"),
         "HPAMaxReplicas": (cap_at_hpa_max_replicas(_decide(policy(), 2, [3000] * 30), "web", 20), 20,
                            "capped at HPA web's maxReplicas 20 → 20 replicas"),
     }
@@ -285,7 +287,8 @@ def test_without_data_a_scale_down_is_held_and_a_scale_up_goes_ahead() -> None:
     down = _decide(policy(), 30, [100] * 30)
     held = hold_scale_down_without_data(down)
     assert (down.desired, held.desired, held.direction) == (15, 30, "none")
-    assert held.reason.endswith("scale-down held: traffic data unavailable")
+    assert held.limited_by == "DataUnavailable"
+    assert held.reason == f"{down.reason}; scale-down held: traffic data unavailable → 30 replicas"
     up = _decide(policy(), 2, [3000] * 30)
     assert hold_scale_down_without_data(up) is up
 

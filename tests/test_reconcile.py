@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 from prescaler import db, forecasting, history, metrics
 from prescaler.actuation import HpaState, TargetState
 from prescaler.clock import Clock
+from prescaler.errors import DataUnavailable
 from prescaler.reconcile import Reconciler, ScalerState, Services
 from prescaler.spec import TargetRef
 
@@ -156,6 +157,33 @@ def test_the_hpa_cap_is_what_the_row_and_the_status_record(engine: Engine, pool:
                                       t.reason, t.applied).where(t.namespace == "capped")).all()
     assert [tuple(r)[:4] + tuple(r)[5:] for r in rows] == [(1, 3, 5, "up", True)]
     assert rows[0].reason == outcome.status["reason"]
+
+
+def test_without_traffic_data_a_scale_down_waits_and_says_why(engine: Engine, pool: forecasting.FitPool,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    actuator, clock = FakeActuator(replicas=16), FixedClock(NOW)
+    rec = Reconciler(Services(engine=engine, actuator=actuator, pool=pool, clock=clock,
+                              sources={"default": history.default_source()}))
+    state = ScalerState()
+
+    def tick() -> Any:
+        return asyncio.run(rec.tick(namespace="nodata", name="web", body=_named("nodata", "web"), state=state,
+                                    hpas=[], rival_owner=None))
+
+    assert tick().decision.desired == 16  # after a start, a scale-down waits one stabilisation window
+
+    async def away(*args: Any, **kwargs: Any) -> Any:
+        raise DataUnavailable("the traffic store is away")
+
+    monkeypatch.setattr(rec._reads, "read", away)
+    clock.t = NOW + timedelta(minutes=16)  # the window has passed: the plan scales down, the data hold waits
+    outcome = tick()
+    assert actuator.scaled is None
+    assert outcome.decision.recommended < 16 and outcome.status["desiredReplicas"] == 16
+    assert outcome.status["limitedBy"] == "DataUnavailable"
+    assert outcome.status["reason"].endswith("scale-down held: traffic data unavailable → 16 replicas")
+    conds = {c["type"]: c for c in outcome.status["conditions"]}
+    assert conds["DataAvailable"]["reason"] == "DataUnavailable"
 
 
 def test_forecast_only_computes_but_never_patches(engine: Engine, pool: forecasting.FitPool) -> None:

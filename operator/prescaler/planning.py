@@ -44,6 +44,7 @@ Every `Decision` says in words why (`reason`) and, for machines, which step set 
 - `ScaleDownStepLimit`: a scale-down was cut to the largest step maxStepPercent allows;
 - `StaleForecast`: the forecast is missing, older than staleAfter or does not cover the lead time, and the
   fallback action set the count (a reactive floor or the bounds may still override it, and then say so);
+- `DataUnavailable`: the traffic history could not be read, so a scale-down was held at the current count;
 - `HPAMaxReplicas`: the count was cut to the maxReplicas of the HPA whose minReplicas it sets.
 
 When several steps bind, the last one to change the count names it: that is the limit to lift first.
@@ -84,6 +85,7 @@ LimitedBy = Literal[
     "ScaleDownStabilization",
     "ScaleDownStepLimit",
     "StaleForecast",
+    "DataUnavailable",
     "HPAMaxReplicas",
 ]
 LIMITED_BY: tuple[LimitedBy, ...] = get_args(LimitedBy)
@@ -579,8 +581,9 @@ def hold_scale_down_without_data(decision: Decision) -> Decision:
     """Step 6: while the traffic history cannot be read, a scale-down waits at the current count."""
     if decision.desired >= decision.current:
         return decision
-    return replace(decision, desired=decision.current, direction="none",
-                   reason=f"{decision.reason}; scale-down held: traffic data unavailable")
+    return replace(decision, desired=decision.current, direction="none", limited_by="DataUnavailable",
+                   reason=f"{decision.reason}; scale-down held: traffic data unavailable → {decision.current} "
+                          "replicas")
 
 
 def cap_at_hpa_max_replicas(decision: Decision, hpa_name: str, max_replicas: int) -> Decision:
