@@ -38,7 +38,7 @@ from prescaler.backtest.policies import (
     oracle_requests,
     reactive_requests,
     ready_from_requests,
-    sizing,
+    replay_policy,
 )
 from prescaler.backtest.results import kpis
 from prescaler.planning import ScalingPolicy
@@ -69,7 +69,7 @@ class Replay:
         self.oracle_rh = float(oracle_requests(self.load, self.capacity).sum()) * self.step.total_seconds() / 3600
 
     def policy(self, headroom: float) -> ScalingPolicy:
-        return sizing(self.capacity, self.lead, self.step, headroom, "yhat", HPA_WINDOW)
+        return replay_policy(self.capacity, self.lead, self.step, headroom, "yhat", HPA_WINDOW)
 
     def kpis(self, requested: np.ndarray) -> tuple[float, float]:
         ready = ready_from_requests(requested, self.delay_steps)

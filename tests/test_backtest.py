@@ -15,13 +15,14 @@ import pytest
 
 from prescaler import backtest, cli, forecasting
 from prescaler.backtest import ForecastQuality, compare_frontiers, format_table, ready_from_requests, run_backtest
-from prescaler.backtest.policies import Fit, predictive_requests, sizing
+from prescaler.backtest.policies import Fit, predictive_requests, replay_policy
 from prescaler.backtest.results import forecast_quality
-from prescaler.backtest.track import Track, build_track, calibrations, corrected, samples_by_bucket, sizing_of
-from prescaler.calibration import calibrate, level_factors
+from prescaler.backtest.track import Track, build_track, calibrations, corrected, samples_by_bucket, sizing_inputs
 from prescaler.errors import InputError
 from prescaler.forecasting import Forecast
 from prescaler.planning import ScalingPolicy, forecast_peak, plan
+from prescaler.sizing.calibration import calibrate_sizing
+from prescaler.sizing.level_correction import level_corrections
 
 H = timedelta(hours=1)
 WARM_DAYS = 2
@@ -462,8 +463,9 @@ def test_equal_cost_compares_every_policy_at_predictive_replica_hours() -> None:
 
 
 def _plan_per_bucket(times: list, prev_load: np.ndarray, track: Track, cals: list, off: int, policy: ScalingPolicy,
-                     span: pd.DatetimeIndex, fits: list, level: np.ndarray) -> np.ndarray:
-    """The reference: `plan` called at every bucket with the forecast, calibration and level in force."""
+                     span: pd.DatetimeIndex, fits: list, correction: np.ndarray) -> np.ndarray:
+    """The reference: `plan` called at every bucket with the forecast, calibration and level correction in
+    force."""
     out, cur, recent = [], 0, ()
     for t, now in enumerate(times):
         i = int(track.fit_of[off + t])
@@ -471,15 +473,16 @@ def _plan_per_bucket(times: list, prev_load: np.ndarray, track: Track, cals: lis
         obs = None if math.isnan(prev_load[t]) else float(prev_load[t])
         d = plan(policy, now=now, current_replicas=cur, forecast=fit.forecast,
                  forecast_generated_at=span[track.starts[i]].to_pydatetime() if fit.forecast is not None else None,
-                 observed_load=obs, recent=recent, calibration=cals[i], level=float(level[off + t]))
+                 observed_load=obs, recent=recent, calibration=cals[i],
+                 level_correction=float(correction[off + t]))
         cur, recent = d.desired, d.recommendations
         out.append(cur)
     return np.array(out)
 
 
-@pytest.mark.parametrize(("level", "quantile", "delay"), [(None, "yhat", 2), (99.0, "yhat", 2), (None, "upper", 0),
-                                                          (99.9, "upper", 3)])
-def test_the_replay_equals_the_planner_called_at_every_bucket(level: float | None, quantile: str,
+@pytest.mark.parametrize(("service_level", "quantile", "delay"), [(None, "yhat", 2), (99.0, "yhat", 2),
+                                                                  (None, "upper", 0), (99.9, "upper", 3)])
+def test_the_replay_equals_the_planner_called_at_every_bucket(service_level: float | None, quantile: str,
                                                               delay: int) -> None:
     rng = np.random.default_rng(7)
     step = timedelta(minutes=5)
@@ -499,24 +502,26 @@ def test_the_replay_equals_the_planner_called_at_every_bucket(level: float | Non
         fits.append(Fit(o, Forecast(ds, y, 0.8 * y, 1.25 * y, "test"), "test", 0.0, None))
     starts = list(range(0, n, refit))
     raw = build_track(span, fits, starts, delay)
-    lf = level_factors(load, raw.yhat, 12)
+    lf = level_corrections(load, raw.yhat, 12)
     assert lf.min() < 1 < lf.max()
     track = corrected(raw, lf)
     prev = np.concatenate([[1000.0], load[:-1]])
-    samples = samples_by_bucket(track, load, prev, delay, "yhat" if level is not None else quantile)  # type: ignore[arg-type]
-    cals = calibrations(track, samples, window_steps=refit * 2, service_level=level, headroom_percent=10.0)
+    base = "yhat" if service_level is not None else quantile
+    samples = samples_by_bucket(track, load, prev, delay, base)  # type: ignore[arg-type]
+    cals = calibrations(track, samples, window_steps=refit * 2, service_level=service_level, headroom_percent=10.0)
     # Lower the bar so the short record calibrates from the second day on.
-    cals = [calibrate(samples.rows(slice(max(0, s - 2 * refit), s)), service_level=level, headroom_percent=10.0,
-                      min_samples=48) for s in starts]
-    sized = sizing_of(track, cals, quantile=quantile)  # type: ignore[arg-type]
-    pol = sizing(50.0, delay * step, step, 10.0, quantile, backtest.HPA_WINDOW, level)  # type: ignore[arg-type]
+    cals = [calibrate_sizing(samples.rows(slice(max(0, s - 2 * refit), s)), service_level=service_level,
+                             headroom_percent=10.0, min_samples=48) for s in starts]
+    sized = sizing_inputs(track, cals, quantile=quantile)  # type: ignore[arg-type]
+    pol = replay_policy(50.0, delay * step, step, 10.0, quantile, backtest.HPA_WINDOW,  # type: ignore[arg-type]
+                        service_level)
     off = refit  # replay from the second day, as after a calibration warm-up
     times = list(span[off:].to_pydatetime())
     fast = predictive_requests(times, prev[off:], sized.peak[off:], track.stale[off:], sized.trust[off:],
                                sized.multiplier[off:], pol)
     slow = _plan_per_bucket(times, prev[off:], raw, cals, off, pol, span, fits, lf)
     assert fast.tolist() == slow.tolist()
-    if level is not None:
+    if service_level is not None:
         assert any(c.ready for c in cals)
 
 
@@ -525,7 +530,7 @@ def test_track_peaks_are_the_planners_step_one() -> None:
     y = np.arange(60, dtype=float) % 17
     fc = Forecast(pd.date_range(span[0], periods=60, freq="1h"), y, y, y + 1, "t")
     track = build_track(span, [Fit(0, fc, "t", 0.0, None)], [0], 2)
-    pol = sizing(1.0, 2 * H, H, 0.0, "yhat", backtest.HPA_WINDOW)
+    pol = replay_policy(1.0, 2 * H, H, 0.0, "yhat", backtest.HPA_WINDOW)
     for t in range(48):
         now = span[t].to_pydatetime()
         peak = forecast_peak(fc, now, now + pol.lead_time + pol.tick, "upper")

@@ -1,4 +1,5 @@
-"""Service-level calibration and the trust blend: worked examples and the invariants, as properties."""
+"""The sizing on the scaler's own record (`prescaler.sizing`): service-level calibration, the trust weight and
+the level correction; worked examples and the invariants, as properties."""
 
 from __future__ import annotations
 
@@ -11,28 +12,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prescaler.calibration import (
-    MAX_MULTIPLIER,
-    MIN_MULTIPLIER,
-    MIN_SAMPLES,
-    ForecastRecord,
-    Samples,
-    blended,
-    calibrate,
-    calibrate_from_forecasts,
-    choose_trust,
-    level_factor,
-    level_factors,
-    level_steps,
-    needed_multiplier,
-    parse_service_level,
-    realized,
-    samples_from_forecasts,
-    shortfall,
-    status_fields,
-)
 from prescaler.errors import InputError
 from prescaler.forecasting import Forecast
+from prescaler.sizing.calibration import calibrate_sizing, calibrate_sizing_from_forecasts, status_fields
+from prescaler.sizing.level_correction import level_correction, level_correction_steps, level_corrections
+from prescaler.sizing.loads import floor_plus_trusted_rise
+from prescaler.sizing.samples import MIN_SAMPLES, ForecastRecord, Samples, samples_from_forecasts
+from prescaler.sizing.service_level import (
+    MAX_MULTIPLIER,
+    MIN_MULTIPLIER,
+    needed_multiplier,
+    parse_service_level,
+    served_and_coverage,
+    shortfall,
+)
+from prescaler.sizing.trust import choose_trust
 
 H = timedelta(hours=1)
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
@@ -123,10 +117,10 @@ def test_a_higher_service_level_never_needs_a_lower_multiplier(
 @settings(max_examples=200, deadline=None)
 @given(pairs, st.floats(50, 99.99))
 def test_the_multiplier_meets_the_level_in_sample_and_is_the_smallest(data: list[tuple[float, float, float]],
-                                                                      level: float) -> None:
+                                                                      service_level: float) -> None:
     s = _from(data)
-    m = needed_multiplier(s, level)
-    budget = (1 - level / 100) * float(s.actual.sum()) * (len(s) + 1) / len(s)
+    m = needed_multiplier(s, service_level)
+    budget = (1 - service_level / 100) * float(s.actual.sum()) * (len(s) + 1) / len(s)
 
     def unserved(mult: float) -> float:
         return shortfall(s.actual, np.maximum(mult * s.forecast, s.observed))
@@ -140,11 +134,11 @@ def test_the_multiplier_meets_the_level_in_sample_and_is_the_smallest(data: list
 # ---- trust --------------------------------------------------------------------------------------------
 
 
-def test_blended_is_the_floor_plus_the_trusted_rise() -> None:
-    assert blended(300.0, 100.0, 1.0) == pytest.approx(300.0)
-    assert blended(300.0, 100.0, 0.5) == pytest.approx(200.0)
-    assert blended(300.0, 100.0, 0.0) == pytest.approx(100.0)
-    assert blended(50.0, 100.0, 0.5) == pytest.approx(100.0)  # never below the floor
+def test_floor_plus_trusted_rise() -> None:
+    assert floor_plus_trusted_rise(300.0, 100.0, 1.0) == pytest.approx(300.0)
+    assert floor_plus_trusted_rise(300.0, 100.0, 0.5) == pytest.approx(200.0)
+    assert floor_plus_trusted_rise(300.0, 100.0, 0.0) == pytest.approx(100.0)
+    assert floor_plus_trusted_rise(50.0, 100.0, 0.5) == pytest.approx(100.0)  # never below the floor
 
 
 def _daily(days: int, rng: np.random.Generator, noise: float) -> np.ndarray:
@@ -159,8 +153,8 @@ def test_a_good_forecast_keeps_full_trust() -> None:
     forecast = _daily(14, np.random.default_rng(2), 0.0)
     observed = np.roll(actual, 2)  # two steps late, as an hourly floor with an hour's start-up
     s = samples(actual, forecast, observed)
-    for level in (None, 99.9):
-        trust = choose_trust(s, service_level=level, headroom_percent=10)
+    for service_level in (None, 99.9):
+        trust = choose_trust(s, service_level=service_level, headroom_percent=10)
         assert trust.weight == 1.0 and not trust.leans_on_reactive, trust.reason
 
 
@@ -170,8 +164,8 @@ def test_a_forecast_worse_than_reactive_is_leaned_away_from() -> None:
     actual = np.full(24 * 14, 1000.0) * (1 + 0.02 * rng.standard_normal(24 * 14))
     forecast = np.where(rng.random(24 * 14) < 0.3, 3000.0, 1000.0)
     s = samples(actual, forecast, np.roll(actual, 1))
-    for level in (None, 99.9):
-        trust = choose_trust(s, service_level=level, headroom_percent=10)
+    for service_level in (None, 99.9):
+        trust = choose_trust(s, service_level=service_level, headroom_percent=10)
         assert trust.weight < 1.0 and trust.leans_on_reactive
         assert "forecast trust" in trust.reason
         # The rule's claim, on the record it was chosen on: the blend beats full trust there.
@@ -181,7 +175,7 @@ def test_a_forecast_worse_than_reactive_is_leaned_away_from() -> None:
 
 def test_too_short_a_record_trusts_the_forecast_and_calibrates_nothing() -> None:
     s = samples([100.0] * (MIN_SAMPLES - 1), [100.0] * (MIN_SAMPLES - 1))
-    cal = calibrate(s, service_level=99.9)
+    cal = calibrate_sizing(s, service_level=99.9)
     assert cal.trust.weight == 1.0 and not cal.ready and cal.multiplier(H) is None
     assert "samples" in cal.trust.reason
 
@@ -196,7 +190,7 @@ def test_each_lead_bucket_is_calibrated_on_its_own_errors() -> None:
     # Short leads err by ±5%, leads of a day by ±30%.
     actual = np.concatenate([100 * (1 + 0.05 * rng.standard_normal(n)), 100 * (1 + 0.3 * rng.standard_normal(n))])
     lead = np.concatenate([np.full(n, 0.5), np.full(n, 20.0)])
-    cal = calibrate(samples(actual, forecast, lead_h=lead), service_level=99.0)
+    cal = calibrate_sizing(samples(actual, forecast, lead_h=lead), service_level=99.0)
     short, long_ = cal.multiplier(timedelta(minutes=30)), cal.multiplier(timedelta(hours=20))
     assert short is not None and long_ is not None and short < long_
     assert cal.bucket(timedelta(minutes=30)).samples == n  # type: ignore[union-attr]
@@ -217,7 +211,7 @@ def test_a_higher_service_level_never_provisions_less_at_any_lead(seed: int, s1:
     actual = forecast * rng.lognormal(0, 0.2, n)
     s = samples(actual, forecast, rng.uniform(0, 500, n), lead_h=rng.uniform(0, 30, n))
     lo, hi = sorted((s1, s2))
-    c_lo, c_hi = (calibrate(s, service_level=level, trust=trust) for level in (lo, hi))
+    c_lo, c_hi = (calibrate_sizing(s, service_level=target, trust=trust) for target in (lo, hi))
     for lead in (0.0, 2.0, 5.0, 11.0, 23.0, 40.0):
         assert c_hi.multiplier(lead * H) >= c_lo.multiplier(lead * H)  # type: ignore[operator]
 
@@ -322,33 +316,34 @@ def test_calibration_from_stored_forecasts_end_to_end() -> None:
     actuals = pd.Series(truth * (1 + 0.05 * rng.standard_normal(len(hours))), index=hours)
     stored = [(t, _forecast(t, list(truth[i : i + 30]) + [1000.0] * 30))
               for i, t in enumerate(hours) if i % 24 == 0]
-    cal = calibrate_from_forecasts(stored, actuals, now=NOW, lead_time=H, service_level=99.9)
+    cal = calibrate_sizing_from_forecasts(stored, actuals, now=NOW, lead_time=H, service_level=99.9)
     assert cal.ready and cal.trust.weight == 1.0
     m = cal.multiplier(2 * H)
     assert m is not None and 1.0 < m < 1.3
-    served, coverage = realized(actuals.to_numpy(), m * truth)
+    served, coverage = served_and_coverage(actuals.to_numpy(), m * truth)
     assert served is not None and served > 99.5 and coverage is not None and coverage > 90
 
 
 def test_realized_served_and_coverage() -> None:
-    served, coverage = realized(np.array([100.0, 100.0, math.nan, 300.0]), np.array([100.0, 50.0, 10.0, 300.0]))
+    served, coverage = served_and_coverage(np.array([100.0, 100.0, math.nan, 300.0]),
+                                           np.array([100.0, 50.0, 10.0, 300.0]))
     assert served == pytest.approx(100 * (1 - 50 / 500)) and coverage == pytest.approx(100 * 2 / 3)
-    assert realized(np.array([math.nan]), np.array([1.0])) == (None, None)
+    assert served_and_coverage(np.array([math.nan]), np.array([1.0])) == (None, None)
 
 
 def test_status_fields_are_strings_for_the_crd() -> None:
     rng = np.random.default_rng(6)
     forecast = rng.uniform(100, 1000, 300)
     s = samples(forecast * rng.lognormal(0, 0.1, 300), forecast, lead_h=rng.uniform(0, 24, 300))
-    cal = calibrate(s, service_level=99.9)
+    cal = calibrate_sizing(s, service_level=99.9)
     fields = status_fields(cal, s, lead=2 * H)
     assert fields["forecastTrust"] == "100%"
-    level = fields["serviceLevel"]
-    assert level["target"] == "99.9%" and level["samples"] == 300 and level["window"] == "14d"
-    assert all(isinstance(level[k], str) for k in ("realizedServedPercent", "coveragePercent",
-                                                   "calibratedQuantile", "multiplier"))
-    assert float(level["realizedServedPercent"].rstrip("%")) >= 99.8
-    assert status_fields(calibrate(s, service_level=None), s, lead=H) == {"forecastTrust": "100%"}
+    served = fields["serviceLevel"]
+    assert served["target"] == "99.9%" and served["samples"] == 300 and served["window"] == "14d"
+    assert all(isinstance(served[k], str) for k in ("realizedServedPercent", "coveragePercent",
+                                                    "calibratedQuantile", "multiplier"))
+    assert float(served["realizedServedPercent"].rstrip("%")) >= 99.8
+    assert status_fields(calibrate_sizing(s, service_level=None), s, lead=H) == {"forecastTrust": "100%"}
 
 
 def test_the_record_keeps_only_what_calibration_pairs() -> None:
@@ -368,7 +363,7 @@ def test_the_keeper_calibrates_once_per_forecast_and_reports_status(monkeypatch:
     import asyncio
 
     from prescaler import history
-    from prescaler.service_level import ServiceLevelKeeper
+    from prescaler.reconcile.sizing_record import SizingRecordKeeper
     from prescaler.spec import parse_spec
 
     hours = pd.date_range(NOW - timedelta(days=15), NOW, freq="1h", tz="UTC", inclusive="left")
@@ -388,7 +383,7 @@ def test_the_keeper_calibrates_once_per_forecast_and_reports_status(monkeypatch:
                        "series": {"service": "web"}, "capacity": {"requestsPerReplica": 100},
                        "forecast": {"step": "1h", "history": "7d"}, "scaling": {"serviceLevel": "99.9%",
                                                                                  "leadTime": "1h"}})
-    keeper = ServiceLevelKeeper(history.SharedReads(None))  # type: ignore[arg-type]
+    keeper = SizingRecordKeeper(history.SharedReads(None))  # type: ignore[arg-type]
     cal = None
     status: dict[str, object] = {}
     for i in range(0, len(hours) - 30, 6):
@@ -402,16 +397,17 @@ def test_the_keeper_calibrates_once_per_forecast_and_reports_status(monkeypatch:
     # decisions need (lead time and two steps), not the whole 14-day window.
     assert starts[0] == hours[0].to_pydatetime() - timedelta(hours=3)
     assert cal is not None and cal.ready and cal.service_level == 99.9
-    level = status["serviceLevel"]
-    assert isinstance(level, dict) and level["target"] == "99.9%" and "realizedServedPercent" in level
+    served = status["serviceLevel"]
+    assert isinstance(served, dict) and served["target"] == "99.9%" and "realizedServedPercent" in served
     # Each tick: the last hour's load against the forecasts that were in force for it (3 hourly steps).
     t = hours[len(hours) - 40].to_pydatetime()
     fc = _forecast(t, list(truth[len(hours) - 40 : len(hours) - 10]))
-    _, level, fields = asyncio.run(keeper.for_tick("ns", "web", spec, None, fc, t,  # type: ignore[arg-type]
-                                                   t + timedelta(hours=5, minutes=10)))
+    _, correction, fields = asyncio.run(keeper.for_tick("ns", "web", spec, None, fc, t,  # type: ignore[arg-type]
+                                                        t + timedelta(hours=5, minutes=10)))
     window = actuals[(actuals.index >= t + 2 * H) & (actuals.index < t + 5 * H)]
-    assert level == pytest.approx(level_factor(window.to_numpy(), truth[len(hours) - 38 : len(hours) - 35]))
-    assert level != 1.0 and fields["forecastTrust"] == "100%"
+    assert correction == pytest.approx(level_correction(window.to_numpy(),
+                                                        truth[len(hours) - 38 : len(hours) - 35]))
+    assert correction != 1.0 and fields["forecastTrust"] == "100%"
     keeper.forget("ns", "web")
     assert asyncio.run(keeper.calibration_for("ns", "web", spec, None, None, None, NOW)) == (None, {})  # type: ignore[arg-type]
     assert asyncio.run(keeper.for_tick("ns", "web", spec, None, None, None, NOW)) == (None, 1.0, {})  # type: ignore[arg-type]
@@ -420,25 +416,25 @@ def test_the_keeper_calibrates_once_per_forecast_and_reports_status(monkeypatch:
 # ---- the level correction -------------------------------------------------------------------------------
 
 
-def test_level_factor_corrects_half_the_way_within_bounds() -> None:
-    assert level_factor([200.0, 200.0, 200.0], [100.0, 100.0, 100.0]) == pytest.approx(math.sqrt(2))
-    assert level_factor([900.0] * 3, [100.0] * 3) == pytest.approx(math.sqrt(2))  # bounded at 2× first
-    assert level_factor([10.0] * 3, [100.0] * 3) == pytest.approx(math.sqrt(0.5))
-    assert level_factor([math.nan, math.nan, 100.0], [100.0] * 3) == 1.0  # too little to go by
-    assert level_factor([], []) == 1.0
+def test_level_correction_corrects_half_the_way_within_bounds() -> None:
+    assert level_correction([200.0, 200.0, 200.0], [100.0, 100.0, 100.0]) == pytest.approx(math.sqrt(2))
+    assert level_correction([900.0] * 3, [100.0] * 3) == pytest.approx(math.sqrt(2))  # bounded at 2× first
+    assert level_correction([10.0] * 3, [100.0] * 3) == pytest.approx(math.sqrt(0.5))
+    assert level_correction([math.nan, math.nan, 100.0], [100.0] * 3) == 1.0  # too little to go by
+    assert level_correction([], []) == 1.0
 
 
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.floats(0, 1e4), min_size=20, max_size=60), st.integers(1, 12), st.integers(0, 2**32 - 1))
-def test_level_factors_are_level_factor_at_every_bucket(values: list[float], steps: int, seed: int) -> None:
+def test_level_corrections_are_level_correction_at_every_bucket(values: list[float], steps: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     load = np.array(values)
     load[rng.random(len(load)) < 0.2] = math.nan
     forecast = rng.uniform(1, 1e4, len(load))
-    at_once = level_factors(load, forecast, steps)
+    at_once = level_corrections(load, forecast, steps)
     for t in range(steps, len(load)):
-        assert at_once[t] == pytest.approx(level_factor(load[t - steps : t], forecast[t - steps : t]))
-    assert level_steps(timedelta(minutes=5)) == 12 and level_steps(H) == 3
+        assert at_once[t] == pytest.approx(level_correction(load[t - steps : t], forecast[t - steps : t]))
+    assert level_correction_steps(timedelta(minutes=5)) == 12 and level_correction_steps(H) == 3
 
 
 def test_incidents_are_left_out_of_the_fit_and_counted() -> None:
@@ -447,7 +443,7 @@ def test_incidents_are_left_out_of_the_fit_and_counted() -> None:
     actual = forecast * rng.lognormal(0, 0.05, 200)
     actual[50] = 8000.0  # a flash crowd eight times what anything said
     s = samples(actual, forecast, np.full(200, 1000.0))
-    cal = calibrate(s, service_level=99.9)
+    cal = calibrate_sizing(s, service_level=99.9)
     assert cal.incidents == 1 and cal.samples == 199
     m = cal.multiplier(H)
     assert m is not None and m < 1.3  # not raised to chase the crowd

@@ -14,7 +14,7 @@ import pytest
 
 from prescaler import forecasting as fc
 from prescaler.errors import InputError
-from prescaler.forecasting.calibration import conformal_quantile, lead_bins
+from prescaler.forecasting.bands import conformal_quantile, lead_bins
 from prescaler.forecasting.selection import fit_local
 
 HOUR = timedelta(hours=1)
@@ -615,12 +615,12 @@ def test_calibrated_band_holds_its_nominal_share_on_a_noisy_series() -> None:
     assert 74 <= coverage <= 86
 
 
-def test_calibration_widens_the_band_for_larger_errors() -> None:
+def test_band_calibration_widens_the_band_for_larger_errors() -> None:
     rng = np.random.default_rng(1)
     small = [rng.normal(0, 0.05, 288) for _ in range(3)]
     large = [rng.normal(0, 0.2, 288) for _ in range(3)]
     step = timedelta(minutes=5)
-    narrow, wide = fc.calibrate(small, step), fc.calibrate(large, step)
+    narrow, wide = fc.calibrate_bands(small, step), fc.calibrate_bands(large, step)
     assert narrow is not None and wide is not None and wide.windows == 3
     assert np.all(wide.upper > narrow.upper) and np.all(wide.lower < narrow.lower)
     ds = pd.date_range("2024-01-01", periods=300, freq="5min", tz="UTC")
@@ -629,13 +629,13 @@ def test_calibration_widens_the_band_for_larger_errors() -> None:
     # Beyond the calibrated leads, the last lead bin's offsets hold.
     assert banded.upper[-1] == pytest.approx(100 * np.exp(wide.upper[-1]) + np.exp(wide.upper[-1]) - 1)
     assert np.all(banded.lower <= banded.yhat) and np.all(banded.yhat <= banded.upper)
-    assert fc.calibrate([np.full(10, np.nan)], step) is None
+    assert fc.calibrate_bands([np.full(10, np.nan)], step) is None
 
 
 def test_a_biased_model_gets_an_asymmetric_band() -> None:
     rng = np.random.default_rng(2)
     under = [rng.normal(0.2, 0.05, 288) for _ in range(3)]  # actual ~22% above the forecast
-    cal = fc.calibrate(under, timedelta(minutes=5))
+    cal = fc.calibrate_bands(under, timedelta(minutes=5))
     assert cal is not None
     assert np.all(cal.upper > 0.25)
     assert np.all(cal.lower > 0.05)  # the lower offset stays positive: apply() clips it to yhat

@@ -11,10 +11,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prescaler.calibration import Calibration, LeadBucket, Samples, Trust, calibrate
 from prescaler.errors import InputError
 from prescaler.forecasting import Forecast
-from prescaler.planning import LIMITED_BY, Decision, Recommendation, ScalingPolicy, plan, stabilize_recommendation
+from prescaler.planning import (
+    LIMITED_BY,
+    Decision,
+    Recommendation,
+    ScalingPolicy,
+    cap_at_hpa_max_replicas,
+    hold_scale_down_without_data,
+    plan,
+    stabilize_recommendation,
+)
+from prescaler.sizing.calibration import LeadBucket, SizingCalibration, calibrate_sizing
+from prescaler.sizing.samples import Samples
+from prescaler.sizing.trust import Trust
 
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 STEP = timedelta(minutes=5)
@@ -202,15 +213,15 @@ def test_every_decision_explains_itself(s: dict[str, object]) -> None:
 
 def _decide(pol: ScalingPolicy, current: int, values: list[float], *, now: datetime = NOW,
             generated_at: datetime = NOW, observed: float | None = None,
-            recent: tuple[Recommendation, ...] = (), calibration: Calibration | None = None) -> Decision:
+            recent: tuple[Recommendation, ...] = (), calibration: SizingCalibration | None = None) -> Decision:
     return plan(pol, now=now, current_replicas=current, forecast=make_forecast(values),
                 forecast_generated_at=generated_at, observed_load=observed, recent=recent, calibration=calibration)
 
 
-def trusting(weight: float, *, level: float | None = None,
-             buckets: tuple[LeadBucket, ...] = ()) -> Calibration:
+def trusting(weight: float, *, service_level: float | None = None,
+             buckets: tuple[LeadBucket, ...] = ()) -> SizingCalibration:
     reason = f"forecast trust {weight:.0%}: its record was worse than reactive's"
-    return Calibration(service_level=level, trust=Trust(weight, reason), buckets=buckets, samples=500)
+    return SizingCalibration(service_level=service_level, trust=Trust(weight, reason), buckets=buckets, samples=500)
 
 
 def _limited_by_cases() -> dict[str, tuple[Decision, int, str]]:
@@ -233,6 +244,10 @@ def _limited_by_cases() -> dict[str, tuple[Decision, int, str]]:
                                "scale-down limited to 17 (50% step"),
         "StaleForecast": (_decide(policy(), 12, [100] * 30, generated_at=NOW - timedelta(hours=3)), 12,
                           "fallback HoldCurrent"),
+        "DataUnavailable": (hold_scale_down_without_data(_decide(policy(), 30, [100] * 30)), 30,
+                            "scale-down held: traffic data unavailable → 30 replicas"),
+        "HPAMaxReplicas": (cap_at_hpa_max_replicas(_decide(policy(), 2, [3000] * 30), "web", 20), 20,
+                           "capped at HPA web's maxReplicas 20 → 20 replicas"),
     }
 
 
@@ -257,6 +272,25 @@ def test_limited_by_in_a_fallback_names_what_overrode_it() -> None:
     to_max = plan(policy(fallback="ScaleToMax"), now=NOW, current_replicas=3, observed_load=None,
                   **stale)  # type: ignore[arg-type]
     assert (to_max.desired, to_max.limited_by) == (40, "StaleForecast")
+
+
+def test_the_hpa_cap_only_ever_lowers_the_count_to_the_hpas_maximum() -> None:
+    up = _decide(policy(), 2, [3000] * 30)  # 33 replicas
+    assert cap_at_hpa_max_replicas(up, "web", 40) is up
+    capped = cap_at_hpa_max_replicas(up, "web", 20)
+    assert (capped.desired, capped.direction, capped.recommended) == (20, "up", up.recommended)
+    at_max = cap_at_hpa_max_replicas(_decide(policy(), 20, [3000] * 30), "web", 20)
+    assert (at_max.desired, at_max.direction, at_max.limited_by) == (20, "none", "HPAMaxReplicas")
+
+
+def test_without_data_a_scale_down_is_held_and_a_scale_up_goes_ahead() -> None:
+    down = _decide(policy(), 30, [100] * 30)
+    held = hold_scale_down_without_data(down)
+    assert (down.desired, held.desired, held.direction) == (15, 30, "none")
+    assert held.limited_by == "DataUnavailable"
+    assert held.reason == f"{down.reason}; scale-down held: traffic data unavailable → 30 replicas"
+    up = _decide(policy(), 2, [3000] * 30)
+    assert hold_scale_down_without_data(up) is up
 
 
 def test_target_above_max_replicas_is_brought_back_within_bounds() -> None:
@@ -346,7 +380,7 @@ def _buckets(*pairs: tuple[timedelta, float]) -> tuple[LeadBucket, ...]:
 
 
 def test_a_calibrated_service_level_sizes_the_point_forecast_by_its_lead_multiplier() -> None:
-    cal = trusting(1.0, level=99.9, buckets=_buckets((timedelta(0), 1.2), (timedelta(hours=1), 1.5)))
+    cal = trusting(1.0, service_level=99.9, buckets=_buckets((timedelta(0), 1.2), (timedelta(hours=1), 1.5)))
     pol = policy(service_level=99.9, quantile="upper", headroom_percent=50)
     fc = make_forecast([1000] * 30, spread=0.5)
     # Lead of the capacity: now + 10m − generated_at. Fresh: 1.2 × yhat (not the band, not the headroom).
@@ -363,7 +397,7 @@ def test_a_calibrated_service_level_sizes_the_point_forecast_by_its_lead_multipl
 def test_an_uncalibrated_service_level_falls_back_to_the_manual_sizing_and_says_so() -> None:
     pol = policy(service_level=99.9, quantile="upper", headroom_percent=10)
     fc = make_forecast([1000] * 30, spread=0.5)
-    for cal in (None, trusting(1.0, level=99.9)):
+    for cal in (None, trusting(1.0, service_level=99.9)):
         d = plan(pol, now=NOW, current_replicas=2, forecast=fc, forecast_generated_at=NOW, observed_load=None,
                  calibration=cal)
         assert d.desired == math.ceil(1500 * 1.1 / 100) and d.multiplier is None
@@ -412,26 +446,27 @@ def test_a_higher_service_level_never_plans_fewer_replicas(seed: int, s1: float,
     lo, hi = sorted((s1, s2))
     ahead = [float(rng.uniform(0, 3000))] * 30
     desired = []
-    for level in (lo, hi):
-        cal = calibrate(record, service_level=level, trust=1.0)
-        d = _decide(policy(max_replicas=10_000, service_level=level), 2, ahead, observed=observed, calibration=cal)
+    for service_level in (lo, hi):
+        cal = calibrate_sizing(record, service_level=service_level, trust=1.0)
+        d = _decide(policy(max_replicas=10_000, service_level=service_level), 2, ahead, observed=observed,
+                    calibration=cal)
         desired.append(d.desired)
     assert desired[0] <= desired[1]
 
 
-@pytest.mark.parametrize("level", [0.0, 100.0, -1.0, float("nan")])
-def test_a_service_level_outside_0_100_is_rejected(level: float) -> None:
+@pytest.mark.parametrize("service_level", [0.0, 100.0, -1.0, float("nan")])
+def test_a_service_level_outside_0_100_is_rejected(service_level: float) -> None:
     with pytest.raises(InputError, match="serviceLevel"):
-        policy(service_level=level)
+        policy(service_level=service_level)
 
 
 def test_the_level_correction_scales_the_forecast_and_says_so() -> None:
     fc = make_forecast([1000] * 30)
     d = plan(policy(), now=NOW, current_replicas=2, forecast=fc, forecast_generated_at=NOW, observed_load=None,
-             level=1.2)
-    assert d.desired == math.ceil(1200 * 1.1 / 100) and d.level == 1.2
+             level_correction=1.2)
+    assert d.desired == math.ceil(1200 * 1.1 / 100) and d.level_correction == 1.2
     assert "forecast ×1.20 to the recent level" in d.reason
     # The observed load is not scaled: it is the floor.
     d = plan(policy(), now=NOW, current_replicas=2, forecast=fc, forecast_generated_at=NOW, observed_load=2000,
-             level=0.5)
+             level_correction=0.5)
     assert (d.desired, d.limited_by) == (22, "ReactiveFloor")

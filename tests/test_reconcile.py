@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 from prescaler import db, forecasting, history, metrics
 from prescaler.actuation import HpaState, TargetState
 from prescaler.clock import Clock
+from prescaler.errors import DataUnavailable
 from prescaler.reconcile import Reconciler, ScalerState, Services
 from prescaler.spec import TargetRef
 
@@ -121,6 +122,68 @@ def test_tick_scales_the_target_and_records_the_decision(engine: Engine, pool: f
     # Within the interval the tick is skipped: nothing planned, nothing patched.
     assert _tick(rec, _body(), state) is None
     assert actuator.scaled == [("shop", "web", want)]
+
+
+@dataclass
+class FakeHpaActuator(FakeActuator):
+    """Records the floors the tick writes to the HPA; the target itself is never scaled."""
+
+    floors: list[tuple[str, int]] | None = None
+
+    def scale(self, namespace: str, ref: TargetRef, replicas: int) -> None:
+        raise AssertionError("this scaler uses HPAMinReplicas")
+
+    def set_hpa_min(self, namespace: str, name: str, replicas: int) -> None:
+        self.floors = [*(self.floors or []), (name, replicas)]
+
+
+def test_the_hpa_cap_is_what_the_row_and_the_status_record(engine: Engine, pool: forecasting.FitPool) -> None:
+    actuator = FakeHpaActuator()
+    hpa = HpaState(name="web-hpa", min_replicas=1, max_replicas=3, current_replicas=1)
+    outcome = asyncio.run(_reconciler(engine, actuator, pool).tick(
+        namespace="capped", name="web", body=_named("capped", "web", actuation="HPAMinReplicas"),
+        state=ScalerState(), hpas=[hpa], rival_owner=None))
+
+    # The plan asks for 5 (2,000 requests per 5 minutes with 10% headroom on 500); the HPA allows 3.
+    assert math.ceil(LOAD_PER_STEP * 1.1 / 500) == 5
+    assert actuator.floors == [("web-hpa", 3)]
+    assert outcome.status["desiredReplicas"] == outcome.status["currentReplicas"] == 3
+    assert outcome.status["limitedBy"] == "HPAMaxReplicas"
+    assert outcome.status["reason"].endswith("capped at HPA web-hpa's maxReplicas 3 → 3 replicas")
+    assert outcome.decision.desired == 3
+    t = db.scaling_decisions.c
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(t.current_replicas, t.desired_replicas, t.recommended_replicas, t.direction,
+                                      t.reason, t.applied).where(t.namespace == "capped")).all()
+    assert [tuple(r)[:4] + tuple(r)[5:] for r in rows] == [(1, 3, 5, "up", True)]
+    assert rows[0].reason == outcome.status["reason"]
+
+
+def test_without_traffic_data_a_scale_down_waits_and_says_why(engine: Engine, pool: forecasting.FitPool,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    actuator, clock = FakeActuator(replicas=16), FixedClock(NOW)
+    rec = Reconciler(Services(engine=engine, actuator=actuator, pool=pool, clock=clock,
+                              sources={"default": history.default_source()}))
+    state = ScalerState()
+
+    def tick() -> Any:
+        return asyncio.run(rec.tick(namespace="nodata", name="web", body=_named("nodata", "web"), state=state,
+                                    hpas=[], rival_owner=None))
+
+    assert tick().decision.desired == 16  # after a start, a scale-down waits one stabilisation window
+
+    async def away(*args: Any, **kwargs: Any) -> Any:
+        raise DataUnavailable("the traffic store is away")
+
+    monkeypatch.setattr(rec._reads, "read", away)
+    clock.t = NOW + timedelta(minutes=16)  # the window has passed: the plan scales down, the data hold waits
+    outcome = tick()
+    assert actuator.scaled is None
+    assert outcome.decision.recommended < 16 and outcome.status["desiredReplicas"] == 16
+    assert outcome.status["limitedBy"] == "DataUnavailable"
+    assert outcome.status["reason"].endswith("scale-down held: traffic data unavailable → 16 replicas")
+    conds = {c["type"]: c for c in outcome.status["conditions"]}
+    assert conds["DataAvailable"]["reason"] == "DataUnavailable"
 
 
 def test_forecast_only_computes_but_never_patches(engine: Engine, pool: forecasting.FitPool) -> None:

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from prescaler.calibration import parse_service_level
 from prescaler.errors import InputError
 from prescaler.reconcile import Cond, merge_conditions
+from prescaler.sizing.service_level import parse_service_level
 from prescaler.spec import parse_spec
 
 MINIMAL: dict[str, Any] = {

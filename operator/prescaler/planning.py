@@ -9,14 +9,27 @@ forecasts take the fallback and never scale down. No I/O; `now` is an argument.
 
 1. peak (`peak_load`): P, R and which of them drives the count;
    sizing (`size_load`): the load to provision for and the factor on it — max(P, R) with headroom by
-   default; with a `Calibration`, the trust-weighted blend with reactive, and with a service level
-   max(m·B, R): the blend B = w·P + (1 − w)·R scaled by the calibrated multiplier m instead of the headroom,
-   the observed load under it (see `prescaler.calibration`);
+   default; with a `SizingCalibration`, the floor plus the trusted share of the forecast's rise, and with a
+   service level max(m·B, R): the trust-weighted mean B = w·P + (1 − w)·R scaled by the calibrated
+   multiplier m instead of the headroom, the observed load under it (see `prescaler.sizing`);
 2. replicas (`ScalingPolicy.replicas_at`): that load times the factor over capacity, rounded up;
 3. bounds (`apply_bounds`): into [minReplicas, maxReplicas];
 4. stabilise (`stabilize_recommendation`): a scale-down goes no lower than the highest recommendation of the
-   window; the backtest's reactive policy calls the same function;
-5. step limit (`limit_scale_down_step`): a scale-down removes at most maxStepPercent of the current count.
+   window;
+5. step limit (`limit_scale_down_step`, within `normalize_desired`): a scale-down removes at most
+   maxStepPercent of the current count.
+
+Steps 3 to 5 are one sequence, `apply_replica_limits`, shared with every policy of the backtest that scales
+like an HPA (reactive, predictive, the peers): a limit added there applies to all of them. Steps 1 and 2
+have a whole-replay twin in `prescaler.backtest.policies.predictive_requests` (a test holds the two equal).
+
+Two more steps need what only the reconciler knows, and it applies them, in this order, to the decision
+`plan` returned:
+
+6. data hold (`hold_scale_down_without_data`): while the traffic history cannot be read, a scale-down is
+   held at the current count;
+7. HPA cap (`cap_at_hpa_max_replicas`): with actuation HPAMinReplicas the count is the HPA's minReplicas,
+   which the HPA's own maxReplicas bounds.
 
 Every `Decision` says in words why (`reason`) and, for machines, which step set the count (`limited_by`):
 
@@ -30,7 +43,9 @@ Every `Decision` says in words why (`reason`) and, for machines, which step set 
   within the stabilisation window;
 - `ScaleDownStepLimit`: a scale-down was cut to the largest step maxStepPercent allows;
 - `StaleForecast`: the forecast is missing, older than staleAfter or does not cover the lead time, and the
-  fallback action set the count (a reactive floor or the bounds may still override it, and then say so).
+  fallback action set the count (a reactive floor or the bounds may still override it, and then say so);
+- `DataUnavailable`: the traffic history could not be read, so a scale-down was held at the current count;
+- `HPAMaxReplicas`: the count was cut to the maxReplicas of the HPA whose minReplicas it sets.
 
 When several steps bind, the last one to change the count names it: that is the limit to lift first.
 
@@ -44,17 +59,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
 
-from prescaler.calibration import Calibration, check_service_level
 from prescaler.durations import format_duration
 from prescaler.errors import InputError
 from prescaler.forecasting.interface import Forecast
+from prescaler.sizing.calibration import SizingCalibration
+from prescaler.sizing.loads import floor_plus_trusted_rise, trust_weighted_mean
+from prescaler.sizing.service_level import check_service_level
 
 Quantile = Literal["yhat", "upper"]
 Fallback = Literal["HoldCurrent", "ScaleToMax"]
@@ -68,6 +85,8 @@ LimitedBy = Literal[
     "ScaleDownStabilization",
     "ScaleDownStepLimit",
     "StaleForecast",
+    "DataUnavailable",
+    "HPAMaxReplicas",
 ]
 LIMITED_BY: tuple[LimitedBy, ...] = get_args(LimitedBy)
 
@@ -165,7 +184,7 @@ class Decision:
     # The calibrated multiplier that sized the load for the service level (None: headroom sized it).
     multiplier: float | None = None
     # The level correction the forecast was scaled by (1: none).
-    level: float = 1.0
+    level_correction: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -256,7 +275,7 @@ def peak_load(
 
 
 @dataclass(frozen=True)
-class Sizing:
+class SizedLoad:
     """What step 2 sizes for: `load` × `factor` of capacity."""
 
     load: float  # max(P, R) or R + w·max(0, P − R) (headroom); max(m·B, R) (service level)
@@ -264,47 +283,48 @@ class Sizing:
     trust: float  # w: the weight of the forecast against the observed load (1 = full trust)
     multiplier: float | None  # the calibrated multiplier, when the service level sized the load
     limited_by: LimitedBy  # ReactiveBlend when the trust held the count below the forecast's
-    note: str  # the blend and the calibration in words ("" when neither applied)
+    note: str  # the trust and the calibration in words ("" when neither applied)
 
 
-def is_calibrated(policy: ScalingPolicy, calibration: Calibration | None) -> bool:
+def is_calibrated(policy: ScalingPolicy, calibration: SizingCalibration | None) -> bool:
     """True when a service level is set and the calibration can size it."""
     return policy.service_level is not None and calibration is not None and calibration.ready
 
 
-def sizing_quantile(policy: ScalingPolicy, calibration: Calibration | None) -> Quantile:
+def sizing_quantile(policy: ScalingPolicy, calibration: SizingCalibration | None) -> Quantile:
     """Where P is read: the point forecast when the calibration sizes it (the multiplier is the quantile)."""
     return "yhat" if is_calibrated(policy, calibration) else policy.quantile
 
 
-def size_load(policy: ScalingPolicy, load: Load, calibration: Calibration | None, lead: timedelta,
-              level: float = 1.0) -> Sizing:
-    """Step 1b: the blend with reactive and the service level's multiplier, or max(P, R) with headroom.
+def size_load(policy: ScalingPolicy, load: Load, calibration: SizingCalibration | None, lead: timedelta,
+              level_correction: float = 1.0) -> SizedLoad:
+    """Step 1b: the trust in the forecast and the service level's multiplier, or max(P, R) with headroom.
 
-    With a calibrated service level the load is max(m·B, R), B = w·P + (1 − w)·R: the blend of forecast and
-    observation scaled by the multiplier m of `lead` (now + leadTime − generated_at: errors grow with it),
-    with the observed load under it unscaled. By headroom it is R + w·max(0, P − R), times 1 + headroom.
-    The blend needs the reactive floor: without it there is nothing to lean on, and the forecast keeps
-    full trust. `level` is the level correction (`prescaler.calibration.level_factor`) P is scaled by first.
+    With a calibrated service level the load is max(m·B, R), B = w·P + (1 − w)·R: the trust-weighted mean of
+    forecast and observation scaled by the multiplier m of `lead` (now + leadTime − generated_at: errors grow
+    with it), with the observed load under it unscaled. By headroom it is R + w·max(0, P − R), times
+    1 + headroom. Trust below 1 needs the reactive floor: without it there is nothing to lean on, and the
+    forecast keeps full trust. P is first scaled by `level_correction`
+    (`prescaler.sizing.level_correction`).
     """
-    p, r = load.forecast * level, load.observed
+    p, r = load.forecast * level_correction, load.observed
     trust, notes = 1.0, []
-    if level != 1.0:
-        notes.append(f"forecast ×{level:.2f} to the recent level")
+    if level_correction != 1.0:
+        notes.append(f"forecast ×{level_correction:.2f} to the recent level")
     if calibration is not None and policy.reactive_floor and calibration.trust.leans_on_reactive:
         trust = calibration.trust.weight
     leaning: LimitedBy | None = "ReactiveBlend" if trust < 1.0 and p > r else None
     if calibration is not None and is_calibrated(policy, calibration):
         multiplier = calibration.multiplier(lead)
         assert multiplier is not None  # a ready calibration has buckets
-        scaled = multiplier * (trust * p + (1 - trust) * r)
+        scaled = float(multiplier * trust_weighted_mean(p, r, trust))
         value = max(scaled, r)
         limited_by: LimitedBy = "ReactiveFloor" if r > scaled else (leaning or "None")
         if leaning:
             notes.append(f"{calibration.trust.reason}: sized for {_fmt_load(value, policy)}")
         notes.append(calibration.describe(lead))
-        return Sizing(value, 1.0, trust, multiplier, limited_by, "; ".join(notes))
-    value = max(p, r) if trust >= 1.0 else r + trust * max(0.0, p - r)
+        return SizedLoad(value, 1.0, trust, multiplier, limited_by, "; ".join(notes))
+    value = max(p, r) if trust >= 1.0 else float(floor_plus_trusted_rise(p, r, trust))
     if leaning and calibration is not None:
         notes.append(f"{calibration.trust.reason}: sizing for {_fmt_load(value, policy)}")
     if policy.service_level is not None:
@@ -312,7 +332,7 @@ def size_load(policy: ScalingPolicy, load: Load, calibration: Calibration | None
         notes.append(f"service level {policy.service_level:g}% not calibrated yet ({have} samples): "
                      f"{policy.quantile} + {policy.headroom_percent:g}% headroom")
     floor: LimitedBy = "ReactiveFloor" if r > p else "None"
-    return Sizing(value, policy.headroom_factor, trust, None, leaning or floor, "; ".join(notes))
+    return SizedLoad(value, policy.headroom_factor, trust, None, leaning or floor, "; ".join(notes))
 
 
 def replicas_array(policy: ScalingPolicy, load: np.ndarray, factor: np.ndarray | float) -> np.ndarray:
@@ -373,6 +393,28 @@ def normalize_desired(
     return desired, None
 
 
+@dataclass(frozen=True)
+class LimitedReplicas:
+    """What steps 3 to 5 left of a raw count."""
+
+    recommended: int  # the raw count within [minReplicas, maxReplicas]
+    stabilised: int  # the highest recommendation of the window, this one included
+    desired: int
+    limited_by: LimitedBy | None  # the last limit that changed the count (None: none did)
+    recommendations: tuple[Recommendation, ...]  # the window with this recommendation: the next call's `recent`
+
+
+def apply_replica_limits(
+    policy: ScalingPolicy, raw: int, *, current: int, now: datetime, recent: Sequence[Recommendation]
+) -> LimitedReplicas:
+    """Steps 3 to 5 in order: bounds, scale-down stabilisation, then up at once or down by at most a step."""
+    recommended, bound = apply_bounds(policy, raw)
+    stabilised, recommendations = stabilize_recommendation(recommended, now=now, recent=recent,
+                                                           window=policy.scale_down_window)
+    desired, limit = normalize_desired(policy, current=current, recommended=recommended, stabilised=stabilised)
+    return LimitedReplicas(recommended, stabilised, desired, limit or bound, recommendations)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The plan
 
@@ -386,14 +428,14 @@ def plan(
     forecast_generated_at: datetime | None,
     observed_load: float | None,
     recent: Sequence[Recommendation] = (),
-    calibration: Calibration | None = None,
-    level: float = 1.0,
+    calibration: SizingCalibration | None = None,
+    level_correction: float = 1.0,
 ) -> Decision:
     """Decide the replica count for `now`. `recent` carries the stabilisation window between calls.
 
-    `calibration` (from `prescaler.calibration`, on the scaler's own recent record) brings the trust in the
-    forecast and, with the policy's service level, the multipliers that size for it; `level` the level
-    correction of the forecast (`prescaler.calibration.level_factor` of the last hour's load against it).
+    `calibration` (`prescaler.sizing.calibration`, on the scaler's own recent record) brings the trust in
+    the forecast and, with the policy's service level, the multipliers that size for it; `level_correction`
+    the factor on the forecast (`prescaler.sizing.level_correction`, the last hour's load against it).
     """
     current = max(0, int(current_replicas))
     observed = None if observed_load is None or math.isnan(observed_load) else max(0.0, float(observed_load))
@@ -407,19 +449,17 @@ def plan(
     assert forecast_generated_at is not None
     load = peak_load(policy, forecast, now=now, end=horizon_end, observed=observed,
                      quantile=sizing_quantile(policy, calibration))
-    sized = size_load(policy, load, calibration, now + policy.lead_time - forecast_generated_at, level)
+    sized = size_load(policy, load, calibration, now + policy.lead_time - forecast_generated_at, level_correction)
     raw = policy.replicas_at(sized.load, sized.factor)
-    recommended, bound = apply_bounds(policy, raw)
-    stabilised, recs = stabilize_recommendation(recommended, now=now, recent=recent,
-                                                window=policy.scale_down_window)
-    desired, limit = normalize_desired(policy, current=current, recommended=recommended, stabilised=stabilised)
+    limited = apply_replica_limits(policy, raw, current=current, now=now, recent=recent)
 
-    why = _explain(policy, load, observed, raw=raw, recommended=recommended, current=current,
-                   stabilised=stabilised, desired=desired, note=sized.note)
+    desired = limited.desired
+    why = _explain(policy, load, observed, raw=raw, recommended=limited.recommended, current=current,
+                   stabilised=limited.stabilised, desired=desired, note=sized.note)
     return Decision(
         desired=desired,
         current=current,
-        recommended=recommended,
+        recommended=limited.recommended,
         direction=_direction(desired, current),
         reason=f"{why} → {desired} replicas",
         stale=False,
@@ -427,11 +467,11 @@ def plan(
         observed_load=observed,
         peak_at=load.peak.at if load.peak is not None else None,
         peak_load=load.peak.load if load.peak is not None else None,
-        recommendations=recs,
-        limited_by=limit or bound or sized.limited_by,
+        recommendations=limited.recommendations,
+        limited_by=limited.limited_by or sized.limited_by,
         trust=sized.trust,
         multiplier=sized.multiplier,
-        level=level,
+        level_correction=level_correction,
     )
 
 
@@ -531,6 +571,29 @@ def _fallback(
         recommendations=recs,
         limited_by=limited_by,
     )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The reconciler's steps
+
+
+def hold_scale_down_without_data(decision: Decision) -> Decision:
+    """Step 6: while the traffic history cannot be read, a scale-down waits at the current count."""
+    if decision.desired >= decision.current:
+        return decision
+    return replace(decision, desired=decision.current, direction="none", limited_by="DataUnavailable",
+                   reason=f"{decision.reason}; scale-down held: traffic data unavailable → {decision.current} "
+                          "replicas")
+
+
+def cap_at_hpa_max_replicas(decision: Decision, hpa_name: str, max_replicas: int) -> Decision:
+    """Step 7: a count written as an HPA's minReplicas is at most that HPA's maxReplicas."""
+    if decision.desired <= max_replicas:
+        return decision
+    return replace(decision, desired=max_replicas, direction=_direction(max_replicas, decision.current),
+                   limited_by="HPAMaxReplicas",
+                   reason=f"{decision.reason}; capped at HPA {hpa_name}'s maxReplicas {max_replicas} "
+                          f"→ {max_replicas} replicas")
 
 
 def _direction(desired: int, current: int) -> Direction:

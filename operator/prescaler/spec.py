@@ -14,12 +14,12 @@ from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any, Literal, cast
 
-from prescaler.calibration import parse_service_level
 from prescaler.durations import format_duration, parse_duration
 from prescaler.errors import InputError
 from prescaler.forecasting import MODEL_NAMES
 from prescaler.planning import Fallback, Quantile, ScalingPolicy
 from prescaler.schedules import Schedule, parse_schedules
+from prescaler.sizing.service_level import parse_service_level
 
 Mode = Literal["Auto", "ForecastOnly", "Paused"]
 Actuation = Literal["Replicas", "HPAMinReplicas"]

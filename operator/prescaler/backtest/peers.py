@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from prescaler.backtest.results import BacktestResult
-from prescaler.planning import Recommendation, ScalingPolicy, apply_bounds, normalize_desired, stabilize_recommendation
+from prescaler.planning import Recommendation, ScalingPolicy, apply_replica_limits
 
 PEERS = ("ehpa", "phpa")
 TITLES = {
@@ -97,7 +97,8 @@ _GAMMAS = (0.05, 0.2, 0.4, 0.6, 0.9)
 def hpa_requests(ds: pd.DatetimeIndex, recommended: np.ndarray, initial: int, policy: ScalingPolicy) -> np.ndarray:
     """Replicas requested per bucket from a recommendation per bucket (negative = none: hold).
 
-    The same steps as the backtest's reactive policy: bounds, HPA's scale-down stabilisation, then up at once.
+    The planner's limits as the backtest's reactive policy applies them (`apply_replica_limits`): bounds, HPA's
+    scale-down stabilisation, then up at once.
     """
     out = np.zeros(len(recommended), dtype=np.int64)
     cur = max(1, initial)
@@ -105,11 +106,8 @@ def hpa_requests(ds: pd.DatetimeIndex, recommended: np.ndarray, initial: int, po
     times = ds.to_pydatetime()
     for t, r in enumerate(recommended):
         if r >= 0:
-            rec, _ = apply_bounds(policy, int(r))
-            stabilised, recent = stabilize_recommendation(
-                rec, now=times[t], recent=recent, window=policy.scale_down_window
-            )
-            cur, _ = normalize_desired(policy, current=cur, recommended=rec, stabilised=stabilised)
+            limited = apply_replica_limits(policy, int(r), current=cur, now=times[t], recent=recent)
+            cur, recent = limited.desired, limited.recommendations
         out[t] = cur
     return out
 

@@ -21,18 +21,16 @@ from datetime import datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from prescaler.calibration import blended, provision
 from prescaler.forecasting.interface import Forecast
 from prescaler.planning import (
     Quantile,
     Recommendation,
     ScalingPolicy,
-    apply_bounds,
-    normalize_desired,
+    apply_replica_limits,
     plan,
     replicas_array,
-    stabilize_recommendation,
 )
+from prescaler.sizing.loads import calibrated_load, floor_plus_trusted_rise
 from prescaler.windows import WindowSizing
 
 POLICIES = ("static", "reactive", "predictive", "oracle")
@@ -82,7 +80,7 @@ def ready_from_requests(requested: np.ndarray, delay_steps: int) -> np.ndarray:
     return ready
 
 
-def sizing(
+def replay_policy(
     capacity: float,
     lead: timedelta,
     step: timedelta,
@@ -130,8 +128,9 @@ def reactive_requests(
 ) -> np.ndarray:
     """HPA-like: size from the last observed bucket; scale up at once, scale down as the planner does.
 
-    The scale-down goes through the planner's own steps (HPA's stabilisation over `policy.scale_down_window`,
-    then the step limit), so reactive and predictive differ only in what they size from.
+    The count goes through the planner's own limits (`apply_replica_limits`: bounds, HPA's stabilisation over
+    `policy.scale_down_window`, then the step limit), so reactive and predictive differ only in what they size
+    from.
     """
     out = np.zeros(len(prev_load), dtype=np.int64)
     cur = max(1, policy.replicas_for(initial_load))
@@ -139,11 +138,9 @@ def reactive_requests(
     for t, y in enumerate(prev_load):
         # A missing observation carries no recommendation: the fleet holds and the window ages.
         if not math.isnan(y):
-            rec, _ = apply_bounds(policy, policy.replicas_for(float(y)))
-            stabilised, recent = stabilize_recommendation(
-                rec, now=ds[t].to_pydatetime(), recent=recent, window=policy.scale_down_window
-            )
-            cur, _ = normalize_desired(policy, current=cur, recommended=rec, stabilised=stabilised)
+            limited = apply_replica_limits(policy, policy.replicas_for(float(y)), current=cur,
+                                           now=ds[t].to_pydatetime(), recent=recent)
+            cur, recent = limited.desired, limited.recommendations
         out[t] = cur
     return out
 
@@ -173,7 +170,7 @@ def predictive_requests(
 
     `peak` is the forecast's highest value over each decision's lead window (what `peak_load` reads; NaN:
     none), `stale` marks decisions without a forecast in force (a failed fit: the planner's fallback),
-    `trust` the blend weight and `multiplier` the calibrated service-level multiplier (NaN: sized by
+    `trust` the trust weight and `multiplier` the calibrated service-level multiplier (NaN: sized by
     headroom), as `size_load` applies them; `windows` the scheduled windows' factor on the observed load and
     their replica floor (`prescaler.windows`). The rest goes through the planner's own steps, so a replay
     equals `plan` called per bucket (a test holds the two together) at a fraction of its cost: the frontier
@@ -185,9 +182,9 @@ def predictive_requests(
     # Full trust by headroom is max(P, R) exactly as the planner computes it.
     load = np.maximum(forecast, observed)
     leaning = (trust < 1.0) & ~calibrated
-    load[leaning] = blended(forecast[leaning], observed[leaning], trust[leaning])
-    load[calibrated] = provision(forecast[calibrated], observed[calibrated], trust[calibrated],
-                                 multiplier[calibrated])
+    load[leaning] = floor_plus_trusted_rise(forecast[leaning], observed[leaning], trust[leaning])
+    load[calibrated] = calibrated_load(forecast[calibrated], observed[calibrated], trust[calibrated],
+                                       multiplier[calibrated])
     if windows is not None:
         load = np.maximum(load, observed * windows.rise)
     raw = replicas_array(policy, load, np.where(calibrated, 1.0, policy.headroom_factor))
@@ -196,7 +193,6 @@ def predictive_requests(
     out = np.zeros(len(times), dtype=np.int64)
     cur = 0
     recent: tuple[Recommendation, ...] = ()
-    window = policy.scale_down_window
     for t, now in enumerate(times):
         if stale[t]:
             obs = None if math.isnan(prev_load[t]) else float(prev_load[t])
@@ -206,9 +202,8 @@ def predictive_requests(
             if windows is not None:
                 cur = max(cur, int(windows.min_replicas[t]))  # a schedule's floor holds without a forecast too
         else:
-            rec, _ = apply_bounds(policy, int(raw[t]))
-            stabilised, recent = stabilize_recommendation(rec, now=now, recent=recent, window=window)
-            cur, _ = normalize_desired(policy, current=cur, recommended=rec, stabilised=stabilised)
+            limited = apply_replica_limits(policy, int(raw[t]), current=cur, now=now, recent=recent)
+            cur, recent = limited.desired, limited.recommendations
         out[t] = cur
     return out
 

@@ -23,7 +23,7 @@ from prescaler.backtest.policies import (
     predictive_requests,
     reactive_requests,
     ready_from_requests,
-    sizing,
+    replay_policy,
     static_requests,
 )
 from prescaler.backtest.refits import cpu_seconds, default_workers, refit_all
@@ -37,25 +37,25 @@ from prescaler.backtest.results import (
     kpis,
 )
 from prescaler.backtest.track import (
-    Sizing,
+    SizingInputs,
     build_track,
     calibrations,
     corrected,
     realized_coverage,
     samples_by_bucket,
-    sizing_of,
-)
-from prescaler.calibration import (
-    CALIBRATION_WINDOW,
-    LEVEL_WINDOW,
-    Calibration,
-    check_service_level,
-    level_factors,
-    level_steps,
+    sizing_inputs,
 )
 from prescaler.durations import format_duration
 from prescaler.errors import InputError
 from prescaler.planning import Quantile
+from prescaler.sizing.calibration import SizingCalibration
+from prescaler.sizing.level_correction import (
+    LEVEL_CORRECTION_WINDOW,
+    level_correction_steps,
+    level_corrections,
+)
+from prescaler.sizing.samples import CALIBRATION_WINDOW
+from prescaler.sizing.service_level import check_service_level
 from prescaler.windows import Regime, Window, WindowSizing, learn_regimes, size_windows, windows_from_events
 
 # Fits see at most this much history: enough for weekly seasonality, cheap enough for daily refits ...
@@ -251,16 +251,15 @@ def run_backtest(
     refit the rise of each kind's past windows is learned (`prescaler.windows`) and sizes the reactive floor
     in the upcoming ones.
 
-    At each refit the predictive policy calibrates on its own record so far (`prescaler.calibration`): the
+    At each refit the predictive policy calibrates on its own record so far (`prescaler.sizing`): the
     trust in the forecast always, and with `service_level` (percent of requests to serve) the multipliers
     that size for it instead of the headroom, which remains the fallback while the record is too short.
     Refits within `calibration_warmup` before the evaluated window build that record. The frontier sweeps
-    the headroom (the manual sizing, with the trust blend) on the same forecasts.
+    the headroom (the manual sizing, with the trust weight) on the same forecasts.
 
     The default quantile is the CRD's, `upper` (the headroom sizing; the service level sizes from `yhat` and
-    its calibrated multiplier). On the bench's noisy web trace (ClarkNet at 5 minutes) its frontier left
-    0.35–0.46× of reactive's unserved load at equal cost where `yhat`'s left 0.71–0.75×; on the hourly
-    traces both stay under 0.2×.
+    its calibrated multiplier): on noisy web traffic the band's frontier leaves clearly less of reactive's
+    unserved load at equal cost than `yhat`'s (`bench/bench_backtest.py` measures both).
     """
     started = time.perf_counter()
     if not capacity > 0 or not math.isfinite(capacity):
@@ -312,26 +311,26 @@ def run_backtest(
     span_prev = values[e0 - off - 1 : len(values) - 1]
     raw_track = build_track(pd.DatetimeIndex(s.index[e0 - off :]), fits, [o + off for o in origins], delay_steps)
     # The planner's level correction, from the last hour's load against the forecast that was in force.
-    level = level_factors(span_load, raw_track.yhat, level_steps(step_td))
-    track = corrected(raw_track, level)
+    correction = level_corrections(span_load, raw_track.yhat, level_correction_steps(step_td))
+    track = corrected(raw_track, correction)
     window_steps = max(1, int(CALIBRATION_WINDOW / step_td))
     samples = {q: samples_by_bucket(track, span_load, span_prev, delay_steps, q) for q in ("yhat", "upper")}
     times = list(ds.to_pydatetime())
 
-    def calibrated(headroom: float, level: float | None) -> tuple[Sizing, list[Calibration]]:
-        base: Quantile = "yhat" if level is not None else quantile
-        cals = calibrations(track, samples[base], window_steps=window_steps, service_level=level,
+    def calibrated(headroom: float, target: float | None) -> tuple[SizingInputs, list[SizingCalibration]]:
+        base: Quantile = "yhat" if target is not None else quantile
+        cals = calibrations(track, samples[base], window_steps=window_steps, service_level=target,
                             headroom_percent=headroom)
-        return sizing_of(track, cals, quantile=quantile), cals
+        return sizing_inputs(track, cals, quantile=quantile), cals
 
     window_list = [*windows_from_events(events), *schedules]
     window_sizing, regimes = _window_sizing(s, ds, origins, delay_steps, window_list)
 
-    def run_predictive_with(sized: Sizing, headroom: float, level: float | None) -> np.ndarray:
+    def run_predictive_with(sized: SizingInputs, headroom: float, target: float | None) -> np.ndarray:
         ev = slice(off, off + n)
         return predictive_requests(
             times, prev_load, sized.peak[ev], track.stale[ev], sized.trust[ev], sized.multiplier[ev],
-            sizing(capacity, lead, step_td, headroom, quantile, HPA_WINDOW, level), window_sizing,
+            replay_policy(capacity, lead, step_td, headroom, quantile, HPA_WINDOW, target), window_sizing,
         )
 
     def run_predictive(headroom: float) -> np.ndarray:
@@ -339,13 +338,13 @@ def run_backtest(
 
     def run_reactive(headroom: float) -> np.ndarray:
         return reactive_requests(
-            ds, prev_load, initial_load, sizing(capacity, lead, step_td, headroom, quantile, HPA_WINDOW)
+            ds, prev_load, initial_load, replay_policy(capacity, lead, step_td, headroom, quantile, HPA_WINDOW)
         )
 
     main_sized, main_cals = calibrated(headroom_percent, service_level)
-    main_sizing = sizing(capacity, lead, step_td, headroom_percent, quantile, HPA_WINDOW)
+    main_policy = replay_policy(capacity, lead, step_td, headroom_percent, quantile, HPA_WINDOW)
     requested = {
-        "static": static_requests(load, main_sizing),
+        "static": static_requests(load, main_policy),
         "reactive": run_reactive(headroom_percent),
         "predictive": run_predictive_with(main_sized, headroom_percent, service_level),
         "oracle": oracle_requests(load, capacity),
@@ -360,8 +359,8 @@ def run_backtest(
     peer_run = peers.PeerRun(values, e0, ds, step_td, refit_steps, initial_load)
 
     def peer_runner(name: str) -> Any:
-        return lambda headroom: peer_run.requests(name, sizing(capacity, lead, step_td, headroom, quantile,
-                                                               HPA_WINDOW))
+        return lambda headroom: peer_run.requests(name, replay_policy(capacity, lead, step_td, headroom, quantile,
+                                                                      HPA_WINDOW))
 
     peer_runners = [(name, peer_runner(name)) for name in peers.PEERS]
     for name, runner in peer_runners:
@@ -396,12 +395,12 @@ def run_backtest(
     used = Counter(f.model for f in evaluated_fits if f.model is not None)
     yhat, lower, upper = (a[off : off + n] for a in (track.yhat, track.lower, track.upper))
     quality = forecast_quality(model, used, failed, load, yhat, values[:e0], grid_step)
-    level_report = None
+    service_level_report = None
     if service_level is not None:
         served, coverage = realized_coverage(track, main_sized, span_load, span_prev, delay_steps, off)
         ev = slice(off, off + n)
         sized_here = ~np.isnan(main_sized.multiplier[ev])
-        level_report = ServiceLevelReport(
+        service_level_report = ServiceLevelReport(
             target_pct=float(service_level),
             served_pct=100.0 - measured["predictive"].unserved_pct,
             coverage_pct=coverage,
@@ -442,8 +441,8 @@ def run_backtest(
         "workers": n_workers,
         "service_level": None if service_level is None else float(service_level),
         "calibration_window": CALIBRATION_WINDOW,
-        "level_window": max(LEVEL_WINDOW, level_steps(step_td) * step_td),
-        "level_factor_range": [float(np.min(level[off:])), float(np.max(level[off:]))],
+        "level_window": max(LEVEL_CORRECTION_WINDOW, level_correction_steps(step_td) * step_td),
+        "level_factor_range": [float(np.min(correction[off:])), float(np.max(correction[off:]))],
         "frontier_headrooms": [float(h) for h in frontier_headrooms],
         "events": 0 if events is None else len(events),
         "event_lifts": _last_lifts(fits),
@@ -460,5 +459,5 @@ def run_backtest(
         ds=ds, load=load, yhat=yhat, lower=lower, upper=upper, requested=requested, ready=ready,
         kpis=measured, forecast=quality, frontier=frontier, settings=settings,
         refit_at=pd.DatetimeIndex([ds[f.origin] for f in evaluated_fits]),
-        service_level=level_report, blend=blend,
+        service_level=service_level_report, blend=blend,
     )

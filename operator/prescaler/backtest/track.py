@@ -3,9 +3,10 @@
 - `Track`: per decision bucket, the forecast in force (the latest refit), its values, its highest value over
   the decision's lead window (the planner's step 1, `peak_load`, for the whole replay at once), the lead of
   the capacity it sizes and whether the planner would find it stale;
-- `calibrations`: at each refit, `prescaler.calibration` on the record so far (the past refits' forecasts
+- `calibrations`: at each refit, `prescaler.sizing.calibration` on the record so far (the past refits' forecasts
   against what came): the trust in the forecast and, with a service level, its multipliers;
-- `Sizing`: per bucket, what the planner sizes from (peak), by how much (factor) and with which trust.
+- `SizingInputs`: per bucket, what the planner sizes from (peak), by how much (multiplier) and with which
+  trust.
 
 The span starts before the evaluated window when there are calibration warm-up refits: an operator that has
 run for a while has its record, and the evaluated window should not begin with an uncalibrated one.
@@ -21,8 +22,11 @@ import numpy as np
 import pandas as pd
 
 from prescaler.backtest.policies import Fit
-from prescaler.calibration import Calibration, Samples, calibrate, provision, realized
 from prescaler.planning import Quantile
+from prescaler.sizing.calibration import SizingCalibration, calibrate_sizing
+from prescaler.sizing.loads import calibrated_load
+from prescaler.sizing.samples import Samples
+from prescaler.sizing.service_level import served_and_coverage
 
 
 @dataclass(frozen=True)
@@ -79,10 +83,10 @@ def build_track(span: pd.DatetimeIndex, fits: Sequence[Fit], starts: Sequence[in
     return Track(tuple(starts), yhat, lower, upper, peak, lead_s, stale, fit_of)
 
 
-def corrected(track: Track, level: np.ndarray) -> Track:
+def corrected(track: Track, level_correction: np.ndarray) -> Track:
     """The track with its peaks scaled by the level correction at each decision (what `size_load` does with
-    `level`), so the calibration sees the forecast as the planner will use it."""
-    return replace(track, peak={q: p * level for q, p in track.peak.items()})
+    `level_correction`), so the calibration sees the forecast as the planner will use it."""
+    return replace(track, peak={q: p * level_correction for q, p in track.peak.items()})
 
 
 def samples_by_bucket(track: Track, load: np.ndarray, prev_load: np.ndarray, delay_steps: int,
@@ -103,18 +107,18 @@ def samples_by_bucket(track: Track, load: np.ndarray, prev_load: np.ndarray, del
 
 
 def calibrations(track: Track, samples: Samples, *, window_steps: int, service_level: float | None,
-                 headroom_percent: float) -> list[Calibration]:
+                 headroom_percent: float) -> list[SizingCalibration]:
     """At each refit, the calibration of the trailing `window_steps` buckets that had come by then."""
     out = []
     for start in track.starts:
         lo = max(0, start - window_steps)
-        out.append(calibrate(samples.rows(slice(lo, start)), service_level=service_level,
-                             headroom_percent=headroom_percent))
+        out.append(calibrate_sizing(samples.rows(slice(lo, start)), service_level=service_level,
+                                    headroom_percent=headroom_percent))
     return out
 
 
 @dataclass(frozen=True)
-class Sizing:
+class SizingInputs:
     """Per span bucket, the planner's sizing inputs (see `predictive_requests`) and the calibration's."""
 
     peak: np.ndarray  # what P is read from: yhat when calibrated, else the policy's quantile
@@ -123,7 +127,7 @@ class Sizing:
     quantile: np.ndarray  # the calibrated quantile of the bucket's lead (NaN: not calibrated)
 
 
-def sizing_of(track: Track, cals: Sequence[Calibration], *, quantile: Quantile) -> Sizing:
+def sizing_inputs(track: Track, cals: Sequence[SizingCalibration], *, quantile: Quantile) -> SizingInputs:
     n = len(track.lead_s)
     peak = track.peak[quantile].copy()
     trust = np.ones(n)
@@ -136,10 +140,10 @@ def sizing_of(track: Track, cals: Sequence[Calibration], *, quantile: Quantile) 
             peak[lo:hi] = track.peak["yhat"][lo:hi]
             multiplier[lo:hi] = cal.multipliers(track.lead_s[lo:hi])
             q[lo:hi] = cal.quantiles(track.lead_s[lo:hi])
-    return Sizing(peak, trust, multiplier, q)
+    return SizingInputs(peak, trust, multiplier, q)
 
 
-def realized_coverage(track: Track, sizing: Sizing, load: np.ndarray, prev_load: np.ndarray, delay_steps: int,
+def realized_coverage(track: Track, sizing: SizingInputs, load: np.ndarray, prev_load: np.ndarray, delay_steps: int,
                       first: int) -> tuple[float | None, float | None]:
     """Served % and coverage % of the calibrated sizing (before whole replicas) over buckets from span index
     `first` whose every deciding bucket was calibrated: out of sample, since each calibration saw only
@@ -148,7 +152,7 @@ def realized_coverage(track: Track, sizing: Sizing, load: np.ndarray, prev_load:
     u = np.arange(max(first, d), n)
     forecast = np.where(np.isnan(sizing.peak), 0.0, np.maximum(sizing.peak, 0.0))
     observed = np.where(np.isnan(prev_load), 0.0, np.maximum(prev_load, 0.0))
-    asked = provision(forecast, observed, sizing.trust, sizing.multiplier)
+    asked = calibrated_load(forecast, observed, sizing.trust, sizing.multiplier)
     capacity = np.full(len(u), np.inf)
     ok = np.ones(len(u), dtype=bool)
     for j in range(d + 1):
@@ -157,4 +161,4 @@ def realized_coverage(track: Track, sizing: Sizing, load: np.ndarray, prev_load:
         capacity = np.minimum(capacity, asked[t])
     if not ok.any():
         return None, None
-    return realized(load[u[ok]], capacity[ok])
+    return served_and_coverage(load[u[ok]], capacity[ok])

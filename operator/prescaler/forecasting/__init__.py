@@ -5,7 +5,7 @@
 - `models`: seasonal-naive, Holt-Winters, Prophet (a scaler can name them), seasonal-median, MSTL and
   harmonic (`auto` uses them too); `make_forecaster`, `make_candidate`, `check_model_name`;
 - `accuracy`: sMAPE, MAPE, MASE, pinball loss;
-- `calibration`: bands calibrated on the model's own backtest errors (split-conformal by lead time);
+- `bands`: bands calibrated on the model's own backtest errors (split-conformal by lead time);
 - `scoring`: backtest windows, their cross-fitted pinball loss and band coverage, exploding fits;
 - `selection`: rolling-origin backtest errors, `auto`'s plan and combination (ranked by pinball loss at the
   provisioning quantile; exploding fits rejected), in-process fits;
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from prescaler.forecasting.accuracy import mape, mase, pinball, relative_pinball, smape
-    from prescaler.forecasting.calibration import BAND_COVERAGE, UPPER_QUANTILE, BandCalibration, calibrate
+    from prescaler.forecasting.bands import BAND_COVERAGE, UPPER_QUANTILE, BandCalibration, calibrate_bands
     from prescaler.forecasting.interface import (
         MODEL_NAMES,
         FitResult,
@@ -68,8 +68,7 @@ _MODULE_OF = {
     "check_model_name": "models", "make_forecaster": "models", "make_candidate": "models",
     "mape": "accuracy", "mase": "accuracy", "smape": "accuracy", "pinball": "accuracy",
     "relative_pinball": "accuracy",
-    "BAND_COVERAGE": "calibration", "UPPER_QUANTILE": "calibration", "BandCalibration": "calibration",
-    "calibrate": "calibration",
+    "BAND_COVERAGE": "bands", "UPPER_QUANTILE": "bands", "BandCalibration": "bands", "calibrate_bands": "bands",
     "AUTO_FOLDS": "selection", "CANDIDATES": "selection", "SCORE_FOLDS": "selection", "AutoPlan": "selection",
     "combination_weights": "selection", "combine": "selection", "plan_auto": "selection",
     "rolling_origin_errors": "selection",
@@ -83,7 +82,8 @@ __all__ = [
     "SCORE_FOLDS", "UPPER_QUANTILE", "WEEK", "AutoPlan", "BandCalibration", "FitPool", "FitResult", "FitTimeout",
     "Forecast", "ForecastUnavailable", "Forecaster", "HarmonicForecaster", "HoltWintersForecaster",
     "MSTLForecaster",
-    "ProphetForecaster", "SeasonalMedianForecaster", "SeasonalNaiveForecaster", "calibrate", "check_model_name",
+    "ProphetForecaster", "SeasonalMedianForecaster", "SeasonalNaiveForecaster", "calibrate_bands",
+    "check_model_name",
     "combination_weights", "combine", "exploded", "fit_predict", "make_candidate", "make_forecaster", "mape",
     "mase", "pinball", "plan_auto", "relative_pinball", "rolling_origin_errors", "smape",
 ]

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from prescaler.forecasting.accuracy import mape, mase, relative_pinball, smape
-from prescaler.forecasting.calibration import calibrate, log_residuals, quantile_offsets
+from prescaler.forecasting.bands import calibrate_bands, log_residuals, quantile_offsets
 from prescaler.forecasting.interface import Forecast
 from prescaler.forecasting.models import make_candidate, requirement_of
 from prescaler.forecasting.series import DAY, infer_step, steps
@@ -122,7 +122,7 @@ def cross_coverage(pairs: list[tuple[np.ndarray, np.ndarray]], step: timedelta) 
     residuals = [log_residuals(a, y) for a, y in pairs]
     inside, seen = 0, 0
     for i, (a, y) in enumerate(pairs):
-        cal = calibrate([r for j, r in enumerate(residuals) if j != i], step)
+        cal = calibrate_bands([r for j, r in enumerate(residuals) if j != i], step)
         if cal is None:
             continue
         ok = np.isfinite(a)

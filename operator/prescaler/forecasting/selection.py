@@ -1,6 +1,6 @@
 """Which model to trust: rolling-origin backtest errors, `auto`'s plan and combination, and `fit_local`,
 which fits a model by name in this process with every fallback (short history, failing or exploding fit)
-and a band calibrated on the model's own backtest errors (`calibration`).
+and a band calibrated on the model's own backtest errors (`bands`).
 
 `auto` ranks its candidates by what provisioning pays for (`scoring.cross_pinball`): the pinball loss of each
 backtest window's forecast of the provisioning quantile (the upper band's 90% by default, or a service
@@ -21,7 +21,7 @@ import pandas as pd
 
 from prescaler.errors import InputError
 from prescaler.forecasting.accuracy import mape, mase, relative_pinball, smape
-from prescaler.forecasting.calibration import UPPER_QUANTILE, BandCalibration, calibrate, log_residuals
+from prescaler.forecasting.bands import UPPER_QUANTILE, BandCalibration, calibrate_bands, log_residuals
 from prescaler.forecasting.interface import MODEL_NAMES, FitResult, Forecast, ForecastUnavailable
 from prescaler.forecasting.models import check_model_name, make_candidate, requirement_of
 from prescaler.forecasting.scoring import (
@@ -199,7 +199,7 @@ def mix_calibration(backtests: dict[str, dict[int, Fold]], members: list[str], w
     """The band calibration of a mix from its members' backtest windows (None when they share none);
     `notes` as for `_mix_pairs`."""
     pairs = _mix_pairs(backtests, members, weights, notes)
-    return calibrate([log_residuals(a, y) for a, y in pairs], step) if pairs else None
+    return calibrate_bands([log_residuals(a, y) for a, y in pairs], step) if pairs else None
 
 
 def _auto_horizons(history: pd.Series, step: timedelta, names: list[str], horizon: timedelta,
@@ -335,7 +335,7 @@ def _own_calibration(history: pd.Series, name: str, horizon: timedelta, select_h
         errors[name] = summarise(history, folds, quantile)
     alike = [f for f in folds if f.forecast.note == note]
     folds = alike if len(alike) >= 2 else folds
-    return calibrate([log_residuals(f.actual, f.yhat) for f in folds], infer_step(history))
+    return calibrate_bands([log_residuals(f.actual, f.yhat) for f in folds], infer_step(history))
 
 
 def fit_local(name: str, history: pd.Series, horizon: timedelta, events: pd.DataFrame | None,

@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
@@ -26,11 +26,19 @@ from prescaler.actuation import HpaState, TargetNotFound, TargetState
 from prescaler.clock import Clock
 from prescaler.durations import format_duration
 from prescaler.errors import DataUnavailable, InputError
-from prescaler.planning import Decision, Recommendation, forecast_peak, plan
+from prescaler.planning import (
+    Decision,
+    Recommendation,
+    cap_at_hpa_max_replicas,
+    forecast_peak,
+    hold_scale_down_without_data,
+    plan,
+)
 from prescaler.reconcile.conditions import Cond, merge_conditions, now_iso
 from prescaler.reconcile.forecasts import CachedForecast, ForecastKeeper, ScalerRef, ScalerState, floor_time
 from prescaler.reconcile.gate import Gate
-from prescaler.service_level import ServiceLevelKeeper
+from prescaler.reconcile.sizing_record import SizingRecordKeeper
+from prescaler.sizing.calibration import SizingCalibration
 from prescaler.spec import ScalerSpec, TargetRef, parse_spec
 
 log = logging.getLogger("prescaler.reconcile")
@@ -151,6 +159,40 @@ class DecisionLog:
 TargetLookup = Callable[[str, TargetRef], TargetState | None]
 
 
+@dataclass(frozen=True)
+class _TickContext:
+    """What every step of one decision works on: the scaler, its outcome so far, its spec and source, the time."""
+
+    ref: ScalerRef
+    out: Outcome
+    spec: ScalerSpec
+    source: history.TrafficSource
+    now: datetime
+
+
+def _conflict(spec: ScalerSpec, hpas: list[HpaState], rival_owner: str | None) -> tuple[str, str, str] | None:
+    """Why this scaler stands down, as (reason, message, error kind); None when nothing is in its way."""
+    target = f"{spec.target.kind} {spec.target.name}"
+    if rival_owner is not None:
+        return ("ConflictingScaler", f"{target} is already managed by PredictiveScaler {rival_owner}; this one "
+                "stands down", "ConflictingScaler")
+    if spec.actuation == "Replicas" and hpas:
+        return ("HPAConflict", f"HorizontalPodAutoscaler {hpas[0].name} also scales {target}; use actuation: "
+                "HPAMinReplicas to work with it", "HPAConflict")
+    if spec.actuation == "HPAMinReplicas" and not hpas:
+        return ("HPANotFound", f"actuation HPAMinReplicas needs a HorizontalPodAutoscaler targeting {target}; "
+                "none found", "HPANotFound")
+    return None
+
+
+def _fail(ref: ScalerRef, out: Outcome, reason: str, message: str, kind: str) -> None:
+    """The tick stops here: Ready (and ScalingActive, unless a step set it) say why, and the error is counted."""
+    out.conditions["Ready"] = Cond("False", reason, message)
+    out.conditions.setdefault("ScalingActive", Cond("False", reason, message))
+    ref.error(kind)
+    out.status["reason"] = message
+
+
 class Reconciler:
     def __init__(self, services: Services) -> None:
         self.s = services
@@ -159,8 +201,8 @@ class Reconciler:
                                         refit_spread=services.refit_spread)
         self._reads = history.SharedReads(services.engine)
         self._decisions = DecisionLog(services.engine)
-        # Service level, trust and level correction from each scaler's own record (issue 7).
-        self.service_levels = ServiceLevelKeeper(self._reads)
+        # Service level, trust and level correction from each scaler's own record.
+        self.sizing_records = SizingRecordKeeper(self._reads)
         # API calls wait on the API server, which a fleet's status patches can slow to seconds per call: in threads
         # of their own (one per admission slot), they never hold up the SQL of other ticks.
         self._api = ThreadPoolExecutor(max_workers=max(1, services.max_concurrent), thread_name_prefix="prescaler-api")
@@ -244,56 +286,79 @@ class Reconciler:
         now: datetime,
         targets: TargetLookup | None,
     ) -> Outcome:
-        namespace, name, state = ref.namespace, ref.name, ref.state
+        """One decision, step by step: validate → observe → forecast → calibrate → plan → actuate → report.
+
+        A step that cannot go on leaves its conditions in the outcome, and the tick ends there."""
         out = Outcome()
-        conds = out.conditions
         out.status["lastDecisionTime"] = now_iso(now)
-
-        def fail(reason: str, message: str, kind: str, scaling: str = "False") -> Outcome:
-            conds["Ready"] = Cond("False", reason, message)
-            conds.setdefault("ScalingActive", Cond(scaling, reason, message))
-            ref.error(kind)
-            out.status["reason"] = message
+        spec = self._validate(ref, out, body, hpas, rival_owner)
+        if spec is None:
             return out
+        t = _TickContext(ref, out, spec, self.s.sources[spec.source], now)
+        target = await self._read_target(t, targets)
+        observed, data_error = await self._observe(t)
+        data_available = data_error is None
+        # The forecast is kept and reported even while the target is missing: it is ready when the target is back.
+        cached = await self._forecast(t, data_available=data_available)
+        if target is None:
+            out.conditions["Ready"] = Cond("False", "TargetNotFound", out.conditions["ScalingActive"].message)
+            return out
+        hpa = hpas[0] if spec.actuation == "HPAMinReplicas" else None
+        current = hpa.min_replicas if hpa is not None else target.spec_replicas
+        calibration, level_correction = await self._calibrate(t, cached, data_available=data_available)
+        decision = self._plan(t, current, hpa, cached, observed, calibration, level_correction,
+                              data_available=data_available)
+        out.decision = decision
+        applied = await self._actuate(t, hpa, decision)
+        if applied is None:
+            return out
+        self._report(t, target, hpa, decision, applied)
+        return out
 
+    def _validate(self, ref: ScalerRef, out: Outcome, body: Mapping[str, Any], hpas: list[HpaState],
+                  rival_owner: str | None) -> ScalerSpec | None:
+        """The spec, or None when this scaler must not act (invalid, paused, or in conflict): conditions say why."""
         try:
             spec = parse_spec(body.get("spec") or {})
         except InputError as exc:
-            return fail("InvalidSpec", str(exc), "InvalidSpec")
+            _fail(ref, out, "InvalidSpec", str(exc), "InvalidSpec")
+            return None
         if spec.source not in self.s.sources:
-            return fail("UnknownSource", f"spec.series.source {spec.source!r} is not configured by the "
-                        f"administrator (known: {', '.join(sorted(self.s.sources))})", "InvalidSpec")
+            _fail(ref, out, "UnknownSource", f"spec.series.source {spec.source!r} is not configured by the "
+                  f"administrator (known: {', '.join(sorted(self.s.sources))})", "InvalidSpec")
+            return None
         if spec.mode == "Paused":
-            conds["Ready"] = Cond("True", "Paused", "mode is Paused: nothing is computed or changed")
-            conds["ScalingActive"] = Cond("False", "Paused", "mode is Paused")
-            return out
-        if rival_owner is not None:
-            return fail("ConflictingScaler", f"{spec.target.kind} {spec.target.name} is already managed by "
-                        f"PredictiveScaler {rival_owner}; this one stands down", "ConflictingScaler")
-        if spec.actuation == "Replicas" and hpas:
-            return fail("HPAConflict", f"HorizontalPodAutoscaler {hpas[0].name} also scales {spec.target.kind} "
-                        f"{spec.target.name}; use actuation: HPAMinReplicas to work with it", "HPAConflict")
-        if spec.actuation == "HPAMinReplicas" and not hpas:
-            return fail("HPANotFound", f"actuation HPAMinReplicas needs a HorizontalPodAutoscaler targeting "
-                        f"{spec.target.kind} {spec.target.name}; none found", "HPANotFound")
+            out.conditions["Ready"] = Cond("True", "Paused", "mode is Paused: nothing is computed or changed")
+            out.conditions["ScalingActive"] = Cond("False", "Paused", "mode is Paused")
+            return None
+        conflict = _conflict(spec, hpas, rival_owner)
+        if conflict is not None:
+            _fail(ref, out, *conflict)
+            return None
+        return spec
 
-        target: TargetState | None = None
+    async def _read_target(self, t: _TickContext, targets: TargetLookup | None) -> TargetState | None:
+        """The scale target from the informer cache (or the API); None, with ScalingActive saying so, when gone."""
+        namespace, ref = t.ref.namespace, t.spec.target
         try:
             if targets is not None:
-                target = targets(namespace, spec.target)
+                target = targets(namespace, ref)
                 if target is None:
-                    raise TargetNotFound(f"{spec.target.kind} {namespace}/{spec.target.name} not found")
-            else:
-                target = await self._api_call(self.s.actuator.read_target, namespace, spec.target)
+                    raise TargetNotFound(f"{ref.kind} {namespace}/{ref.name} not found")
+                return target
+            return await self._api_call(self.s.actuator.read_target, namespace, ref)
         except TargetNotFound as exc:
-            conds["ScalingActive"] = Cond("False", "TargetNotFound", str(exc))
-            ref.error("TargetNotFound")
+            t.out.conditions["ScalingActive"] = Cond("False", "TargetNotFound", str(exc))
+            t.ref.error("TargetNotFound")
+            return None
 
-        source = self.s.sources[spec.source]
-        observed, data_error = await self._observe(source, spec, now)
+    async def _observe(self, t: _TickContext) -> tuple[float | None, str | None]:
+        """The load now and the DataAvailable condition; the error when the history could not be read."""
+        spec, conds = t.spec, t.out.conditions
+        observed, data_error = await self._read_load(t.source, spec, t.now)
         if data_error is not None:
             conds["DataAvailable"] = Cond("False", "DataUnavailable", data_error)
-            ref.error("DataUnavailable")
+            t.ref.error("DataUnavailable")
         elif observed is None:
             conds["DataAvailable"] = Cond("False", "NoRecentData",
                                           f"no traffic for series {spec.service!r} in the last "
@@ -302,31 +367,41 @@ class Reconciler:
             conds["DataAvailable"] = Cond("True", "DataFresh", f"observed {observed:,.0f} requests per "
                                           f"{format_duration(spec.step)} for {spec.service!r}")
         if observed is not None:
-            metrics.child(metrics.OBSERVED_LOAD, namespace, name).set(observed)
+            metrics.child(metrics.OBSERVED_LOAD, t.ref.namespace, t.ref.name).set(observed)
+        return observed, data_error
 
-        state.series = spec.service
-        cached = await self.forecasts.ensure(ref, spec, source, now, data_error is None, conds)
+    async def _forecast(self, t: _TickContext, *, data_available: bool) -> CachedForecast | None:
+        """The forecast in use (a refit started when due) and its status fields."""
+        t.ref.state.series = t.spec.service
+        cached = await self.forecasts.ensure(t.ref, t.spec, t.source, t.now, data_available, t.out.conditions)
         if cached is not None:
-            out.static_peak = _forecast_status(out, ref, spec, cached, now)
+            t.out.static_peak = _forecast_status(t.out, t.ref, t.spec, cached, t.now)
+        return cached
 
-        if target is None:
-            conds["Ready"] = Cond("False", "TargetNotFound", conds["ScalingActive"].message)
-            return out
+    async def _calibrate(self, t: _TickContext, cached: CachedForecast | None, *,
+                         data_available: bool) -> tuple[SizingCalibration | None, float]:
+        """The sizing's calibration on this scaler's own record and the level correction (1: none), with their
+        status fields; none while the traffic cannot be read."""
+        if not data_available:
+            return None, 1.0
+        calibration, level_correction, record_status = await self.sizing_records.for_tick(
+            t.ref.namespace, t.ref.name, t.spec, t.source, cached.forecast if cached else None,
+            cached.generated_at if cached else None, t.now)
+        t.out.status.update(record_status)
+        return calibration, level_correction
 
-        hpa = hpas[0] if spec.actuation == "HPAMinReplicas" else None
-        current = hpa.min_replicas if hpa is not None else target.spec_replicas
+    def _plan(self, t: _TickContext, current: int, hpa: HpaState | None, cached: CachedForecast | None,
+              observed: float | None, calibration: SizingCalibration | None, level_correction: float, *,
+              data_available: bool) -> Decision:
+        """The decision to apply: the planner's, then the data hold and the HPA's cap (what gets applied is what
+        the row and the status record). The stabilisation window is carried in the scaler's state."""
+        state, now = t.ref.state, t.now
         if not state.started:
             # After a (re)start, scale-down waits one stabilisation window: no flap on a cold memory.
             state.recommendations = (Recommendation(now, current),)
             state.started = True
-        # --- issue 7: the calibration of this scaler's own record (prescaler.service_level) ---
-        calibration, level, record_status = (None, 1.0, {}) if data_error is not None else \
-            await self.service_levels.for_tick(namespace, name, spec, source, cached.forecast if cached else None,
-                                               cached.generated_at if cached else None, now)
-        out.status.update(record_status)
-        # --- end issue 7 ---
         decision = plan(
-            spec.policy(),
+            t.spec.policy(),
             now=now,
             current_replicas=current,
             forecast=cached.forecast if cached else None,
@@ -334,43 +409,56 @@ class Reconciler:
             observed_load=observed,
             recent=state.recommendations,
             calibration=calibration,
-            level=level,
+            level_correction=level_correction,
         )
-        if data_error is not None and decision.desired < current:
-            decision = _hold(decision, current, "scale-down held: traffic data unavailable")
+        if not data_available:
+            decision = hold_scale_down_without_data(decision)
+        if hpa is not None:
+            decision = cap_at_hpa_max_replicas(decision, hpa.name, hpa.max_replicas)
         state.recommendations = decision.recommendations
-        out.decision = decision
+        return decision
 
-        desired = decision.desired
-        if hpa is not None and desired > hpa.max_replicas:
-            desired = hpa.max_replicas
+    async def _actuate(self, t: _TickContext, hpa: HpaState | None, decision: Decision) -> bool | None:
+        """The decision row, then the patch when the mode is Auto and the count changes. Whether it was applied;
+        None when the target disappeared under the patch (the conditions say so)."""
+        namespace, name, spec, out = t.ref.namespace, t.ref.name, t.spec, t.out
+        desired, current = decision.desired, decision.current
         applied = spec.mode == "Auto" and desired != current
         out.record = db.decision_row(namespace=namespace, name=name, target_kind=spec.target.kind,
-                                     target_name=spec.target.name, decision=decision, decided_at=now,
+                                     target_name=spec.target.name, decision=decision, decided_at=t.now,
                                      applied=applied)
-        if applied:
-            # The row first, then the patch: an operator killed between the two leaves a row that announced a
-            # scale (the next decision shows whether it happened), never a scale that no row explains.
-            await self._record(out.record)
-            out.recorded = True
-            try:
-                if hpa is not None:
-                    await self._api_call(self.s.actuator.set_hpa_min, namespace, hpa.name, desired)
-                else:
-                    await self._api_call(self.s.actuator.scale, namespace, spec.target, desired)
-            except TargetNotFound as exc:
-                await self._decisions.retract(out.record, str(exc))
-                return fail("TargetNotFound", str(exc), "TargetNotFound")
-            except BaseException as exc:
-                await asyncio.shield(self._decisions.retract(out.record, f"{type(exc).__name__}: {exc}"))
-                raise
-            direction = "up" if desired > current else "down"
-            metrics.child(metrics.SCALE_ACTIONS, namespace, name, direction).inc()
-            what = f"HPA {hpa.name} minReplicas" if hpa is not None else f"{spec.target.kind} {spec.target.name}"
-            out.events.append(("Normal", "ScaledUp" if direction == "up" else "ScaledDown",
-                               f"{what} {current} → {desired}: {decision.reason}"))
-            out.status["lastScaleTime"] = now_iso(now)
+        if not applied:
+            return False
+        # The row first, then the patch: an operator killed between the two leaves a row that announced a
+        # scale (the next decision shows whether it happened), never a scale that no row explains.
+        await self._record(out.record)
+        out.recorded = True
+        try:
+            if hpa is not None:
+                await self._api_call(self.s.actuator.set_hpa_min, namespace, hpa.name, desired)
+            else:
+                await self._api_call(self.s.actuator.scale, namespace, spec.target, desired)
+        except TargetNotFound as exc:
+            await self._decisions.retract(out.record, str(exc))
+            _fail(t.ref, out, "TargetNotFound", str(exc), "TargetNotFound")
+            return None
+        except BaseException as exc:
+            await asyncio.shield(self._decisions.retract(out.record, f"{type(exc).__name__}: {exc}"))
+            raise
+        direction = "up" if desired > current else "down"
+        metrics.child(metrics.SCALE_ACTIONS, namespace, name, direction).inc()
+        what = f"HPA {hpa.name} minReplicas" if hpa is not None else f"{spec.target.kind} {spec.target.name}"
+        out.events.append(("Normal", "ScaledUp" if direction == "up" else "ScaledDown",
+                           f"{what} {current} → {desired}: {decision.reason}"))
+        out.status["lastScaleTime"] = now_iso(t.now)
+        return True
 
+    def _report(self, t: _TickContext, target: TargetState, hpa: HpaState | None, decision: Decision,
+                applied: bool) -> None:
+        """The decision's metrics, status fields and conditions."""
+        namespace, name, spec, out = t.ref.namespace, t.ref.name, t.spec, t.out
+        desired, current, observed = decision.desired, decision.current, decision.observed_load
+        conds = out.conditions
         tick_s = spec.interval.total_seconds()
         ready = target.ready_replicas if hpa is None else max(target.ready_replicas, 0)
         metrics.child(metrics.DESIRED_REPLICAS, namespace, name).set(desired)
@@ -402,9 +490,8 @@ class Reconciler:
             conds["Ready"] = Cond("False", "FallbackActive", decision.reason)
         else:
             conds["Ready"] = Cond("True", "Ready", decision.reason)
-        return out
 
-    async def _observe(
+    async def _read_load(
         self, source: history.TrafficSource, spec: ScalerSpec, now: datetime
     ) -> tuple[float | None, str | None]:
         """The load now (planner units: requests per step), or the reason the data is unavailable.
@@ -509,6 +596,3 @@ def peak_summary(at: datetime, now: datetime, replicas: int) -> str:
         when = f"in {int(ahead.total_seconds() // 3600)}h"
     return f"{at:%H:%M} UTC ({when}) {replicas} replica{'s' if replicas != 1 else ''}"
 
-
-def _hold(decision: Decision, current: int, why: str) -> Decision:
-    return replace(decision, desired=current, direction="none", reason=f"{decision.reason}; {why}")

@@ -1,8 +1,8 @@
 """Forecast bands calibrated on the model's own backtest errors: split-conformal by lead time.
 
-Every model's own band (in-sample residual quantiles, a random-walk guess) held 65-84% of the actual values
-on real traces against the 80% aimed at. Here the band is rebuilt from what the model (or `auto`'s
-combination) actually got wrong in the rolling-origin windows just before the forecast:
+A model's own band (in-sample residual quantiles, a random-walk guess) holds far fewer actual values on
+real traces than it claims. Here the band is rebuilt from what the model (or `auto`'s combination)
+actually got wrong in the rolling-origin windows just before the forecast (`calibrate_bands`):
 
 - residuals are log1p(actual) - log1p(forecast): errors of web traffic scale with its level;
 - they are pooled by lead time in bins (the first hour, up to 3 h, 6 h, 12 h, 1 day, 2, 4, 7, 14 days ahead),
@@ -10,15 +10,14 @@ combination) actually got wrong in the rolling-origin windows just before the fo
   split-conformal rank ⌈(n+1)·p⌉;
 - the windows are few (three) and errors within one window move together (a holiday, a launch, a slow
   week), so the residuals are n correlated values, not n independent ones, and a plain split-conformal band
-  held 63-73% on the real traces. Two estimates correct for that, and the band is their mean:
+  holds too little. Two estimates correct for that, and the band is their mean:
   *cross-conformal*: the quantile level raised until, leaving each window out in turn, the band calibrated
   on the others misses the left-out window no more often than nominal;
   *envelope*: the widest of the windows' own quantiles, as if the next window could be like the worst one.
   The first is right when windows are alike and too narrow after a change of regime, the second the
-  reverse; their mean held 77-82% on every real bench trace (`bench/bench_forecast.py`: appserver 77%,
-  wikipedia 79%, ClarkNet at 5 minutes 82%), and over-covers where errors are alike from day to day (84-86%
-  on the synthetic series with independent noise): a band a little wide in calm times is the price of one
-  that holds after a change;
+  reverse; their mean holds close to nominal on real traces (`bench/bench_forecast.py` measures it), and
+  over-covers where errors are alike from day to day: a band a little wide in calm times is the price of
+  one that holds after a change;
 - leads beyond the longest backtest window take the last bin's offsets: seasonal errors stop growing once
   the season repeats.
 """
@@ -133,8 +132,8 @@ class BandCalibration:
         return replace(forecast, lower=lower, upper=upper)
 
 
-def calibrate(residuals: Sequence[np.ndarray], step: timedelta,
-              coverage: float = BAND_COVERAGE) -> BandCalibration | None:
+def calibrate_bands(residuals: Sequence[np.ndarray], step: timedelta,
+                    coverage: float = BAND_COVERAGE) -> BandCalibration | None:
     """The band's offsets from the log residuals of the backtest windows (oldest first); None without any."""
     windows = [np.asarray(r, dtype=float) for r in residuals if np.isfinite(r).any()]
     if not windows:

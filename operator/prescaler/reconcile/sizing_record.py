@@ -1,6 +1,6 @@
-"""The operator's side of the service level: each scaler's record, and its calibration at each refit.
+"""The operator's side of the sizing: each scaler's record of forecasts, and its calibration at each refit.
 
-The pure maths is `prescaler.calibration`; this keeps, per PredictiveScaler, the forecasts it used (a
+The pure maths is `prescaler.sizing`; this keeps, per PredictiveScaler, the forecasts it used (a
 `ForecastRecord`, in memory: after a restart the record builds up again, and until it holds enough samples
 the planner sizes by headroom and says so), reads the traffic that came (one history read per new forecast,
 in a thread) and calibrates once per forecast. The reconciler calls `for_tick` before it plans: the
@@ -19,20 +19,17 @@ import numpy as np
 import pandas as pd
 
 from prescaler import history, metrics
-from prescaler.calibration import (
-    CALIBRATION_WINDOW,
-    Calibration,
-    ForecastRecord,
-    RealizedSizing,
-    calibrate,
-    level_factor,
-    level_steps,
-    realized_sizing,
-    samples_from_forecasts,
-    status_fields,
-)
 from prescaler.errors import DataUnavailable
 from prescaler.forecasting.interface import Forecast
+from prescaler.sizing.calibration import (
+    RealizedSizing,
+    SizingCalibration,
+    calibrate_sizing,
+    realized_sizing,
+    status_fields,
+)
+from prescaler.sizing.level_correction import level_correction, level_correction_steps
+from prescaler.sizing.samples import CALIBRATION_WINDOW, ForecastRecord, samples_from_forecasts
 from prescaler.spec import ScalerSpec
 
 
@@ -40,11 +37,11 @@ from prescaler.spec import ScalerSpec
 class _Calibrated:
     generated_at: datetime
     settings: tuple[object, ...]
-    calibration: Calibration
+    calibration: SizingCalibration
     status: dict[str, Any]
 
 
-class ServiceLevelKeeper:
+class SizingRecordKeeper:
     """Per scaler (namespace, name): the record of forecasts used and the calibration of the newest."""
 
     def __init__(self, reads: history.SharedReads) -> None:
@@ -58,7 +55,7 @@ class ServiceLevelKeeper:
 
     async def calibration_for(self, namespace: str, name: str, spec: ScalerSpec, source: history.TrafficSource,
                               forecast: Forecast | None, generated_at: datetime | None,
-                              now: datetime) -> tuple[Calibration | None, dict[str, Any]]:
+                              now: datetime) -> tuple[SizingCalibration | None, dict[str, Any]]:
         """The calibration to plan with and its status fields; (None, {}) until there is a forecast."""
         if forecast is None or generated_at is None:
             return None, {}
@@ -82,7 +79,8 @@ class ServiceLevelKeeper:
             # No record to read: plan as configured (headroom), calibrate at the next forecast.
             return None, {}
         samples = samples_from_forecasts(record.entries, actuals, now=now, lead_time=spec.lead_time)
-        cal = calibrate(samples, service_level=spec.service_level, headroom_percent=float(spec.headroom_percent))
+        cal = calibrate_sizing(samples, service_level=spec.service_level,
+                               headroom_percent=float(spec.headroom_percent))
         lead = spec.lead_time + (now - generated_at)
         sizing = realized_sizing(cal, samples, lead=lead)
         status = status_fields(cal, samples, lead=lead, sizing=sizing)
@@ -92,28 +90,28 @@ class ServiceLevelKeeper:
 
     async def for_tick(self, namespace: str, name: str, spec: ScalerSpec, source: history.TrafficSource,
                        forecast: Forecast | None, generated_at: datetime | None,
-                       now: datetime) -> tuple[Calibration | None, float, dict[str, Any]]:
+                       now: datetime) -> tuple[SizingCalibration | None, float, dict[str, Any]]:
         """What `plan` takes from the record this tick: the calibration, the level correction (1: none) and
         the status fields. Without a forecast or traffic: (None, 1.0, {}), the manual sizing."""
         calibration, status = await self.calibration_for(namespace, name, spec, source, forecast, generated_at,
                                                          now)
         if calibration is None:
             return None, 1.0, {}
-        return calibration, await self._level(namespace, name, spec, source, now), status
+        return calibration, await self._level_correction(namespace, name, spec, source, now), status
 
-    async def _level(self, namespace: str, name: str, spec: ScalerSpec, source: history.TrafficSource,
-                     now: datetime) -> float:
-        """The last hour's load against the forecasts that were in force for it (`level_factor`)."""
+    async def _level_correction(self, namespace: str, name: str, spec: ScalerSpec,
+                                source: history.TrafficSource, now: datetime) -> float:
+        """The last hour's load against the forecasts that were in force for it (`level_correction`)."""
         record = self._records.get((namespace, name))
         if record is None or not record.entries:
             return 1.0
-        steps = level_steps(spec.step)
+        steps = level_correction_steps(spec.step)
         end = _floor(now, spec.step)
         try:
             actual = await self.reads.read(source, spec.service, end - steps * spec.step, end, spec.step)
         except DataUnavailable:
             return 1.0
-        return level_factor(np.asarray(actual, dtype=float), _in_force(record, pd.DatetimeIndex(actual.index)))
+        return level_correction(np.asarray(actual, dtype=float), _in_force(record, pd.DatetimeIndex(actual.index)))
 
 
 def _export(namespace: str, name: str, spec: ScalerSpec, sizing: RealizedSizing) -> None:

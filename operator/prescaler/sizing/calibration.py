@@ -1,0 +1,199 @@
+"""The sizing's calibration on the scaler's own record: the trust weight and, with a service level, the
+multiplier per lead time; and how that sizing served the record.
+
+Per lead time: samples are grouped by lead into `LEAD_EDGES` buckets, since errors grow with lead. A bucket
+with fewer than `MIN_SAMPLES` takes in the next longer buckets until it has enough (longer leads err more,
+so widening this way errs on the safe side); with fewer than `MIN_SAMPLES` in all, there is no calibration
+and the planner falls back to the manual sizing (quantile and headroomPercent), saying so. The "calibrated
+quantile" reported beside a multiplier is the share of samples whose load stayed within the sizing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from prescaler.durations import format_duration
+from prescaler.forecasting.interface import Forecast
+from prescaler.sizing.loads import sample_capacity
+from prescaler.sizing.samples import CALIBRATION_WINDOW, MIN_SAMPLES, Samples, samples_from_forecasts
+from prescaler.sizing.service_level import check_service_level, needed_multiplier, served_and_coverage
+from prescaler.sizing.trust import Trust, choose_trust
+
+# Lead-time buckets (upper edges); the last bucket is open.
+LEAD_EDGES: tuple[timedelta, ...] = (
+    timedelta(hours=1), timedelta(hours=3), timedelta(hours=6), timedelta(hours=12), timedelta(days=1),
+    timedelta(days=2),
+)
+
+
+@dataclass(frozen=True)
+class LeadBucket:
+    """The calibration of one lead-time bucket [start, end) (end None: open)."""
+
+    start: timedelta
+    end: timedelta | None
+    multiplier: float
+    quantile: float  # share of its samples whose load stayed within the sizing
+    samples: int  # samples it was calibrated on (more than its own when widened)
+
+    def holds(self, lead: timedelta) -> bool:
+        return self.start <= lead and (self.end is None or lead < self.end)
+
+
+@dataclass(frozen=True)
+class SizingCalibration:
+    """What the planner needs from the record: the trust weight and, with a service level, a multiplier
+    per lead-time bucket. `buckets` is empty in headroom mode (trust only)."""
+
+    service_level: float | None
+    trust: Trust
+    buckets: tuple[LeadBucket, ...]
+    samples: int
+    incidents: int = 0  # buckets of the record left out as incidents (see samples.INCIDENT_RATIO)
+
+    @property
+    def ready(self) -> bool:
+        """True when a service level is set and the record was long enough to calibrate it."""
+        return self.service_level is not None and bool(self.buckets)
+
+    def bucket(self, lead: timedelta) -> LeadBucket | None:
+        """The bucket of `lead`; a negative lead (a forecast from the future) counts as the shortest."""
+        if not self.buckets:
+            return None
+        return next((b for b in self.buckets if b.holds(lead)), self.buckets[0])
+
+    def multipliers(self, lead_s: np.ndarray) -> np.ndarray:
+        """`multiplier` for leads in seconds, at once (the backtest's replay); needs `ready`."""
+        starts = np.array([b.start.total_seconds() for b in self.buckets])
+        values = np.array([b.multiplier for b in self.buckets])
+        at = np.clip(np.searchsorted(starts, np.asarray(lead_s, dtype=float), side="right") - 1, 0, len(starts) - 1)
+        return np.asarray(values[at])
+
+    def quantiles(self, lead_s: np.ndarray) -> np.ndarray:
+        """The calibrated quantile of each lead's bucket, like `multipliers`."""
+        starts = np.array([b.start.total_seconds() for b in self.buckets])
+        values = np.array([b.quantile for b in self.buckets])
+        at = np.clip(np.searchsorted(starts, np.asarray(lead_s, dtype=float), side="right") - 1, 0, len(starts) - 1)
+        return np.asarray(values[at])
+
+    def multiplier(self, lead: timedelta) -> float | None:
+        b = self.bucket(lead)
+        return None if b is None else b.multiplier
+
+    def describe(self, lead: timedelta) -> str:
+        b = self.bucket(lead)
+        if b is None:
+            return ""
+        span = (f"lead {format_duration(b.start)}–{format_duration(b.end)}" if b.end is not None
+                else f"lead ≥ {format_duration(b.start)}")
+        return (f"×{b.multiplier:.3f} (calibrated q{100 * b.quantile:.1f}, {span}, {b.samples} samples) "
+                f"for {self.service_level:g}% served")
+
+
+def calibrate_lead_buckets(samples: Samples, *, service_level: float, trust: float,
+                           min_samples: int = MIN_SAMPLES,
+                           edges: Sequence[timedelta] = LEAD_EDGES) -> tuple[LeadBucket, ...]:
+    """Per lead bucket, the multiplier on B_trust that meets `service_level`; () with too few samples."""
+    s = samples.calibratable()
+    if len(s) < min_samples:
+        return ()
+    bounds = [timedelta(0), *edges]
+    out: list[LeadBucket] = []
+    for i, start in enumerate(bounds):
+        end = bounds[i + 1] if i + 1 < len(bounds) else None
+        lo = start.total_seconds()
+        hi_i = i + 1
+        while True:
+            hi = bounds[hi_i].total_seconds() if hi_i < len(bounds) else math.inf
+            pick = (s.lead_s >= lo) & (s.lead_s < hi)
+            if pick.sum() >= min_samples or hi_i >= len(bounds):
+                break
+            hi_i += 1
+        if pick.sum() < min_samples:
+            pick = np.ones(len(s), dtype=bool)  # every lead at once: the pooled record
+        part = s.rows(pick)
+        m = needed_multiplier(part, service_level, trust)
+        _, covered = served_and_coverage(part.actual, sample_capacity(part, trust, m))
+        out.append(LeadBucket(start, end, m, (covered or 0.0) / 100, int(pick.sum())))
+    return tuple(out)
+
+
+def calibrate_sizing(samples: Samples, *, service_level: float | None, headroom_percent: float = 0.0,
+                     min_samples: int = MIN_SAMPLES, edges: Sequence[timedelta] = LEAD_EDGES,
+                     trust: float | None = None) -> SizingCalibration:
+    """Trust (chosen, unless given) and, with a service level, the per-lead multipliers."""
+    if service_level is not None:
+        check_service_level(service_level)
+    chosen = (Trust(trust, f"forecast trust {trust:.0%} (fixed)") if trust is not None
+              else choose_trust(samples, service_level=service_level, headroom_percent=headroom_percent,
+                                min_samples=min_samples))
+    buckets: tuple[LeadBucket, ...] = ()
+    if service_level is not None:
+        buckets = calibrate_lead_buckets(samples, service_level=service_level, trust=chosen.weight,
+                                         min_samples=min_samples, edges=edges)
+    return SizingCalibration(service_level=service_level, trust=chosen, buckets=buckets,
+                             samples=len(samples.calibratable()), incidents=int(samples.incidents().sum()))
+
+
+def calibrate_sizing_from_forecasts(
+    forecasts: Sequence[tuple[datetime, Forecast]],
+    actuals: pd.Series,
+    *,
+    now: datetime,
+    lead_time: timedelta,
+    service_level: float | None,
+    headroom_percent: float = 0.0,
+    window: timedelta = CALIBRATION_WINDOW,
+) -> SizingCalibration:
+    """Stored forecasts and the traffic since, at `now`: `samples_from_forecasts` then `calibrate_sizing`."""
+    samples = samples_from_forecasts(forecasts, actuals, now=now, lead_time=lead_time, window=window)
+    return calibrate_sizing(samples, service_level=service_level, headroom_percent=headroom_percent)
+
+
+@dataclass(frozen=True)
+class RealizedSizing:
+    """How the calibrated sizing did over the record's window, as numbers (status strings and gauges)."""
+
+    quantile: float | None = None  # the calibrated quantile at the lead in use, 0-1
+    multiplier: float | None = None
+    served_percent: float | None = None  # of the window's load, had the calibrated sizing been provisioned
+    coverage_percent: float | None = None  # of the window's buckets whose load it covered
+
+
+def realized_sizing(calibration: SizingCalibration, samples: Samples, *, lead: timedelta) -> RealizedSizing:
+    bucket = calibration.bucket(lead)
+    usable = samples.usable()
+    if calibration.service_level is None or bucket is None or not len(usable):
+        return RealizedSizing()
+    sized = sample_capacity(usable, calibration.trust.weight, calibration.multipliers(usable.lead_s))
+    served, coverage = served_and_coverage(usable.actual, sized)
+    return RealizedSizing(bucket.quantile, bucket.multiplier, served, coverage)
+
+
+def status_fields(calibration: SizingCalibration, samples: Samples, *, lead: timedelta,
+                  window: timedelta = CALIBRATION_WINDOW,
+                  sizing: RealizedSizing | None = None) -> dict[str, Any]:
+    """The PredictiveScaler status fields of a calibration: `forecastTrust` and, with a service level,
+    `serviceLevel` {target, realizedServedPercent, coveragePercent, calibratedQuantile, multiplier, samples,
+    window}: how the calibrated sizing served the window's load and covered its buckets. Strings, since the
+    API conventions keep floats out of resources."""
+    out: dict[str, Any] = {"forecastTrust": f"{100 * calibration.trust.weight:.0f}%"}
+    if calibration.service_level is None:
+        return out
+    served: dict[str, Any] = {"target": f"{calibration.service_level:g}%", "samples": calibration.samples,
+                              "incidents": calibration.incidents, "window": format_duration(window)}
+    r = sizing if sizing is not None else realized_sizing(calibration, samples, lead=lead)
+    if r.quantile is not None and r.multiplier is not None:
+        served.update({"calibratedQuantile": f"{100 * r.quantile:.1f}%", "multiplier": f"{r.multiplier:.3f}"})
+    if r.served_percent is not None and r.coverage_percent is not None:
+        served.update({"realizedServedPercent": f"{r.served_percent:.2f}%",
+                       "coveragePercent": f"{r.coverage_percent:.1f}%"})
+    out["serviceLevel"] = served
+    return out
