@@ -23,6 +23,7 @@ from prescaler.forecasting import Forecast
 from prescaler.planning import ScalingPolicy, forecast_peak, plan
 from prescaler.sizing.calibration import calibrate_sizing
 from prescaler.sizing.level_correction import level_corrections
+from prescaler.windows import WindowAsk, WindowSizing
 
 H = timedelta(hours=1)
 WARM_DAYS = 2
@@ -463,9 +464,10 @@ def test_equal_cost_compares_every_policy_at_predictive_replica_hours() -> None:
 
 
 def _plan_per_bucket(times: list, prev_load: np.ndarray, track: Track, cals: list, off: int, policy: ScalingPolicy,
-                     span: pd.DatetimeIndex, fits: list, correction: np.ndarray) -> np.ndarray:
-    """The reference: `plan` called at every bucket with the forecast, calibration and level correction in
-    force."""
+                     span: pd.DatetimeIndex, fits: list, correction: np.ndarray,
+                     windows: WindowSizing | None = None) -> np.ndarray:
+    """The reference: `plan` called at every bucket with the forecast, calibration, level correction and
+    scheduled windows in force."""
     out, cur, recent = [], 0, ()
     for t, now in enumerate(times):
         i = int(track.fit_of[off + t])
@@ -474,16 +476,19 @@ def _plan_per_bucket(times: list, prev_load: np.ndarray, track: Track, cals: lis
         d = plan(policy, now=now, current_replicas=cur, forecast=fit.forecast,
                  forecast_generated_at=span[track.starts[i]].to_pydatetime() if fit.forecast is not None else None,
                  observed_load=obs, recent=recent, calibration=cals[i],
-                 level_correction=float(correction[off + t]))
+                 level_correction=float(correction[off + t]),
+                 window=None if windows is None else WindowAsk(float(windows.rise[t]), int(windows.min_replicas[t]),
+                                                               "test"))
         cur, recent = d.desired, d.recommendations
         out.append(cur)
     return np.array(out)
 
 
-@pytest.mark.parametrize(("service_level", "quantile", "delay"), [(None, "yhat", 2), (99.0, "yhat", 2),
-                                                                  (None, "upper", 0), (99.9, "upper", 3)])
+@pytest.mark.parametrize(("service_level", "quantile", "delay", "windowed"),
+                         [(None, "yhat", 2, False), (99.0, "yhat", 2, False), (None, "upper", 0, False),
+                          (99.9, "upper", 3, False), (None, "upper", 2, True), (99.9, "yhat", 3, True)])
 def test_the_replay_equals_the_planner_called_at_every_bucket(service_level: float | None, quantile: str,
-                                                              delay: int) -> None:
+                                                              delay: int, windowed: bool) -> None:
     rng = np.random.default_rng(7)
     step = timedelta(minutes=5)
     n, refit = 12 * 24 * 5, 12 * 24
@@ -517,10 +522,19 @@ def test_the_replay_equals_the_planner_called_at_every_bucket(service_level: flo
                         service_level)
     off = refit  # replay from the second day, as after a calibration warm-up
     times = list(span[off:].to_pydatetime())
+    windows = None
+    if windowed:
+        # An evening window whose opening rises threefold, and a night schedule holding 30 replicas.
+        minute = (span[off:].hour * 60 + span[off:].minute).to_numpy()
+        rise = np.where((minute >= 17 * 60) & (minute < 19 * 60), 3.0, 1.0)
+        floor = np.where((minute >= 2 * 60) & (minute < 3 * 60), 30, 0).astype(np.int64)
+        windows = WindowSizing(rise, floor)
     fast = predictive_requests(times, prev[off:], sized.peak[off:], track.stale[off:], sized.trust[off:],
-                               sized.multiplier[off:], pol)
-    slow = _plan_per_bucket(times, prev[off:], raw, cals, off, pol, span, fits, lf)
+                               sized.multiplier[off:], pol, windows)
+    slow = _plan_per_bucket(times, prev[off:], raw, cals, off, pol, span, fits, lf, windows)
     assert fast.tolist() == slow.tolist()
+    if windows is not None:
+        assert (fast[windows.min_replicas == 30] >= 30).all()
     if service_level is not None:
         assert any(c.ready for c in cals)
 

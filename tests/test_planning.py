@@ -26,6 +26,7 @@ from prescaler.planning import (
 from prescaler.sizing.calibration import LeadBucket, SizingCalibration, calibrate_sizing
 from prescaler.sizing.samples import Samples
 from prescaler.sizing.trust import Trust
+from prescaler.windows import WindowAsk
 
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 STEP = timedelta(minutes=5)
@@ -248,6 +249,11 @@ def _limited_by_cases() -> dict[str, tuple[Decision, int, str]]:
                             "scale-down held: traffic data unavailable → 30 replicas"),
         "HPAMaxReplicas": (cap_at_hpa_max_replicas(_decide(policy(), 2, [3000] * 30), "web", 20), 20,
                            "capped at HPA web's maxReplicas 20 → 20 replicas"),
+        # Observed 500 at a window's opening whose past openings rose fourfold: ceil(2,000 × 1.1 / 100).
+        "ScheduledWindow": (plan(policy(), now=NOW, current_replicas=2, forecast=make_forecast([1000] * 30),
+                                 forecast_generated_at=NOW, observed_load=500,
+                                 window=WindowAsk(4.0, 0, "match 20:00")), 22,
+                            "window match 20:00: observed ×4.0"),
     }
 
 
@@ -261,6 +267,23 @@ def test_limited_by_names_the_step_that_set_the_count(value: str) -> None:
     assert d.limited_by == value
     assert d.desired == desired
     assert phrase in d.reason
+
+
+def test_a_schedule_floor_holds_with_a_fresh_forecast_and_without_one() -> None:
+    ask = WindowAsk(1.0, 25, "batch: at least 25 replicas")
+    fresh = plan(policy(), now=NOW, current_replicas=2, forecast=make_forecast([100] * 30),
+                 forecast_generated_at=NOW, observed_load=100, window=ask)
+    assert (fresh.desired, fresh.limited_by) == (25, "ScheduledWindow")
+    stale = plan(policy(), now=NOW, current_replicas=2, forecast=None, forecast_generated_at=None,
+                 observed_load=100, window=ask)
+    assert (stale.desired, stale.limited_by) == (25, "ScheduledWindow")
+    assert "window batch: at least 25 replicas" in stale.reason
+    above_max = plan(policy(), now=NOW, current_replicas=2, forecast=make_forecast([100] * 30),
+                     forecast_generated_at=NOW, observed_load=100, window=WindowAsk(1.0, 90, "x"))
+    assert (above_max.desired, above_max.limited_by) == (40, "MaxReplicas")
+    quiet = plan(policy(), now=NOW, current_replicas=2, forecast=make_forecast([3000] * 30),
+                 forecast_generated_at=NOW, observed_load=100, window=WindowAsk(2.0, 0, "x"))
+    assert quiet.limited_by == "None"  # the forecast already asks for more than the window
 
 
 def test_limited_by_in_a_fallback_names_what_overrode_it() -> None:

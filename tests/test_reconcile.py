@@ -604,3 +604,80 @@ def test_a_deleted_scalers_series_go_and_a_new_one_of_the_name_is_exported_again
     metrics.child(metrics.DESIRED_REPLICAS, "gone", "web").set(5)
     assert desired() == 5
     metrics.forget_scaler("gone", "web")  # leave the shared registry as found
+
+
+# ---- scheduled windows ---------------------------------------------------------------------------------------
+
+
+def test_a_schedule_floor_holds_in_its_window_with_status_and_events(engine: Engine,
+                                                                      pool: forecasting.FitPool) -> None:
+    actuator = FakeActuator()
+    rec = _reconciler(engine, actuator, pool)
+    state = ScalerState()
+    body = _body(schedules=[{"name": "noon-batch", "cron": "0 12 * * *", "duration": "1h", "timeZone": "UTC",
+                             "minReplicas": 15}])
+    outcome = _tick(rec, body, state)
+    assert outcome.decision.desired == 15 and actuator.replicas == 15
+    assert outcome.status["limitedBy"] == "ScheduledWindow"
+    assert "noon-batch" in outcome.status["reason"]
+    window = outcome.status["nextWindow"]
+    assert window["kind"] == "noon-batch" and window["start"] == "2024-03-04T12:00:00Z"
+    assert window["sizing"] == "noon-batch: at least 15 replicas"
+    assert window["summary"].startswith("noon-batch until 13:00 UTC")
+    assert ("Normal", "WindowOpened", "scheduled window noon-batch 2024-03-04 12:00 UTC: "
+            "noon-batch: at least 15 replicas") in outcome.events
+
+    assert isinstance(rec.s.clock, FixedClock)
+    rec.s.clock.t = NOW + timedelta(hours=1, minutes=5)
+    after = _tick(rec, body, state)
+    assert ("Normal", "WindowClosed", "scheduled window noon-batch 2024-03-04 12:00 UTC closed") in after.events
+    assert after.status["nextWindow"]["start"] == "2024-03-05T12:00:00Z"
+    assert after.status["limitedBy"] != "ScheduledWindow"
+
+
+def test_a_window_kind_learned_from_past_windows_sizes_the_opening(engine: Engine,
+                                                                   pool: forecasting.FitPool) -> None:
+    # A service whose daily 11:00 launch jumps fourfold in its first five minutes, on a steady 2,000 per step.
+    start = NOW.replace(minute=0) - timedelta(days=4)
+    rows, events = [], []
+    # On the 5-minute grid, up to the bucket before the second tick below (12:05).
+    for i in range(int(timedelta(days=4, minutes=10) / timedelta(minutes=5))):
+        ts = start + timedelta(minutes=5 * i)
+        burst = ts.hour == 11 and ts.minute < 10
+        rows.append({"ts": ts, "service": "launchy", "endpoint": "*", "requests": 8000 if burst else 2000})
+    for day in (1, 2, 3):
+        at = (NOW - timedelta(days=day)).replace(hour=11, minute=0)
+        events.append({"name": f"launch {day}", "kind": "launch", "service": "launchy", "starts_at": at,
+                       "ends_at": at + timedelta(minutes=30)})
+    upcoming = NOW.replace(hour=12, minute=20)
+    events.append({"name": "launch today", "kind": "launch", "service": "launchy", "starts_at": upcoming,
+                   "ends_at": upcoming + timedelta(minutes=30)})
+    with engine.begin() as conn:
+        conn.execute(db.traffic_log.insert(), rows)
+        conn.execute(db.traffic_events.insert(), events)
+
+    actuator = FakeActuator()
+    rec = _reconciler(engine, actuator, pool)
+    state = ScalerState()
+    body = _body(series={"service": "launchy"}, scaling={"headroomPercent": 10, "leadTime": "10m"},
+                 forecast={"model": "seasonal-naive", "history": "4d", "horizon": "1d", "step": "5m"})
+
+    async def run() -> tuple[Any, Any]:
+        first = await rec.tick(namespace="shop", name="web", body=body, state=state, hpas=[], rival_owner=None)
+        task = rec.windows._learned["shop/web"].task
+        assert task is not None
+        await task  # the background read and learning
+        assert isinstance(rec.s.clock, FixedClock)
+        rec.s.clock.t = upcoming - timedelta(minutes=10)  # one lead time before the opening
+        second = await rec.tick(namespace="shop", name="web", body=body, state=state, hpas=[], rival_owner=None)
+        return first, second
+
+    _, second = asyncio.run(run())
+    # The seasonal-naive forecast repeats yesterday's 11:00 burst at 11:00, not at today's 12:20: only the
+    # window's learned rise can size today's opening.
+    assert second.status["nextWindow"]["name"] == "launch today"
+    assert "rise ×4.0 at the opening" in second.status["nextWindow"]["sizing"]
+    assert second.status["limitedBy"] == "ScheduledWindow"
+    # Observed 2,000 per step times the learned 4.0, with 10% headroom, on 500 per replica per step.
+    assert second.decision.desired == math.ceil(2000 * 4.0 * 1.1 / 500)
+    assert any(e[:2] == ("Normal", "WindowOpened") for e in second.events)

@@ -430,6 +430,8 @@ def forget(namespace: str, name: str, **_: Any) -> None:
     # Stale series would otherwise linger in /metrics until the process restarts.
     metrics.forget_scaler(namespace, name)
     _slots.pop((namespace, name), None)
+    if _reconciler is not None:
+        _reconciler.windows.forget(f"{namespace}/{name}")
 
 
 def _ensure_peering(peering: str, namespaces: list[str]) -> None:

@@ -12,6 +12,8 @@ forecasts take the fallback and never scale down. No I/O; `now` is an argument.
    default; with a `SizingCalibration`, the floor plus the trusted share of the forecast's rise, and with a
    service level max(m·B, R): the trust-weighted mean B = w·P + (1 − w)·R scaled by the calibrated
    multiplier m instead of the headroom, the observed load under it (see `prescaler.sizing`);
+   window (`size_for_window`): inside a scheduled window (`prescaler.windows`), at least the observed load
+   times the rise its kind's past windows showed, and at least a schedule's minReplicas;
 2. replicas (`ScalingPolicy.replicas_at`): that load times the factor over capacity, rounded up;
 3. bounds (`apply_bounds`): into [minReplicas, maxReplicas];
 4. stabilise (`stabilize_recommendation`): a scale-down goes no lower than the highest recommendation of the
@@ -35,6 +37,8 @@ Every `Decision` says in words why (`reason`) and, for machines, which step set 
 
 - `None`: the forecast peak within the lead time set it; no limit bound;
 - `ReactiveFloor`: the load observed now needs more replicas than the forecast, so the observation set it;
+- `ScheduledWindow`: a scheduled window (a calendar event or a cron schedule) raised the count above the
+  sizing: by the rise learned from its kind's past windows, or to a schedule's minReplicas;
 - `ReactiveBlend`: the forecast's recent record was worse than the reactive floor's, so the plan followed
   only part of its rise above the observed load (the reason gives the trust and the record);
 - `MinReplicas` / `MaxReplicas`: the count was raised to minReplicas or cut to maxReplicas (also when the
@@ -72,6 +76,7 @@ from prescaler.forecasting.interface import Forecast
 from prescaler.sizing.calibration import SizingCalibration
 from prescaler.sizing.loads import floor_plus_trusted_rise, trust_weighted_mean
 from prescaler.sizing.service_level import check_service_level
+from prescaler.windows import WindowAsk
 
 Quantile = Literal["yhat", "upper"]
 Fallback = Literal["HoldCurrent", "ScaleToMax"]
@@ -87,6 +92,7 @@ LimitedBy = Literal[
     "StaleForecast",
     "DataUnavailable",
     "HPAMaxReplicas",
+    "ScheduledWindow",
 ]
 LIMITED_BY: tuple[LimitedBy, ...] = get_args(LimitedBy)
 
@@ -335,6 +341,19 @@ def size_load(policy: ScalingPolicy, load: Load, calibration: SizingCalibration 
     return SizedLoad(value, policy.headroom_factor, trust, None, leaning or floor, "; ".join(notes))
 
 
+def size_for_window(policy: ScalingPolicy, sized: SizedLoad, observed: float, window: WindowAsk | None
+                    ) -> tuple[SizedLoad, int]:
+    """Step 1c: the scheduled windows' ask — the observed load times the window's rise under the sizing, and
+    the floor the replica count may not go below (0: none). Whole-replay twin in `predictive_requests`."""
+    if window is None or not window.asks:
+        return sized, 0
+    lifted = observed * window.rise
+    if lifted <= sized.load:
+        return sized, window.min_replicas
+    note = "; ".join(n for n in (sized.note, f"window {window.note}: observed ×{window.rise:.1f}") if n)
+    return replace(sized, load=lifted, limited_by="ScheduledWindow", note=note), window.min_replicas
+
+
 def replicas_array(policy: ScalingPolicy, load: np.ndarray, factor: np.ndarray | float) -> np.ndarray:
     """`ScalingPolicy.replicas_at` for arrays, the same arithmetic in the same order (the backtest's replay)."""
     load = np.asarray(load, dtype=float)
@@ -430,12 +449,14 @@ def plan(
     recent: Sequence[Recommendation] = (),
     calibration: SizingCalibration | None = None,
     level_correction: float = 1.0,
+    window: WindowAsk | None = None,
 ) -> Decision:
     """Decide the replica count for `now`. `recent` carries the stabilisation window between calls.
 
     `calibration` (`prescaler.sizing.calibration`, on the scaler's own recent record) brings the trust in
     the forecast and, with the policy's service level, the multipliers that size for it; `level_correction`
-    the factor on the forecast (`prescaler.sizing.level_correction`, the last hour's load against it).
+    the factor on the forecast (`prescaler.sizing.level_correction`, the last hour's load against it);
+    `window` what the scheduled windows ask of this decision (`prescaler.windows`).
     """
     current = max(0, int(current_replicas))
     observed = None if observed_load is None or math.isnan(observed_load) else max(0.0, float(observed_load))
@@ -443,14 +464,20 @@ def plan(
 
     stale_reason = _staleness(policy, now, horizon_end, forecast, forecast_generated_at)
     if stale_reason is not None:
-        return _fallback(policy, now, current, observed, stale_reason, recent)
+        return _hold_window_floor(_fallback(policy, now, current, observed, stale_reason, recent), policy, window)
     assert forecast is not None  # _staleness returns a reason when it is None
 
     assert forecast_generated_at is not None
     load = peak_load(policy, forecast, now=now, end=horizon_end, observed=observed,
                      quantile=sizing_quantile(policy, calibration))
     sized = size_load(policy, load, calibration, now + policy.lead_time - forecast_generated_at, level_correction)
+    sized, window_floor = size_for_window(policy, sized, load.observed, window)
     raw = policy.replicas_at(sized.load, sized.factor)
+    if window_floor > raw:
+        raw = window_floor
+        assert window is not None  # a floor comes from a window
+        sized = replace(sized, limited_by="ScheduledWindow",
+                        note="; ".join(n for n in (sized.note, f"window {window.note}") if n))
     limited = apply_replica_limits(policy, raw, current=current, now=now, recent=recent)
 
     desired = limited.desired
@@ -575,6 +602,18 @@ def _fallback(
 
 # ---------------------------------------------------------------------------------------------------------
 # The reconciler's steps
+
+
+def _hold_window_floor(decision: Decision, policy: ScalingPolicy, window: WindowAsk | None) -> Decision:
+    """A schedule's floor holds without a forecast too: it needs none."""
+    if window is None or window.min_replicas <= decision.desired:
+        return decision
+    floor = min(window.min_replicas, policy.max_replicas)
+    if floor <= decision.desired:
+        return decision
+    return replace(decision, desired=floor, direction=_direction(floor, decision.current),
+                   limited_by="ScheduledWindow",
+                   reason=f"{decision.reason}; window {window.note} → {floor} replicas")
 
 
 def hold_scale_down_without_data(decision: Decision) -> Decision:

@@ -189,6 +189,19 @@ def _quantiles(rows: Sequence[np.ndarray]) -> tuple[float, ...]:
     return tuple(np.clip(q, 1.0, MAX_RISE).tolist())
 
 @dataclass(frozen=True)
+class WindowAsk:
+    """What the scheduled windows ask of one decision: the planner's window step (`prescaler.planning`)."""
+
+    rise: float = 1.0  # factor on the observed load
+    min_replicas: int = 0  # hard floor (0: none)
+    note: str = ""  # the window and how it is sized, for the reason
+
+    @property
+    def asks(self) -> bool:
+        return self.rise > 1.0 or self.min_replicas > 0
+
+
+@dataclass(frozen=True)
 class WindowSizing:
     """Per decision time: the factor on the observed load, and the hard replica floor (0: none)."""
 

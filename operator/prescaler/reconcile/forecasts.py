@@ -93,6 +93,8 @@ class ScalerState:
     decided: bool = False
     series: str = ""  # spec.series.service, stored with each forecast for the dashboard's traffic panels
     model_label: str | None = None  # the model series exported in prescaler_model_info
+    window_in_force: str | None = None  # the scheduled window the last decision was in, for its Events
+    window_shown: bool = False  # status.nextWindow was set, so clearing it takes a patch
 
     def forecast_for(self, key: str) -> CachedForecast | None:
         """The cached forecast when it was made for these inputs."""

@@ -38,6 +38,7 @@ from prescaler.reconcile.conditions import Cond, merge_conditions, now_iso
 from prescaler.reconcile.forecasts import CachedForecast, ForecastKeeper, ScalerRef, ScalerState, floor_time
 from prescaler.reconcile.gate import Gate
 from prescaler.reconcile.sizing_record import SizingRecordKeeper
+from prescaler.reconcile.windows import WindowInForce, WindowKeeper
 from prescaler.sizing.calibration import SizingCalibration
 from prescaler.spec import ScalerSpec, TargetRef, parse_spec
 
@@ -203,6 +204,8 @@ class Reconciler:
         self._decisions = DecisionLog(services.engine)
         # Service level, trust and level correction from each scaler's own record.
         self.sizing_records = SizingRecordKeeper(self._reads)
+        # Scheduled windows: each scaler's calendar and cron schedules, the rise learned from its past windows.
+        self.windows = WindowKeeper(services.engine)
         # API calls wait on the API server, which a fleet's status patches can slow to seconds per call: in threads
         # of their own (one per admission slot), they never hold up the SQL of other ticks.
         self._api = ThreadPoolExecutor(max_workers=max(1, services.max_concurrent), thread_name_prefix="prescaler-api")
@@ -217,6 +220,7 @@ class Reconciler:
     async def drain(self) -> None:
         """Wait for the work the ticks left running after their decisions (refit reads, forecast writes)."""
         await self.forecasts.drain()
+        await self.windows.drain()
 
     async def tick(
         self,
@@ -306,13 +310,15 @@ class Reconciler:
         hpa = hpas[0] if spec.actuation == "HPAMinReplicas" else None
         current = hpa.min_replicas if hpa is not None else target.spec_replicas
         calibration, level_correction = await self._calibrate(t, cached, data_available=data_available)
-        decision = self._plan(t, current, hpa, cached, observed, calibration, level_correction,
+        window = self.windows.in_force(ref.key, spec, t.source, now)
+        decision = self._plan(t, current, hpa, cached, observed, calibration, level_correction, window,
                               data_available=data_available)
         out.decision = decision
         applied = await self._actuate(t, hpa, decision)
         if applied is None:
             return out
         self._report(t, target, hpa, decision, applied)
+        _report_window(t, window)
         return out
 
     def _validate(self, ref: ScalerRef, out: Outcome, body: Mapping[str, Any], hpas: list[HpaState],
@@ -391,8 +397,8 @@ class Reconciler:
         return calibration, level_correction
 
     def _plan(self, t: _TickContext, current: int, hpa: HpaState | None, cached: CachedForecast | None,
-              observed: float | None, calibration: SizingCalibration | None, level_correction: float, *,
-              data_available: bool) -> Decision:
+              observed: float | None, calibration: SizingCalibration | None, level_correction: float,
+              window: WindowInForce, *, data_available: bool) -> Decision:
         """The decision to apply: the planner's, then the data hold and the HPA's cap (what gets applied is what
         the row and the status record). The stabilisation window is carried in the scaler's state."""
         state, now = t.ref.state, t.now
@@ -410,6 +416,7 @@ class Reconciler:
             recent=state.recommendations,
             calibration=calibration,
             level_correction=level_correction,
+            window=window.ask,
         )
         if not data_available:
             decision = hold_scale_down_without_data(decision)
@@ -538,6 +545,24 @@ def observed_load(minutes: pd.Series, step: timedelta, end: datetime) -> float |
     newest = int(stamps[complete].max())
     bucket = newest - newest % step_ns
     return float(values[complete & (stamps >= bucket) & (stamps < bucket + step_ns)].sum())
+
+
+def _report_window(t: _TickContext, window: WindowInForce) -> None:
+    """`status.nextWindow`, and an Event when a window opens or closes for this scaler."""
+    state = t.ref.state
+    if window.window is not None:
+        t.out.status["nextWindow"] = window.status(t.now)
+        state.window_shown = True
+    elif state.window_shown:
+        t.out.status["nextWindow"] = None  # a merge patch's null removes the field
+        state.window_shown = False
+    name = window.window.name if window.in_force and window.window is not None else None
+    if name != state.window_in_force:
+        if state.window_in_force is not None:
+            t.out.events.append(("Normal", "WindowClosed", f"scheduled window {state.window_in_force} closed"))
+        if name is not None:
+            t.out.events.append(("Normal", "WindowOpened", f"scheduled window {name}: {window.sizing}"))
+        state.window_in_force = name
 
 
 def _interval(body: Mapping[str, Any]) -> timedelta:
