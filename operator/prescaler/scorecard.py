@@ -1,0 +1,337 @@
+"""The scorecard: what prescaler planned against what the target ran, over the same observed load. Pure.
+
+Each decision is a `DecisionSample`: the count the plan asked for, the baseline's count (below), the load
+observed and what one ready replica serves. A sample's counts and load hold from its decision to the next,
+for at most `MAX_GAP_INTERVALS` of its interval: a longer gap (the operator away) counts as no record.
+
+- **Replica-hours**: the counts times the time they held (a starting pod costs as much as a ready one).
+- **Unserved load**: the load above ready capacity. The plan's replicas are ready one lead time after the
+  decision that asked for them (`spec.scaling.leadTime` states pod start and readiness time).
+
+The baseline is what would have run without the plan:
+- while prescaler was not in charge (`ForecastOnly`), what the target ran: its replicas, and its ready
+  replicas as observed — an HPA's count or a fixed one;
+- while it was in charge (`Auto`), the target ran the plan itself, so the baseline is the count an HPA sized
+  on the same observed load would have asked for (`reactive_count`), ready one lead time later.
+
+Figures are summed per UTC hour, so a record of weeks stays small and a window is a sum of hours: a window of
+length W ending at `now` covers the hours from `ceil_hour(now) - W`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Literal
+
+from prescaler.planning import Recommendation, ScalingPolicy, apply_replica_limits
+
+# A sample holds for at most this many of its intervals: beyond, the operator was away and nothing is known.
+MAX_GAP_INTERVALS = 2
+# Unserved shares below this (percent of the load) are noise: ratios floor both sides at it, so that 0 against
+# 0 reads 1, not 0/0, and a hundredth of a request does not swing a ratio.
+UNSERVED_FLOOR_PERCENT = 0.01
+# The windows of the status and the metrics.
+WINDOWS: dict[str, timedelta] = {"1d": timedelta(days=1), "7d": timedelta(days=7), "14d": timedelta(days=14)}
+# The HorizontalPodAutoscaler's default scale-down stabilisation: the reactive baseline scales as an HPA would.
+HPA_SCALE_DOWN_WINDOW = timedelta(minutes=5)
+
+HOUR = 3600
+Baseline = Literal["Observed", "Reactive", "Mixed"]
+
+
+@dataclass(frozen=True)
+class DecisionSample:
+    """One decision as the scorecard sees it. Loads and capacities are requests per second."""
+
+    at: datetime
+    planned: int  # replicas the plan asked for
+    target: int  # replicas the target ran when the decision was made
+    ready: int  # ready replicas of the target then
+    reactive: int  # replicas an HPA sized on the observed load would have asked for
+    in_charge: bool  # the plan was applied (effective mode Auto): the baseline is `reactive`
+    load: float | None  # observed load; None when nothing was observed
+    capacity: float  # what one ready replica serves
+    lead: timedelta
+    interval: timedelta
+
+    @property
+    def baseline(self) -> int:
+        return self.reactive if self.in_charge else self.target
+
+
+@dataclass
+class _Hour:
+    covered: float = 0.0  # seconds with a record
+    in_charge: float = 0.0  # of those, seconds prescaler was in charge
+    planned: float = 0.0  # replica-seconds
+    baseline: float = 0.0
+    load: float = 0.0  # requests, where a load was observed
+    planned_unserved: float = 0.0  # requests
+    baseline_unserved: float = 0.0
+
+    def add(self, other: _Hour) -> None:
+        self.covered += other.covered
+        self.in_charge += other.in_charge
+        self.planned += other.planned
+        self.baseline += other.baseline
+        self.load += other.load
+        self.planned_unserved += other.planned_unserved
+        self.baseline_unserved += other.baseline_unserved
+
+
+@dataclass(frozen=True)
+class Figures:
+    """The scorecard over one span of time."""
+
+    start: datetime
+    end: datetime
+    covered: timedelta  # time with a record within [start, end)
+    planned_replica_hours: float
+    baseline_replica_hours: float
+    load: float  # requests observed
+    planned_unserved: float  # requests
+    baseline_unserved: float
+    in_charge: timedelta  # of `covered`, how long prescaler was in charge
+
+    @property
+    def planned_unserved_percent(self) -> float | None:
+        return 100 * self.planned_unserved / self.load if self.load > 0 else None
+
+    @property
+    def baseline_unserved_percent(self) -> float | None:
+        return 100 * self.baseline_unserved / self.load if self.load > 0 else None
+
+    @property
+    def cost_ratio(self) -> float | None:
+        """Planned over baseline replica-hours (None without a baseline)."""
+        if self.baseline_replica_hours <= 0:
+            return None
+        return self.planned_replica_hours / self.baseline_replica_hours
+
+    @property
+    def unserved_ratio(self) -> float | None:
+        """Planned over baseline unserved share, both floored at `UNSERVED_FLOOR_PERCENT` (None without load)."""
+        planned, baseline = self.planned_unserved_percent, self.baseline_unserved_percent
+        if planned is None or baseline is None:
+            return None
+        return max(planned, UNSERVED_FLOOR_PERCENT) / max(baseline, UNSERVED_FLOOR_PERCENT)
+
+    @property
+    def baseline_kind(self) -> Baseline | None:
+        """What the baseline was: the target's own count, the reactive estimate, or both in turn."""
+        if self.covered <= timedelta(0):
+            return None
+        if self.in_charge <= timedelta(0):
+            return "Observed"
+        if self.in_charge >= self.covered:
+            return "Reactive"
+        return "Mixed"
+
+
+@dataclass
+class ScoreRecord:
+    """A scaler's scorecard, fed its decisions in time order; hourly sums over the last `keep`."""
+
+    keep: timedelta = timedelta(days=14)
+    _hours: dict[int, _Hour] = field(default_factory=dict)
+    _recent: deque[DecisionSample] = field(default_factory=deque)  # the newest sample and those its lead reaches
+    first_at: datetime | None = None
+
+    @property
+    def last(self) -> DecisionSample | None:
+        return self._recent[-1] if self._recent else None
+
+    def add(self, sample: DecisionSample) -> bool:
+        """Append a decision; False (and nothing changes) when it is not newer than the last one."""
+        last = self.last
+        if last is not None and sample.at <= last.at:
+            return False
+        if last is not None:
+            self._accumulate(last, last.at, min(sample.at, _hold_end(last)), self._hours)
+        self._recent.append(sample)
+        if self.first_at is None:
+            self.first_at = sample.at
+        # Keep the newest sample at or before `at - lead`: the plan ready from then on is its.
+        while len(self._recent) >= 2 and self._recent[1].at <= sample.at - sample.lead:
+            self._recent.popleft()
+        oldest = _hour_of(sample.at - self.keep) - 1
+        for hour in [h for h in self._hours if h < oldest]:
+            del self._hours[hour]
+        return True
+
+    def window(self, now: datetime, length: timedelta) -> Figures:
+        """The figures of the hours from `ceil_hour(now) - length` to `now`."""
+        end_hour = -(-int(now.timestamp()) // HOUR)
+        first = end_hour - int(length.total_seconds() // HOUR)
+        return self._figures(now, first, end_hour)
+
+    def daily(self, now: datetime, days: int) -> list[tuple[date, Figures]]:
+        """The figures of each UTC day, the last `days` up to `now`'s, oldest first."""
+        today = datetime(now.year, now.month, now.day, tzinfo=UTC)
+        out = []
+        for back in range(days - 1, -1, -1):
+            start = today - timedelta(days=back)
+            first = int(start.timestamp()) // HOUR
+            out.append((start.date(), self._figures(now, first, first + 24)))
+        return out
+
+    def _figures(self, now: datetime, first: int, end: int) -> Figures:
+        total = _Hour()
+        for hour, sums in self._hours.items():
+            if first <= hour < end:
+                total.add(sums)
+        last = self.last
+        if last is not None and now > last.at:
+            # The newest decision holds until now (or its gap limit): counted, not yet stored.
+            open_hours: dict[int, _Hour] = {}
+            self._accumulate(last, last.at, min(now, _hold_end(last)), open_hours)
+            for hour, sums in open_hours.items():
+                if first <= hour < end:
+                    total.add(sums)
+        return Figures(
+            start=datetime.fromtimestamp(first * HOUR, UTC),
+            end=min(now, datetime.fromtimestamp(end * HOUR, UTC)),
+            covered=timedelta(seconds=total.covered),
+            planned_replica_hours=total.planned / HOUR,
+            baseline_replica_hours=total.baseline / HOUR,
+            load=total.load,
+            planned_unserved=total.planned_unserved,
+            baseline_unserved=total.baseline_unserved,
+            in_charge=timedelta(seconds=total.in_charge),
+        )
+
+    def _ready_source(self, at: datetime) -> DecisionSample:
+        """The decision whose counts are ready at `at`: the newest made one lead time before (the oldest kept
+        when none was: a record starts warm)."""
+        found = self._recent[0]
+        for s in self._recent:
+            if s.at <= at:
+                found = s
+            else:
+                break
+        return found
+
+    def _accumulate(self, s: DecisionSample, start: datetime, end: datetime, into: dict[int, _Hour]) -> None:
+        """Add the span [start, end) that sample `s` holds, cut where an hour ends or a plan becomes ready."""
+        if end <= start:
+            return
+        cuts = {start, end}
+        cuts.update(r.at + s.lead for r in self._recent if start < r.at + s.lead < end)
+        hour = (int(start.timestamp()) // HOUR + 1) * HOUR
+        while hour < end.timestamp():
+            cuts.add(datetime.fromtimestamp(hour, UTC))
+            hour += HOUR
+        edges = sorted(cuts)
+        for a, b in itertools.pairwise(edges):
+            seconds = (b - a).total_seconds()
+            sums = into.setdefault(_hour_of(a), _Hour())
+            sums.covered += seconds
+            sums.planned += s.planned * seconds
+            sums.baseline += s.baseline * seconds
+            if s.in_charge:
+                sums.in_charge += seconds
+            if s.load is None:
+                continue
+            ready = self._ready_source(a - s.lead)
+            baseline_ready = ready.reactive if s.in_charge else s.ready
+            sums.load += s.load * seconds
+            sums.planned_unserved += max(0.0, s.load - ready.planned * s.capacity) * seconds
+            sums.baseline_unserved += max(0.0, s.load - baseline_ready * s.capacity) * seconds
+
+
+def _hold_end(s: DecisionSample) -> datetime:
+    return s.at + MAX_GAP_INTERVALS * s.interval
+
+
+def _hour_of(t: datetime) -> int:
+    return int(t.timestamp()) // HOUR
+
+
+def score(samples: Iterable[DecisionSample], now: datetime, length: timedelta,
+          keep: timedelta | None = None) -> Figures:
+    """The figures of a window, from samples in any order (the newest of equal times is dropped)."""
+    record = ScoreRecord(keep=keep or max(length, timedelta(days=14)))
+    for s in sorted(samples, key=lambda s: s.at):
+        record.add(s)
+    return record.window(now, length)
+
+
+def reactive_count(policy: ScalingPolicy, observed: float | None, *, current: int, now: datetime,
+                   recent: tuple[Recommendation, ...]) -> tuple[int, tuple[Recommendation, ...]]:
+    """The count an HPA would ask for on the observed load (requests per step, as the planner's): the plan's
+    sizing of it with headroom, the bounds, the HPA's scale-down stabilisation and no step limit. Nothing
+    observed: the count holds. Returns the count and the recommendations to pass back next time."""
+    if observed is None or math.isnan(observed):
+        return current, recent
+    hpa = replace(policy, scale_down_window=HPA_SCALE_DOWN_WINDOW, scale_down_max_step_percent=100)
+    limited = apply_replica_limits(hpa, hpa.replicas_for(observed), current=current, now=now, recent=recent)
+    return limited.desired, limited.recommendations
+
+
+def sample_from_row(row: Mapping[str, Any]) -> DecisionSample | None:
+    """A `scaling_decisions` row as a sample; None for a row written before the scorecard's columns existed."""
+    needed = ("mode", "target_replicas", "ready_replicas", "reactive_replicas", "capacity", "step_seconds",
+              "lead_seconds", "interval_seconds")
+    if any(row.get(k) is None for k in needed) or not row["step_seconds"] or not row["interval_seconds"]:
+        return None
+    step = float(row["step_seconds"])
+    load = row.get("observed_load")
+    return DecisionSample(
+        at=row["decided_at"],
+        planned=int(row["desired_replicas"]),
+        target=int(row["target_replicas"]),
+        ready=int(row["ready_replicas"]),
+        reactive=int(row["reactive_replicas"]),
+        in_charge=row["mode"] == "Auto",
+        load=None if load is None or math.isnan(float(load)) else float(load) / step,
+        capacity=float(row["capacity"]) / step,
+        lead=timedelta(seconds=int(row["lead_seconds"])),
+        interval=timedelta(seconds=int(row["interval_seconds"])),
+    )
+
+
+# --- figures for people ------------------------------------------------------------------------------------
+
+def ratio_text(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}×"
+
+
+def summary(figures: Figures, window: str = "7d") -> str:
+    """What `kubectl get psc` shows in its SCORE column: "cost 0.92× unserved 0.31× (7d)" for the figures of
+    that window. A record shorter than the window names how much it holds: "(2d of 7d)"."""
+    if figures.covered <= timedelta(0) or figures.cost_ratio is None:
+        return "no record yet"
+    text = f"cost {ratio_text(figures.cost_ratio)} unserved {ratio_text(figures.unserved_ratio)}"
+    if figures.covered >= WINDOWS[window] * 0.9:
+        return f"{text} ({window})"
+    return f"{text} ({_held(figures.covered)} of {window})"
+
+
+def _held(covered: timedelta) -> str:
+    if covered >= timedelta(days=1):
+        return f"{covered / timedelta(days=1):.0f}d"
+    return f"{max(1, int(covered / timedelta(hours=1)))}h"
+
+
+def figures_status(figures: Figures) -> dict[str, Any]:
+    """One window of `status.scorecard` (numbers as strings: no floats in the resource)."""
+    out: dict[str, Any] = {
+        "coveredHours": int(figures.covered / timedelta(hours=1)),
+        "plannedReplicaHours": f"{figures.planned_replica_hours:.1f}",
+        "baselineReplicaHours": f"{figures.baseline_replica_hours:.1f}",
+    }
+    for key, value in (("plannedUnservedPercent", figures.planned_unserved_percent),
+                       ("baselineUnservedPercent", figures.baseline_unserved_percent)):
+        if value is not None:
+            out[key] = f"{value:.3f}"
+    for key, value in (("costRatio", figures.cost_ratio), ("unservedRatio", figures.unserved_ratio)):
+        if value is not None:
+            out[key] = f"{value:.2f}"
+    if figures.baseline_kind is not None:
+        out["baseline"] = figures.baseline_kind
+    return out
