@@ -11,8 +11,10 @@ for at most `MAX_GAP_INTERVALS` of its interval: a longer gap (the operator away
 The baseline is what would have run without the plan:
 - while prescaler was not in charge (`ForecastOnly`), what the target ran: its replicas, and its ready
   replicas as observed — an HPA's count or a fixed one;
-- while it was in charge (`Auto`), the target ran the plan itself, so the baseline is the count an HPA sized
-  on the same observed load would have asked for (`reactive_count`), ready one lead time later.
+- while it was in charge (`Auto`), the target ran the plan itself, so the baseline is an estimate of what the
+  controller it took over from would have run, ready one lead time later: the count it was handed at a
+  promotion (a fixed count), else the count an HPA sized on the same observed load would have asked for
+  (`reactive_count`). Either way the plan is measured against the same controller in both modes.
 
 Figures are summed per UTC hour, so a record of weeks stays small and a window is a sum of hours: a window of
 length W ending at `now` covers the hours from `ceil_hour(now) - W`.
@@ -41,7 +43,7 @@ WINDOWS: dict[str, timedelta] = {"1d": timedelta(days=1), "7d": timedelta(days=7
 HPA_SCALE_DOWN_WINDOW = timedelta(minutes=5)
 
 HOUR = 3600
-Baseline = Literal["Observed", "Reactive", "Mixed"]
+Baseline = Literal["Observed", "Estimated", "Mixed"]
 
 
 @dataclass(frozen=True)
@@ -52,8 +54,8 @@ class DecisionSample:
     planned: int  # replicas the plan asked for
     target: int  # replicas the target ran when the decision was made
     ready: int  # ready replicas of the target then
-    reactive: int  # replicas an HPA sized on the observed load would have asked for
-    in_charge: bool  # the plan was applied (effective mode Auto): the baseline is `reactive`
+    estimate: int  # what the baseline would run had the plan been in charge (see the module's docstring)
+    in_charge: bool  # the plan was applied (effective mode Auto): the baseline is `estimate`
     load: float | None  # observed load; None when nothing was observed
     capacity: float  # what one ready replica serves
     lead: timedelta
@@ -61,7 +63,7 @@ class DecisionSample:
 
     @property
     def baseline(self) -> int:
-        return self.reactive if self.in_charge else self.target
+        return self.estimate if self.in_charge else self.target
 
 
 @dataclass
@@ -123,13 +125,13 @@ class Figures:
 
     @property
     def baseline_kind(self) -> Baseline | None:
-        """What the baseline was: the target's own count, the reactive estimate, or both in turn."""
+        """What the baseline was: the target's own count, an estimate (the plan was in charge), or both in turn."""
         if self.covered <= timedelta(0):
             return None
         if self.in_charge <= timedelta(0):
             return "Observed"
         if self.in_charge >= self.covered:
-            return "Reactive"
+            return "Estimated"
         return "Mixed"
 
 
@@ -238,7 +240,7 @@ class ScoreRecord:
             if s.load is None:
                 continue
             ready = self._ready_source(a - s.lead)
-            baseline_ready = ready.reactive if s.in_charge else s.ready
+            baseline_ready = ready.estimate if s.in_charge else s.ready
             sums.load += s.load * seconds
             sums.planned_unserved += max(0.0, s.load - ready.planned * s.capacity) * seconds
             sums.baseline_unserved += max(0.0, s.load - baseline_ready * s.capacity) * seconds
@@ -275,7 +277,7 @@ def reactive_count(policy: ScalingPolicy, observed: float | None, *, current: in
 
 def sample_from_row(row: Mapping[str, Any]) -> DecisionSample | None:
     """A `scaling_decisions` row as a sample; None for a row written before the scorecard's columns existed."""
-    needed = ("mode", "target_replicas", "ready_replicas", "reactive_replicas", "capacity", "step_seconds",
+    needed = ("mode", "target_replicas", "ready_replicas", "baseline_replicas", "capacity", "step_seconds",
               "lead_seconds", "interval_seconds")
     if any(row.get(k) is None for k in needed) or not row["step_seconds"] or not row["interval_seconds"]:
         return None
@@ -286,7 +288,7 @@ def sample_from_row(row: Mapping[str, Any]) -> DecisionSample | None:
         planned=int(row["desired_replicas"]),
         target=int(row["target_replicas"]),
         ready=int(row["ready_replicas"]),
-        reactive=int(row["reactive_replicas"]),
+        estimate=int(row["baseline_replicas"]),
         in_charge=row["mode"] == "Auto",
         load=None if load is None or math.isnan(float(load)) else float(load) / step,
         capacity=float(row["capacity"]) / step,

@@ -24,11 +24,11 @@ T0 = datetime(2024, 3, 4, 10, 0, tzinfo=UTC)
 MIN = timedelta(minutes=1)
 
 
-def sample(minute: int, planned: int, *, target: int = 3, ready: int | None = None, reactive: int = 0,
+def sample(minute: int, planned: int, *, target: int = 3, ready: int | None = None, estimate: int = 0,
            in_charge: bool = False, load: float | None = 100.0, capacity: float = 100.0,
            lead: timedelta = 5 * MIN, interval: timedelta = 10 * MIN) -> DecisionSample:
     return DecisionSample(at=T0 + minute * MIN, planned=planned, target=target,
-                          ready=target if ready is None else ready, reactive=reactive, in_charge=in_charge,
+                          ready=target if ready is None else ready, estimate=estimate, in_charge=in_charge,
                           load=load, capacity=capacity, lead=lead, interval=interval)
 
 
@@ -61,21 +61,21 @@ def test_a_forecast_only_replay_by_hand() -> None:
         "unservedRatio": "0.33", "baseline": "Observed"}
 
 
-def test_in_charge_the_baseline_is_reactive_and_a_gap_counts_nothing() -> None:
+def test_in_charge_the_baseline_is_the_estimate_and_a_gap_counts_nothing() -> None:
     samples = [
-        sample(110, 3, reactive=2, in_charge=True, load=250),  # 11:50
-        sample(120, 3, reactive=3, in_charge=True, load=250),  # 12:00, then the operator is away for an hour
-        sample(180, 2, target=4, reactive=3, load=100),  # 13:00, only reporting again
+        sample(110, 3, estimate=2, in_charge=True, load=250),  # 11:50
+        sample(120, 3, estimate=3, in_charge=True, load=250),  # 12:00, then the operator is away for an hour
+        sample(180, 2, target=4, estimate=3, load=100),  # 13:00, only reporting again
     ]
     now = T0 + 190 * MIN  # 13:10
     f = score(samples, now, timedelta(days=1))
     # 12:00 holds two intervals (to 12:20), not until 13:00.
     assert f.covered == 40 * MIN
     assert f.planned_replica_hours == pytest.approx((3 * 600 + 3 * 1200 + 2 * 600) / 3600)
-    # Reactive while in charge (2, then 3), the target's 4 after.
+    # The estimate while in charge (2, then 3), the target's 4 after.
     assert f.baseline_replica_hours == pytest.approx((2 * 600 + 3 * 1200 + 4 * 600) / 3600)
     assert f.planned_unserved == 0
-    # The reactive 3 of 12:00 is ready at 12:05: until then its 2 serve 200 of 250, for 15 minutes.
+    # The estimated 3 of 12:00 is ready at 12:05: until then its 2 serve 200 of 250, for 15 minutes.
     assert f.baseline_unserved == pytest.approx(50 * 900)
     assert f.unserved_ratio == pytest.approx(0.01 / (100 * 45_000 / 510_000))
     assert f.baseline_kind == "Mixed"
@@ -95,7 +95,7 @@ def test_days_split_at_midnight_utc_and_add_up() -> None:
     start = datetime(2024, 3, 4, 23, 0, tzinfo=UTC)
     record = ScoreRecord()
     for i in range(12):  # every 10 minutes from 23:00 to 00:50
-        record.add(DecisionSample(at=start + i * 10 * MIN, planned=2, target=4, ready=4, reactive=0,
+        record.add(DecisionSample(at=start + i * 10 * MIN, planned=2, target=4, ready=4, estimate=0,
                                   in_charge=False, load=100.0, capacity=100.0, lead=5 * MIN, interval=10 * MIN))
     now = start + 2 * timedelta(hours=1)  # 01:00
     (d1, f1), (d2, f2) = record.daily(now, 2)
@@ -141,10 +141,10 @@ def test_summary_names_the_window_or_how_much_of_it_is_held() -> None:
 
 def test_rows_before_the_scorecard_columns_are_left_out() -> None:
     row = {"decided_at": T0, "desired_replicas": 3, "observed_load": 600.0, "mode": None, "target_replicas": None,
-           "ready_replicas": None, "reactive_replicas": None, "capacity": None, "step_seconds": None,
+           "ready_replicas": None, "baseline_replicas": None, "capacity": None, "step_seconds": None,
            "lead_seconds": None, "interval_seconds": None}
     assert sample_from_row(row) is None
-    row.update(mode="Auto", target_replicas=2, ready_replicas=2, reactive_replicas=4, capacity=300.0,
+    row.update(mode="Auto", target_replicas=2, ready_replicas=2, baseline_replicas=4, capacity=300.0,
                step_seconds=300, lead_seconds=300, interval_seconds=60)
     s = sample_from_row(row)
     assert s is not None
@@ -180,10 +180,10 @@ def _recount(samples: list[DecisionSample], now: datetime) -> tuple[float, float
             r = ready_from[-1]
             covered += 60
             planned += s.planned * 60
-            baseline += (s.reactive if s.in_charge else s.target) * 60
+            baseline += (s.estimate if s.in_charge else s.target) * 60
             if s.load is not None:
                 p_unserved += max(0.0, s.load - r.planned * s.capacity) * 60
-                b_ready = r.reactive if s.in_charge else s.ready
+                b_ready = r.estimate if s.in_charge else s.ready
                 b_unserved += max(0.0, s.load - b_ready * s.capacity) * 60
         t += MIN
     return covered, planned, baseline, p_unserved, b_unserved
@@ -200,9 +200,9 @@ decisions = st.lists(
 def test_hourly_sums_equal_a_minute_by_minute_recount(rows: list[tuple[int, int, int, int, int, bool, int | None]],
                                                       lead: int, interval: int, offset: int) -> None:
     samples, at = [], T0 + offset * MIN
-    for gap, planned, target, ready, reactive, in_charge, load in rows:
+    for gap, planned, target, ready, estimate, in_charge, load in rows:
         at += gap * MIN
-        samples.append(DecisionSample(at=at, planned=planned, target=target, ready=ready, reactive=reactive,
+        samples.append(DecisionSample(at=at, planned=planned, target=target, ready=ready, estimate=estimate,
                                       in_charge=in_charge, load=None if load is None else float(load),
                                       capacity=100.0, lead=lead * MIN, interval=interval * MIN))
     now = at + 17 * MIN
