@@ -18,6 +18,7 @@ from prescaler.durations import format_duration, parse_duration
 from prescaler.errors import InputError
 from prescaler.forecasting import MODEL_NAMES
 from prescaler.planning import Fallback, Quantile, ScalingPolicy
+from prescaler.promotion import Promotion, parse_promotion
 from prescaler.schedules import Schedule, parse_schedules
 from prescaler.sizing.service_level import parse_service_level
 
@@ -66,6 +67,8 @@ class ScalerSpec:
     # Percent of requests to serve; None sizes by quantile and headroomPercent (see `prescaler.planning`).
     service_level: float | None = None
     schedules: tuple[Schedule, ...] = ()
+    # The promotion gate (`prescaler.promotion`); None: the spec's mode is the effective mode.
+    promotion: Promotion | None = None
 
     @property
     def capacity_per_step(self) -> float:
@@ -191,6 +194,7 @@ def parse_spec(spec: Mapping[str, Any]) -> ScalerSpec:
                                       ("HoldCurrent", "ScaleToMax"))),
         service_level=_service_level(scaling),
         schedules=tuple(parse_schedules(spec.get("schedules"), "spec.schedules", max_replicas=max_r)),
+        promotion=parse_promotion(spec.get("promotion")),
     )
     _check_relations(parsed)
     return parsed
