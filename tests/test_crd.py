@@ -277,7 +277,7 @@ DURATION_CASES = ["30s", "5m", "1h30m", "14d", "2w", "90s", "1h0m", "5", "m", "5
 @pytest.mark.parametrize("text", DURATION_CASES)
 def test_duration_pattern_agrees_with_the_operator_parser(text: str) -> None:
     durations = [n for p, n in walk(scaler_schema()) if n.get("pattern") == r"^([0-9]+(s|m|h|d|w))+$"]
-    assert len(durations) == 10
+    assert len(durations) == 11
     for node in durations:
         assert "duration" in node["description"]
     accepted_by_crd = re.search(durations[0]["pattern"], text) is not None
@@ -311,6 +311,8 @@ def test_printer_columns_point_at_schema_fields() -> None:
         "Next Peak",
         "Next Window",
         "Error",
+        "Score",
+        "Effective",
         "Ready",
         "Age",
     ]

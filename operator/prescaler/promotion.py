@@ -48,7 +48,7 @@ DEFAULT_AFTER = "7d"
 DEFAULT_MAX_COST_RATIO = "1.0"
 DEFAULT_MAX_UNSERVED_RATIO = "0.5"
 # What the CRD's pattern accepts: a plain decimal, no sign, no exponent.
-_DECIMAL = re.compile(r"^[0-9]{1,6}([.][0-9]{1,4})?$")
+_DECIMAL = re.compile(r"[0-9]{1,6}([.][0-9]{1,4})?")
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def parse_promotion(value: Any, path: str = "spec.promotion") -> Promotion | Non
 
 def parse_ratio(value: Any, path: str) -> float:
     """A ratio written as a decimal string ("0.5"): no floats in the spec."""
-    if not isinstance(value, str) or not _DECIMAL.match(value.strip()):
+    if not isinstance(value, str) or not _DECIMAL.fullmatch(value):
         raise InputError(f"{path} must be a decimal string such as \"0.5\", got {value!r}")
     ratio = float(value)
     if not (math.isfinite(ratio) and ratio > 0):
