@@ -140,6 +140,17 @@ scaling_decisions = sa.Table(
     sa.Column("peak_load", sa.Double(), nullable=True),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("applied", sa.Boolean, nullable=False),
+    # The scorecard's inputs (migration 0006; NULL in older rows): the effective mode, what the target ran, what
+    # the baseline would run while the plan is in charge, and the units and times that turn counts and loads
+    # into replica-hours and requests.
+    sa.Column("mode", sa.Text, nullable=True),
+    sa.Column("target_replicas", sa.Integer, nullable=True),
+    sa.Column("ready_replicas", sa.Integer, nullable=True),
+    sa.Column("baseline_replicas", sa.Integer, nullable=True),
+    sa.Column("capacity", sa.Double(), nullable=True),
+    sa.Column("step_seconds", sa.Integer, nullable=True),
+    sa.Column("lead_seconds", sa.Integer, nullable=True),
+    sa.Column("interval_seconds", sa.Integer, nullable=True),
     sa.Index("scaling_decisions_scaler_idx", "namespace", "name", "decided_at"),
 )
 
@@ -385,8 +396,22 @@ def record_decision(engine: Engine, *, namespace: str, name: str, target_kind: s
                                            applied=applied)])
 
 
+@dataclass(frozen=True)
+class ScoreInputs:
+    """What a decision row carries for the scorecard (`prescaler.scorecard`) beyond the decision itself."""
+
+    mode: str  # the effective mode: Auto (the plan is applied) or ForecastOnly
+    target_replicas: int  # what the target ran when the decision was made
+    ready_replicas: int
+    baseline_replicas: int  # what the baseline would run while the plan is in charge (`prescaler.scorecard`)
+    capacity: float  # requests one ready replica serves per step
+    step_seconds: int
+    lead_seconds: int
+    interval_seconds: int
+
+
 def decision_row(*, namespace: str, name: str, target_kind: str, target_name: str, decision: Decision,
-                 decided_at: datetime, applied: bool) -> dict[str, Any]:
+                 decided_at: datetime, applied: bool, score: ScoreInputs | None = None) -> dict[str, Any]:
     """One scaling_decisions row."""
     return {
         "decided_at": decided_at, "namespace": namespace, "name": name, "target_kind": target_kind,
@@ -396,7 +421,41 @@ def decision_row(*, namespace: str, name: str, target_kind: str, target_name: st
         "forecast_load": _opt_float(decision.forecast_load),
         "observed_load": _opt_float(decision.observed_load), "peak_at": decision.peak_at,
         "peak_load": _opt_float(decision.peak_load), "reason": decision.reason, "applied": applied,
+        "mode": score.mode if score else None,
+        "target_replicas": score.target_replicas if score else None,
+        "ready_replicas": score.ready_replicas if score else None,
+        "baseline_replicas": score.baseline_replicas if score else None,
+        "capacity": score.capacity if score else None,
+        "step_seconds": score.step_seconds if score else None,
+        "lead_seconds": score.lead_seconds if score else None,
+        "interval_seconds": score.interval_seconds if score else None,
     }
+
+
+# The columns the scorecard reads back, in `scaling_decisions` order.
+SCORE_COLUMNS = ("namespace", "name", "decided_at", "desired_replicas", "observed_load", "mode", "target_replicas",
+                 "ready_replicas", "baseline_replicas", "capacity", "step_seconds", "lead_seconds",
+                 "interval_seconds")
+
+
+def read_score_rows(engine: Engine, *, since: datetime, until: datetime | None = None,
+                    namespace: str | None = None, name: str | None = None) -> Iterator[dict[str, Any]]:
+    """Decision rows with the scorecard's columns from `since`, by scaler then time (rows older than the
+    columns left out); streamed, so a fleet's weeks are never held at once."""
+    t = scaling_decisions.c
+    query = (sa.select(*(t[c] for c in SCORE_COLUMNS))
+             .where(t.decided_at >= since, t.capacity.is_not(None))
+             .order_by(t.namespace, t.name, t.decided_at))
+    if until is not None:
+        query = query.where(t.decided_at <= until)
+    if namespace is not None:
+        query = query.where(t.namespace == namespace)
+    if name is not None:
+        query = query.where(t.name == name)
+    with unavailable_on_error("reading the decision record"), engine.connect() as conn:
+        result = conn.execution_options(yield_per=5000).execute(query).mappings()
+        for row in result:
+            yield dict(row)
 
 
 def record_decisions(engine: Engine, rows: Sequence[dict[str, Any]], *, skip_recorded: bool = False) -> int:
