@@ -66,6 +66,25 @@ SERVICE_LEVEL_COVERAGE = _scaler(Gauge, "prescaler_service_level_coverage_percen
 CALIBRATED_QUANTILE = _scaler(Gauge, "prescaler_calibrated_quantile",
                               "The forecast quantile (0-1) the service level is sized at, calibrated online.")
 MODEL_INFO = _scaler(Gauge, "prescaler_model_info", "1 for the forecast model in use.", extra=("model",))
+SCORECARD_REPLICA_HOURS = _scaler(
+    Gauge, "prescaler_scorecard_replica_hours",
+    "Replica-hours in the scorecard window (1d, 7d, 14d): planned by prescaler, or the baseline's (what the target "
+    "ran; while prescaler was in charge, what an HPA on the same load would have).", extra=("window", "side"))
+SCORECARD_UNSERVED_PERCENT = _scaler(
+    Gauge, "prescaler_scorecard_unserved_percent",
+    "Percent of the window's observed load above ready capacity, planned or baseline (absent without load).",
+    extra=("window", "side"))
+SCORECARD_COST_RATIO = _scaler(Gauge, "prescaler_scorecard_cost_ratio",
+                               "Planned over baseline replica-hours in the scorecard window.", extra=("window",))
+SCORECARD_UNSERVED_RATIO = _scaler(
+    Gauge, "prescaler_scorecard_unserved_ratio",
+    "Planned over baseline unserved percent in the scorecard window, both floored at 0.01%.", extra=("window",))
+EFFECTIVE_AUTO = _scaler(Gauge, "prescaler_effective_auto",
+                         "1 while the plan is applied (mode Auto, by the spec or a promotion), 0 while it only "
+                         "reports.")
+CAPACITY_SHORTFALL = _scaler(
+    Gauge, "prescaler_capacity_shortfall_replicas",
+    "Replicas the forecast within the horizon needs above maxReplicas (or the HPA's maxReplicas); 0 when none.")
 
 ALL: tuple[Any, ...] = tuple(_LABELS)
 

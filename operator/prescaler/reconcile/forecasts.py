@@ -95,6 +95,9 @@ class ScalerState:
     model_label: str | None = None  # the model series exported in prescaler_model_info
     window_in_force: str | None = None  # the scheduled window the last decision was in, for its Events
     window_shown: bool = False  # status.nextWindow was set, so clearing it takes a patch
+    shadow: int | None = None  # while the plan only reports: its own last count, which it goes on from
+    reactive: int | None = None  # the scorecard's reactive estimate: the count an HPA would have now
+    reactive_recent: tuple[Recommendation, ...] = ()  # and its scale-down stabilisation window
 
     def forecast_for(self, key: str) -> CachedForecast | None:
         """The cached forecast when it was made for these inputs."""

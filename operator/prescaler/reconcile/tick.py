@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 
 from prescaler import db, forecasting, history, metrics
 from prescaler.actuation import HpaState, TargetNotFound, TargetState
+from prescaler.capacity import Shortfall, capacity_shortfall
 from prescaler.clock import Clock
 from prescaler.durations import format_duration
 from prescaler.errors import DataUnavailable, InputError
@@ -34,11 +35,17 @@ from prescaler.planning import (
     hold_scale_down_without_data,
     plan,
 )
-from prescaler.reconcile.conditions import Cond, merge_conditions, now_iso
+from prescaler.promotion import Effective
+from prescaler.reconcile.conditions import Cond, condition_event, merge_conditions, now_iso
 from prescaler.reconcile.forecasts import CachedForecast, ForecastKeeper, ScalerRef, ScalerState, floor_time
 from prescaler.reconcile.gate import Gate
+from prescaler.reconcile.promotion import GateOutcome, run_gate
+from prescaler.reconcile.scorecard import RECORD_SPAN, ScorecardKeeper, scorecard_status
+from prescaler.reconcile.scorecard import export as export_scorecard
+from prescaler.reconcile.scorecard import windows as scorecard_windows
 from prescaler.reconcile.sizing_record import SizingRecordKeeper
 from prescaler.reconcile.windows import WindowInForce, WindowKeeper
+from prescaler.scorecard import reactive_count
 from prescaler.sizing.calibration import SizingCalibration
 from prescaler.spec import ScalerSpec, TargetRef, parse_spec
 
@@ -55,6 +62,7 @@ class Outcome:
     static_peak: int | None = None  # replicas a static fleet sized for the forecast's peak would need
     record: dict[str, Any] | None = None  # the scaling_decisions row tick() writes before returning
     recorded: bool = False  # the row went to the decision log before the patch it announces
+    drop_conditions: set[str] = field(default_factory=set)  # condition types to remove from the status
 
 
 class ActuatorLike(Protocol):
@@ -206,6 +214,8 @@ class Reconciler:
         self.sizing_records = SizingRecordKeeper(self._reads)
         # Scheduled windows: each scaler's calendar and cron schedules, the rise learned from its past windows.
         self.windows = WindowKeeper(services.engine)
+        # The scorecard: each scaler's plan against what ran, read back from the decision log, then fed each tick.
+        self.scorecards = ScorecardKeeper(services.engine)
         # API calls wait on the API server, which a fleet's status patches can slow to seconds per call: in threads
         # of their own (one per admission slot), they never hold up the SQL of other ticks.
         self._api = ThreadPoolExecutor(max_workers=max(1, services.max_concurrent), thread_name_prefix="prescaler-api")
@@ -221,6 +231,7 @@ class Reconciler:
         """Wait for the work the ticks left running after their decisions (refit reads, forecast writes)."""
         await self.forecasts.drain()
         await self.windows.drain()
+        await self.scorecards.drain()
 
     async def tick(
         self,
@@ -262,12 +273,16 @@ class Reconciler:
             metrics.child(metrics.RECONCILE_DURATION, namespace, name).observe(time.perf_counter() - started)
         state.decided = True
         old = (body.get("status") or {}).get("conditions")
-        merged, changed = merge_conditions(old, outcome.conditions, generation, now)
+        merged, changed = merge_conditions(old, outcome.conditions, generation, now, drop=outcome.drop_conditions)
         outcome.status["conditions"] = merged
         outcome.status["observedGeneration"] = generation
+        present = {c.get("type") for c in (old or [])}
         for ctype, cond in changed:
-            kind = "Normal" if cond.status == "True" else "Warning"
-            outcome.events.append((kind, cond.reason, f"{ctype}={cond.status}: {cond.message}"))
+            if ctype == "Promoted":
+                continue  # the gate posts its own Events, with the figures, when the mode changes
+            event = condition_event(ctype, cond, first=ctype not in present)
+            if event is not None:
+                outcome.events.append(event)
         for c in merged:
             for status in ("True", "False", "Unknown"):
                 metrics.child(metrics.CONDITION, namespace, name, c["type"], status).set(
@@ -310,15 +325,20 @@ class Reconciler:
         hpa = hpas[0] if spec.actuation == "HPAMinReplicas" else None
         current = hpa.min_replicas if hpa is not None else target.spec_replicas
         calibration, level_correction = await self._calibrate(t, cached, data_available=data_available)
+        gate = await self._promotion(t, body.get("status") or {}, target, hpa, cached, data_available=data_available)
         window = self.windows.in_force(ref.key, spec, t.source, now)
-        decision = self._plan(t, current, hpa, cached, observed, calibration, level_correction, window,
-                              data_available=data_available)
+        decision = self._plan(t, self._plan_from(t, current, gate.effective, body), hpa, cached, observed,
+                              calibration, level_correction, window, data_available=data_available)
+        # While the plan only reports, it goes on from its own last count, as it would have run it.
+        ref.state.shadow = decision.desired if gate.effective == "ForecastOnly" else None
         out.decision = decision
-        applied = await self._actuate(t, hpa, decision)
+        applied = await self._actuate(t, hpa, decision, gate.effective, self._score_inputs(t, target, gate, observed))
         if applied is None:
             return out
-        self._report(t, target, hpa, decision, applied)
+        self._report(t, target, hpa, decision, applied, gate.effective)
+        self._report_score(t)
         _report_window(t, window)
+        self._check_capacity(t, hpa, cached)
         return out
 
     def _validate(self, ref: ScalerRef, out: Outcome, body: Mapping[str, Any], hpas: list[HpaState],
@@ -336,6 +356,8 @@ class Reconciler:
         if spec.mode == "Paused":
             out.conditions["Ready"] = Cond("True", "Paused", "mode is Paused: nothing is computed or changed")
             out.conditions["ScalingActive"] = Cond("False", "Paused", "mode is Paused")
+            out.status["effectiveMode"] = "Paused"
+            metrics.child(metrics.EFFECTIVE_AUTO, ref.namespace, ref.name).set(0)
             return None
         conflict = _conflict(spec, hpas, rival_owner)
         if conflict is not None:
@@ -396,6 +418,106 @@ class Reconciler:
         t.out.status.update(record_status)
         return calibration, level_correction
 
+    async def _promotion(self, t: _TickContext, status: Mapping[str, Any], target: TargetState, hpa: HpaState | None,
+                         cached: CachedForecast | None, *, data_available: bool) -> GateOutcome:
+        """The effective mode (the promotion gate's, or the spec's without one), its status, condition and
+        events. A hand-back returns the controller the plan took over from: with HPAMinReplicas the HPA's floor
+        goes back to spec.minReplicas, with Replicas the target to its count at the promotion."""
+        spec, now, out = t.spec, t.now, t.out
+        keep = max(RECORD_SPAN, spec.promotion.after) if spec.promotion is not None else RECORD_SPAN
+        self.scorecards.ensure(t.ref.namespace, t.ref.name, now, keep)
+        stale_why = ""
+        if not data_available:
+            stale_why = "traffic data unavailable"
+        elif cached is None or now - cached.generated_at > spec.stale_after:
+            stale_why = "no forecast within spec.fallback.staleAfter"
+        gate = run_gate(spec, status, self.scorecards.record(t.ref.key), now=now, fresh=not stale_why,
+                        stale_why=stale_why, target_replicas=target.spec_replicas)
+        out.status.update(gate.status)
+        if gate.condition is not None:
+            out.conditions["Promoted"] = gate.condition
+        else:
+            out.drop_conditions.add("Promoted")
+        out.events.extend(gate.events)
+        metrics.child(metrics.EFFECTIVE_AUTO, t.ref.namespace, t.ref.name).set(1 if gate.effective == "Auto" else 0)
+        if gate.demoted:
+            await self._hand_back(t, target, hpa, gate.hand_back)
+        return gate
+
+    async def _hand_back(self, t: _TickContext, target: TargetState, hpa: HpaState | None, count: int | None) -> None:
+        """Return the target to the controller the plan took over from; an Event says what was done."""
+        namespace, spec = t.ref.namespace, t.spec
+        if hpa is not None:
+            what, old, new = f"HPA {hpa.name} minReplicas", hpa.min_replicas, spec.min_replicas
+            call: Callable[[], None] = functools.partial(self.s.actuator.set_hpa_min, namespace, hpa.name, new)
+        elif count is not None:
+            what, old, new = f"{spec.target.kind} {spec.target.name}", target.spec_replicas, count
+            call = functools.partial(self.s.actuator.scale, namespace, spec.target, new)
+        else:
+            return  # the plan was in charge by the spec: the count it left stays
+        if old == new:
+            return
+        try:
+            await self._api_call(call)
+        except Exception as exc:  # the plan only reports from now on; the count stays where it left it
+            log.warning("%s/%s: %s not handed back: %s", namespace, t.ref.name, what, exc)
+            t.out.events.append(("Warning", "HandBackFailed", f"{what} stays {old}: {type(exc).__name__}: {exc}"))
+        else:
+            t.out.events.append(("Normal", "HandedBack", f"{what} {old} → {new}"))
+
+    def _plan_from(self, t: _TickContext, current: int, effective: Effective, body: Mapping[str, Any]) -> int:
+        """The count the plan starts from: the target's, or while the plan only reports its own last count (after
+        a restart, the status's desiredReplicas)."""
+        if effective != "ForecastOnly":
+            return current
+        if t.ref.state.shadow is not None:
+            return t.ref.state.shadow
+        desired = (body.get("status") or {}).get("desiredReplicas")
+        return desired if isinstance(desired, int) and not isinstance(desired, bool) and desired >= 1 else current
+
+    def _score_inputs(self, t: _TickContext, target: TargetState, gate: GateOutcome,
+                      observed: float | None) -> db.ScoreInputs:
+        """The decision row's scorecard columns. Steps the reactive estimate (an HPA on the observed load), the
+        baseline while the plan is in charge unless it took over a fixed count (`prescaler.scorecard`)."""
+        spec, state = t.spec, t.ref.state
+        reactive, state.reactive_recent = reactive_count(
+            spec.policy(), observed, current=state.reactive if state.reactive is not None else target.spec_replicas,
+            now=t.now, recent=state.reactive_recent)
+        state.reactive = reactive
+        estimate = gate.hand_back if gate.effective == "Auto" and gate.hand_back is not None else reactive
+        return db.ScoreInputs(mode=gate.effective, target_replicas=target.spec_replicas,
+                              ready_replicas=target.ready_replicas, baseline_replicas=estimate,
+                              capacity=spec.capacity_per_step, step_seconds=int(spec.step.total_seconds()),
+                              lead_seconds=int(spec.lead_time.total_seconds()),
+                              interval_seconds=int(spec.interval.total_seconds()))
+
+    def _report_score(self, t: _TickContext) -> None:
+        """The decision into the scorecard; `status.scorecard` and its gauges once the record is read back."""
+        if t.out.record is not None:
+            self.scorecards.feed(t.ref.key, t.out.record)
+        record = self.scorecards.record(t.ref.key)
+        if record is not None:
+            figures = scorecard_windows(record, t.now)
+            t.out.status["scorecard"] = scorecard_status(figures)
+            export_scorecard(t.ref.namespace, t.ref.name, figures)
+
+    def _check_capacity(self, t: _TickContext, hpa: HpaState | None, cached: CachedForecast | None) -> None:
+        """CapacityShortfall: whether the forecast within the horizon needs more than the scaler may ask for."""
+        if cached is None:
+            return
+        found = capacity_shortfall(cached.forecast, t.spec.policy(), now=t.now, quantile=t.spec.quantile,
+                                   hpa=(hpa.name, hpa.max_replicas) if hpa is not None else None)
+        if found is None:
+            return
+        gauge = metrics.child(metrics.CAPACITY_SHORTFALL, t.ref.namespace, t.ref.name)
+        if isinstance(found, Shortfall):
+            reason = "ForecastAboveHPAMaxReplicas" if found.limit_name.startswith("HPA") else "ForecastAboveMaxReplicas"
+            t.out.conditions["CapacityShortfall"] = Cond("True", reason, found.message(t.now))
+            gauge.set(found.replicas)
+        else:
+            t.out.conditions["CapacityShortfall"] = Cond("False", "WithinMaxReplicas", found.message())
+            gauge.set(0)
+
     def _plan(self, t: _TickContext, current: int, hpa: HpaState | None, cached: CachedForecast | None,
               observed: float | None, calibration: SizingCalibration | None, level_correction: float,
               window: WindowInForce, *, data_available: bool) -> Decision:
@@ -425,15 +547,16 @@ class Reconciler:
         state.recommendations = decision.recommendations
         return decision
 
-    async def _actuate(self, t: _TickContext, hpa: HpaState | None, decision: Decision) -> bool | None:
-        """The decision row, then the patch when the mode is Auto and the count changes. Whether it was applied;
-        None when the target disappeared under the patch (the conditions say so)."""
+    async def _actuate(self, t: _TickContext, hpa: HpaState | None, decision: Decision, effective: Effective,
+                       score: db.ScoreInputs) -> bool | None:
+        """The decision row, then the patch when the effective mode is Auto and the count changes. Whether it was
+        applied; None when the target disappeared under the patch (the conditions say so)."""
         namespace, name, spec, out = t.ref.namespace, t.ref.name, t.spec, t.out
         desired, current = decision.desired, decision.current
-        applied = spec.mode == "Auto" and desired != current
+        applied = effective == "Auto" and desired != current
         out.record = db.decision_row(namespace=namespace, name=name, target_kind=spec.target.kind,
                                      target_name=spec.target.name, decision=decision, decided_at=t.now,
-                                     applied=applied)
+                                     applied=applied, score=score)
         if not applied:
             return False
         # The row first, then the patch: an operator killed between the two leaves a row that announced a
@@ -461,10 +584,12 @@ class Reconciler:
         return True
 
     def _report(self, t: _TickContext, target: TargetState, hpa: HpaState | None, decision: Decision,
-                applied: bool) -> None:
+                applied: bool, effective: Effective) -> None:
         """The decision's metrics, status fields and conditions."""
         namespace, name, spec, out = t.ref.namespace, t.ref.name, t.spec, t.out
-        desired, current, observed = decision.desired, decision.current, decision.observed_load
+        desired, observed = decision.desired, decision.observed_load
+        # What the target has: while the plan only reports, its decisions start from its own count instead.
+        current = hpa.min_replicas if hpa is not None else target.spec_replicas
         conds = out.conditions
         tick_s = spec.interval.total_seconds()
         ready = target.ready_replicas if hpa is None else max(target.ready_replicas, 0)
@@ -486,9 +611,11 @@ class Reconciler:
             "reason": decision.reason,
             "limitedBy": decision.limited_by,
         })
-        if spec.mode == "ForecastOnly":
-            conds["ScalingActive"] = Cond("False", "ForecastOnly", "mode is ForecastOnly: replicas are "
-                                          "computed and reported, never changed")
+        if effective == "ForecastOnly":
+            why = "mode is ForecastOnly" if spec.promotion is None else "effective mode is ForecastOnly (the " \
+                "promotion gate's)"
+            conds["ScalingActive"] = Cond("False", "ForecastOnly", f"{why}: replicas are computed and reported, "
+                                          "never changed")
         elif decision.stale:
             conds["ScalingActive"] = Cond("False", "FallbackActive", decision.reason)
         else:
