@@ -145,6 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the forecast the headroom sizing reads (default: upper, the CRD's default)")
     b.set_defaults(func=cmd_backtest)
 
+    sc = sub.add_parser("scorecard", help="each scaler's plan against what ran, over the same observed load, from "
+                                          "the decision log: replica-hours and unserved load per window and day")
+    sc.add_argument("--namespace", help="only the scalers of this namespace")
+    sc.add_argument("--name", help="only the scalers of this name")
+    sc.add_argument("--now", type=_timestamp, help="the time the windows and days end at (default: now)")
+    sc.add_argument("--daily", action="store_true", help="also a line per UTC day of the last 14")
+    sc.add_argument("--json", action="store_true", dest="as_json", help="print JSON instead of a table")
+    sc.set_defaults(func=cmd_scorecard)
+
     c = sub.add_parser("collect", help="keep traffic tables current from the feeds in --config (Prometheus, Kafka)")
     c.add_argument("--config", type=Path, required=True, help="administrator config: sources: and feeds:")
     c.add_argument("--once", action="store_true",
@@ -328,6 +337,45 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         report.write_html(result, args.report)
         print(f"wrote {args.report}")
     return 0
+
+
+def cmd_scorecard(args: argparse.Namespace) -> int:
+    from prescaler import db, scorecard
+
+    now = args.now or datetime.now(UTC)
+    span = max(scorecard.WINDOWS.values())
+    rows = db.read_score_rows(_engine(args), since=now - span - timedelta(hours=1), until=now,
+                              namespace=args.namespace, name=args.name)
+    scalers = scorecard.report(scorecard.records_by_scaler(rows, keep=span), now)
+    if args.as_json:
+        print(json.dumps({"now": now.isoformat(), "scalers": scalers}, indent=2))
+        return 0
+    if not scalers:
+        print("no decisions with a scorecard in the last 14 days")
+        return 0
+    print(_scorecard_table(scalers, daily=args.daily))
+    return 0
+
+
+def _scorecard_table(scalers: list[dict[str, Any]], *, daily: bool) -> str:
+    """Planned against baseline per scaler and window (and day): replica-hours, unserved percent, ratios."""
+    def cells(label: str, w: dict[str, Any]) -> list[str]:
+        return [label, w.get("plannedReplicaHours", "–"), w.get("baselineReplicaHours", "–"),
+                w.get("plannedUnservedPercent", "–"), w.get("baselineUnservedPercent", "–"),
+                w.get("costRatio", "–"), w.get("unservedRatio", "–"), w.get("baseline", "–")]
+
+    header = ["SCALER", "SPAN", "PLANNED RH", "BASELINE RH", "PLANNED UNSERVED %", "BASELINE UNSERVED %", "COST",
+              "UNSERVED", "BASELINE"]
+    lines = [header]
+    for s in scalers:
+        scaler = f"{s['namespace']}/{s['name']}"
+        for label, window in s["windows"].items():
+            lines.append([scaler, *cells(label, window)])
+            scaler = ""
+        for day in s["daily"] if daily else []:
+            lines.append(["", *cells(day["date"], day)])
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines)
 
 
 def cmd_collect(args: argparse.Namespace) -> int:

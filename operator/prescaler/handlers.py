@@ -432,6 +432,7 @@ def forget(namespace: str, name: str, **_: Any) -> None:
     _slots.pop((namespace, name), None)
     if _reconciler is not None:
         _reconciler.windows.forget(f"{namespace}/{name}")
+        _reconciler.scorecards.forget(f"{namespace}/{name}")
 
 
 def _ensure_peering(peering: str, namespaces: list[str]) -> None:

@@ -337,3 +337,37 @@ def figures_status(figures: Figures) -> dict[str, Any]:
     if figures.baseline_kind is not None:
         out["baseline"] = figures.baseline_kind
     return out
+
+
+# --- across scalers: `prescaler scorecard` ------------------------------------------------------------------
+
+def records_by_scaler(rows: Iterable[Mapping[str, Any]], keep: timedelta = timedelta(days=14)
+                      ) -> dict[tuple[str, str], ScoreRecord]:
+    """Each scaler's record from `scaling_decisions` rows (with `namespace` and `name`), in time order per
+    scaler; rows without the scorecard's columns are left out."""
+    records: dict[tuple[str, str], ScoreRecord] = {}
+    for row in rows:
+        sample = sample_from_row(row)
+        if sample is None:
+            continue
+        key = (str(row["namespace"]), str(row["name"]))
+        records.setdefault(key, ScoreRecord(keep=keep)).add(sample)
+    return records
+
+
+def report(records: Mapping[tuple[str, str], ScoreRecord], now: datetime, days: int = 14) -> list[dict[str, Any]]:
+    """The scorecard of every scaler, as `prescaler scorecard --json` prints it: each window as in the status,
+    and each of the last `days` UTC days."""
+    out = []
+    for (namespace, name), record in sorted(records.items()):
+        figures = {label: record.window(now, length) for label, length in WINDOWS.items()}
+        out.append({
+            "namespace": namespace,
+            "name": name,
+            "days": int(max(f.covered for f in figures.values()) / timedelta(days=1)),
+            "summary": summary(figures["7d"]),
+            "windows": {label: figures_status(f) for label, f in figures.items()},
+            "daily": [{"date": day.isoformat(), **figures_status(f)} for day, f in record.daily(now, days)
+                      if f.covered > timedelta(0)],
+        })
+    return out
