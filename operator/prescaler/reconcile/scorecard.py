@@ -96,15 +96,13 @@ class ScorecardKeeper:
             self._slots = asyncio.Semaphore(READ_SLOTS)
         async with self._slots:
             try:
-                rows = await asyncio.to_thread(_read_rows, self.engine, namespace, name, now - kept.keep
-                                               - timedelta(hours=1))
+                # Built in the thread too: weeks of rows are a fraction of a second of work, not the loop's.
+                record = await asyncio.to_thread(_read_record, self.engine, namespace, name,
+                                                 now - kept.keep - timedelta(hours=1), kept.keep)
             except DataUnavailable as exc:
                 log.warning("scorecard of %s/%s not read back yet: %s", namespace, name, exc)
                 kept.failed_at = now
                 return
-        record = ScoreRecord(keep=kept.keep)
-        for sample in rows:
-            record.add(sample)
         for sample in kept.waiting:
             record.add(sample)  # those the read already held are not newer: left out
         kept.waiting = []
@@ -118,10 +116,13 @@ class ScorecardKeeper:
                 await task
 
 
-def _read_rows(engine: Engine, namespace: str, name: str, since: datetime) -> list[DecisionSample]:
-    samples = (sample_from_row(row) for row in db.read_score_rows(engine, since=since, namespace=namespace,
-                                                                   name=name))
-    return [s for s in samples if s is not None]
+def _read_record(engine: Engine, namespace: str, name: str, since: datetime, keep: timedelta) -> ScoreRecord:
+    record = ScoreRecord(keep=keep)
+    for row in db.read_score_rows(engine, since=since, namespace=namespace, name=name):
+        sample = sample_from_row(row)
+        if sample is not None:
+            record.add(sample)
+    return record
 
 
 def windows(record: ScoreRecord, now: datetime) -> dict[str, Figures]:
