@@ -392,7 +392,7 @@ class Reconciler:
             return None, 1.0
         calibration, level_correction, record_status = await self.sizing_records.for_tick(
             t.ref.namespace, t.ref.name, t.spec, t.source, cached.forecast if cached else None,
-            cached.generated_at if cached else None, t.now)
+            cached.generated_at if cached else None, t.now, self.windows.rise_at(t.ref.key, t.spec, t.now))
         t.out.status.update(record_status)
         return calibration, level_correction
 
