@@ -7,7 +7,7 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
-from prescaler.sizing.calibration import InForce, calibrate_sizing, in_windows, steered_aims
+from prescaler.sizing.calibration import InForce, calibrate_sizing, calibrate_steered, in_windows, steered_aims
 from prescaler.sizing.loads import window_floor
 from prescaler.sizing.samples import Samples
 from prescaler.sizing.service_level import FEEDBACK_BOUNDS, FEEDBACK_MIN_SAMPLES, steered_service_level
@@ -75,14 +75,31 @@ def test_aims_follow_the_misses_of_the_calibrations_in_force() -> None:
     tight = calibrate_sizing(_samples(200, actual=100.0, forecast=100.0), service_level=99.9)
     history = [InForce(0, tight, (99.9, 99.9))]
     # Served exactly: the aims stay.
-    assert steered_aims(record, history, 99.9) == pytest.approx((99.9, 99.9))
+    assert steered_aims(record, history, 99.9).aims == pytest.approx((99.9, 99.9))
     # Load 10% above what the calibration in force provisioned, in every bucket: aim higher outside windows;
     # no window buckets, so the inside aim keeps its last value.
     m = tight.multiplier(LEAD)
     assert m is not None
     worse = _samples(200, actual=110.0 * m, forecast=100.0, decided=10)
-    out, inside = steered_aims(worse, history, 99.9)
+    steering = steered_aims(worse, history, 99.9)
+    out, inside = steering.aims
+    assert steering.served is not None and steering.served < 99.9 and steering.buckets == 200
     assert out > 99.9 and inside == 99.9
     # Buckets decided before any calibration was in force teach nothing.
     early = _samples(200, actual=500.0, forecast=100.0, decided=-5)
-    assert steered_aims(early, history, 99.9) == (99.9, 99.9)
+    assert steered_aims(early, history, 99.9).aims == (99.9, 99.9)
+
+
+def test_a_target_the_record_misses_out_of_sample_is_reported_at_risk() -> None:
+    tight = calibrate_sizing(_samples(200, actual=100.0, forecast=100.0), service_level=99.9)
+    history = [InForce(0, tight, (99.9, 99.9))]
+    m = tight.multiplier(LEAD)
+    assert m is not None
+    worse = _samples(200, actual=110.0 * m, forecast=100.0, decided=10)
+    steered = calibrate_steered(worse, history, service_level=99.9, since=20)
+    assert steered.calibration.service_level == 99.9  # the target, whatever the aim
+    assert steered.calibration.at_risk.startswith("served 90.91% of the load over the last 200 buckets")
+    assert "99.9% target; on the record it takes ×1.10 the forecast, 1.00× the load" in steered.calibration.at_risk
+    fine = calibrate_steered(_samples(200, actual=100.0, forecast=100.0, decided=10), history, service_level=99.9,
+                             since=20)
+    assert fine.calibration.at_risk == ""

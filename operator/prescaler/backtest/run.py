@@ -405,6 +405,7 @@ def run_backtest(
     yhat, lower, upper = (a[off : off + n] for a in (track.yhat, track.lower, track.upper))
     quality = forecast_quality(model, used, failed, load, yhat, values[:e0], grid_step)
     service_level_report = None
+    evaluated_cals = [c for c, f in zip(main_cals, fits, strict=True) if f.origin >= 0]
     if service_level is not None:
         served, coverage = realized_coverage(track, main_sized, span_load, span_prev, delay_steps, off)
         ev = slice(off, off + n)
@@ -418,6 +419,8 @@ def run_backtest(
                                      if sized_here.any() else None),
             multiplier_mean=float(np.mean(main_sized.multiplier[ev][sized_here])) if sized_here.any() else None,
             calibrated_pct=100 * float(np.mean(sized_here)),
+            at_risk_refits=sum(1 for c in evaluated_cals if c.at_risk),
+            at_risk=next((c.at_risk for c in reversed(evaluated_cals) if c.at_risk), ""),
         )
     leaning = [c for c, f in zip(main_cals, fits, strict=True) if f.origin >= 0 and c.trust.leans_on_reactive]
     blend = BlendReport(

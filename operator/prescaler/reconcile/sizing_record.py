@@ -101,7 +101,7 @@ class SizingRecordKeeper:
         lead = spec.lead_time + (now - generated_at)
         sizing = realized_sizing(cal, samples, lead=lead)
         status = status_fields(cal, samples, lead=lead, sizing=sizing)
-        _export(namespace, name, spec, sizing)
+        _export(namespace, name, spec, sizing, cal)
         self._calibrated[key] = _Calibrated(generated_at, settings, cal, status)
         return cal, status
 
@@ -132,11 +132,12 @@ class SizingRecordKeeper:
         return level_correction(np.asarray(actual, dtype=float), _in_force(record, pd.DatetimeIndex(actual.index)))
 
 
-def _export(namespace: str, name: str, spec: ScalerSpec, sizing: RealizedSizing) -> None:
+def _export(namespace: str, name: str, spec: ScalerSpec, sizing: RealizedSizing, cal: SizingCalibration) -> None:
     """The service-level gauges; a figure the record cannot give yet (or a scaler without a target) is absent,
     never a made-up 0."""
     values = {metrics.SERVICE_LEVEL_TARGET: spec.service_level, metrics.SERVICE_LEVEL_SERVED: sizing.served_percent,
-              metrics.SERVICE_LEVEL_COVERAGE: sizing.coverage_percent, metrics.CALIBRATED_QUANTILE: sizing.quantile}
+              metrics.SERVICE_LEVEL_COVERAGE: sizing.coverage_percent, metrics.CALIBRATED_QUANTILE: sizing.quantile,
+              metrics.SERVICE_LEVEL_AT_RISK: (1.0 if cal.at_risk else 0.0) if cal.ready else None}
     for gauge, value in values.items():
         if value is None:
             metrics.remove(gauge, namespace, name)

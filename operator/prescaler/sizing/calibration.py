@@ -24,7 +24,9 @@ from prescaler.forecasting.interface import Forecast
 from prescaler.sizing.loads import sample_capacity
 from prescaler.sizing.samples import CALIBRATION_WINDOW, MIN_SAMPLES, Samples, samples_from_forecasts
 from prescaler.sizing.service_level import (
+    FEEDBACK_MIN_SAMPLES,
     check_service_level,
+    cost_at_service_level,
     needed_multiplier,
     served_and_coverage,
     steered_service_level,
@@ -66,6 +68,7 @@ class SizingCalibration:
     # lead pooled), calibrated on the window buckets alone. None: too few of them, the buckets apply.
     window_multiplier: float | None = None
     window_samples: int = 0
+    at_risk: str = ""  # why the record shows the service level out of reach ("" when it does not)
 
     @property
     def ready(self) -> bool:
@@ -191,18 +194,28 @@ class InForce:
     aims: tuple[float, float]
 
 
-def steered_aims(samples: Samples, history: Sequence[InForce], target: float) -> tuple[float, float]:
+@dataclass(frozen=True)
+class Steering:
+    """What the calibrations in force served out of sample, and the aims that follow (outside, inside windows)."""
+
+    aims: tuple[float, float]
+    served: float | None = None  # % of the load of the buckets judged, both regimes
+    buckets: int = 0
+
+
+def steered_aims(samples: Samples, history: Sequence[InForce], target: float) -> Steering:
     """Per regime (outside, inside scheduled windows), the service level the next calibration aims at: the
     calibrations in `history` judged on the record's buckets decided while each was in force (out of sample),
     through `steered_service_level`. Without such buckets, the last aims (the target at first)."""
     last = history[-1].aims if history else (target, target)
     s = samples.usable()
     if not history or s.decided is None or len(s) == 0:
-        return last
+        return Steering(last)
     since = np.array([h.since for h in history])
     which = np.searchsorted(since, np.asarray(s.decided), side="right") - 1
     inside = in_windows(s)
     aims = []
+    judged_actual, judged_provisioned = [], []
     for regime, fallback in ((False, last[0]), (True, last[1])):
         actual, provisioned, weights = [], [], []
         for j in np.unique(which[which >= 0]):
@@ -223,20 +236,49 @@ def steered_aims(samples: Samples, history: Sequence[InForce], target: float) ->
             continue
         aimed = sum(n * a for n, a in weights) / sum(n for n, _ in weights)
         aims.append(steered_service_level(target, aimed, np.concatenate(actual), np.concatenate(provisioned)))
-    return aims[0], aims[1]
+        judged_actual.extend(actual)
+        judged_provisioned.extend(provisioned)
+    if not judged_actual:
+        return Steering((aims[0], aims[1]))
+    a, p = np.concatenate(judged_actual), np.concatenate(judged_provisioned)
+    served, _ = served_and_coverage(a, p)
+    return Steering((aims[0], aims[1]), served, len(a))
+
+
+# Out-of-sample served this far below the target (in points), over enough buckets, is a target at risk.
+AT_RISK_MARGIN = 0.05
+
+
+def at_risk(samples: Samples, steering: Steering, target: float, trust: float) -> str:
+    """Why the record shows `target` out of reach ("" when it does not): what the calibrations in force served
+    out of sample, and what the target would have cost on the record."""
+    if steering.served is None or steering.buckets < FEEDBACK_MIN_SAMPLES:
+        return ""
+    if steering.served >= target - AT_RISK_MARGIN:
+        return ""
+    s = samples.usable()
+    m, cost = cost_at_service_level(s, target, trust)
+    load = float(s.actual.sum())
+    price = ("no multiplier up to ×10 meets it" if not math.isfinite(cost) or load <= 0
+             else f"it takes ×{m:.2f} the forecast, {cost / load:.2f}× the load")
+    return (f"served {steering.served:.2f}% of the load over the last {steering.buckets} buckets against a "
+            f"{target:g}% target; on the record {price}")
 
 
 def calibrate_steered(samples: Samples, history: Sequence[InForce], *, service_level: float | None,
                       headroom_percent: float = 0.0, since: int, min_samples: int = MIN_SAMPLES) -> InForce:
-    """`calibrate_sizing` at the aims the record steers to (`steered_aims`); the calibration reports the target."""
+    """`calibrate_sizing` at the aims the record steers to (`steered_aims`); the calibration reports the target,
+    and whether the record shows it at risk (`at_risk`)."""
     if service_level is None:
         cal = calibrate_sizing(samples, service_level=None, headroom_percent=headroom_percent,
                                min_samples=min_samples)
         return InForce(since, cal, (0.0, 0.0))
-    aim_out, aim_in = steered_aims(samples, history, service_level)
+    steering = steered_aims(samples, history, service_level)
+    aim_out, aim_in = steering.aims
     cal = calibrate_sizing(samples, service_level=aim_out, headroom_percent=headroom_percent,
                            min_samples=min_samples, window_service_level=aim_in)
-    return InForce(since, replace(cal, service_level=service_level), (aim_out, aim_in))
+    risk = at_risk(samples, steering, service_level, cal.trust.weight) if cal.ready else ""
+    return InForce(since, replace(cal, service_level=service_level, at_risk=risk), steering.aims)
 
 
 def calibrate_sizing_from_forecasts(
