@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 from prescaler import db
 from prescaler.cli import EXIT_INPUT, EXIT_UNAVAILABLE, main
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 
 
 def _rows(engine: Engine, service: str) -> int:

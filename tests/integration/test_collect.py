@@ -50,7 +50,7 @@ from prescaler.errors import InputError
 from promserver import PrometheusServer, find_binary, free_port
 from waiting import wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TRACE = ROOT / "bench" / "data" / "wikipedia_en_2016-01_1h.csv"
 UTC = dt.UTC
 MINUTE = dt.timedelta(minutes=1)

@@ -42,8 +42,9 @@ from prescaler.collect.store import CountWriter, Fenced, OffsetMove, load_offset
 from prescaler.errors import InputError
 from prescaler.history import default_source
 from prescaler_dev.kafka import KafkaBroker, free_port
-from test_collect import _self_signed
 from waiting import wait_for
+
+from .test_collect import _self_signed
 
 UTC = dt.UTC
 MINUTE = dt.timedelta(minutes=1)

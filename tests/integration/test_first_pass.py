@@ -19,7 +19,8 @@ from sqlalchemy.engine import Engine
 from prescaler import db, handlers, history
 from prescaler.config import OperatorConfig
 from prescaler.informers import Informer
-from test_reconcile import NOW, FakeActuator, FixedClock, _body
+
+from .test_reconcile import NOW, FakeActuator, FixedClock, _body
 
 NAMESPACE = "first-pass"
 NAMES = ("a", "b", "c")

@@ -283,7 +283,7 @@ def test_gaps_stay_gaps_through_partitions_and_rollups(fresh: Engine) -> None:
 
 # --- the chart's maintenance CronJob ---------------------------------------------------------------------
 
-CHART = Path(__file__).resolve().parents[1] / "charts" / "prescaler"
+CHART = Path(__file__).resolve().parents[2] / "charts" / "prescaler"
 
 
 def _helm() -> str | None:

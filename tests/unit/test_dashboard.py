@@ -30,7 +30,7 @@ from sqlalchemy.engine import Engine
 from prescaler import db, metrics
 from prescaler.collect import metrics as collector_metrics
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "prescaler"
 DASHBOARD = CHART / "dashboards" / "prescaler.json"
 LINT_CONFIG = DASHBOARD.parent / ".lint"

@@ -17,7 +17,7 @@ from prescaler.errors import InputError
 from prescaler.history import default_source, read_events, read_history
 from prescaler.ingest import import_csv, read_trace_csv, simulate, simulate_frame
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 MONDAY = datetime(2024, 3, 4, tzinfo=UTC)
 
 
