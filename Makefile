@@ -13,15 +13,16 @@ demo: setup components
 
 # Three tiers, each a folder of tests/ (tests/README.md): unit needs only the venv; integration runs real
 # PostgreSQL, Prometheus, Kafka and helm; e2e runs the local control plane.
-# Parallelism (pytest-xdist), measured on a 2-core machine: unit and integration gain from one worker per core.
-# Integration keeps each file on one worker (--dist loadfile) so a module's Kafka broker or Prometheus starts once.
-# e2e runs serially: its session-scoped control plane would start once per worker, and a second cluster
-# competes for the same cores instead of overlapping waits.
+# Workers (pytest-xdist), chosen from runs on a 2-core machine. unit: one per core, its tests are CPU-bound.
+# integration and e2e: whole files per worker (--dist loadfile), so a module's Kafka broker, Prometheus or
+# operator starts once; their tests mostly wait on those servers, and a second worker overlaps the waits.
+# e2e stays at two workers whatever the core count: each worker starts its own control plane (the session
+# fixture), cheap beside the modules' run time but a few processes and some memory apiece.
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 WORKERS ?= auto
 UNIT_ARGS ?= -n $(WORKERS)
 INTEGRATION_ARGS ?= -n $(WORKERS) --dist loadfile
-E2E_ARGS ?=
+E2E_ARGS ?= -n 2 --dist loadfile
 
 ## test: everything the tests need, then all three tiers; each tier runs even when an earlier one failed
 test: setup postgres components
