@@ -4,22 +4,43 @@ PY := .venv/bin/python
 VENV_STAMP := .venv/.installed
 export PRESCALER_CACHE ?= $(HOME)/.cache/prescaler
 
-.PHONY: demo test unit e2e lint bench setup venv system-deps components postgres manifests \
+.PHONY: demo test unit integration e2e lint bench setup venv system-deps components postgres manifests \
         kind-up kind-down clean
 
 ## demo: PostgreSQL + local control plane, simulated traffic, operator on scaled time, report
 demo: setup components
 	$(PY) -m prescaler_dev.demo  # starts and stops its own PostgreSQL when none is running
 
-## test: everything the tests need, then unit + e2e tests
-test: setup postgres components
-	$(PY) -m pytest -q -p no:cacheprovider tests
+# Three tiers, each a folder of tests/ (tests/README.md): unit needs only the venv; integration runs real
+# PostgreSQL, Prometheus, Kafka and helm; e2e runs the local control plane.
+# Workers (pytest-xdist), chosen from runs on a 2-core machine. unit: one per core, its tests are CPU-bound.
+# integration and e2e: whole files per worker (--dist loadfile), so a module's Kafka broker, Prometheus or
+# operator starts once; their tests mostly wait on those servers, and a second worker overlaps the waits.
+# e2e stays at two workers whatever the core count: each worker starts its own control plane (the session
+# fixture), cheap beside the modules' run time but a few processes and some memory apiece.
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider
+WORKERS ?= auto
+UNIT_ARGS ?= -n $(WORKERS)
+INTEGRATION_ARGS ?= -n $(WORKERS) --dist loadfile
+E2E_ARGS ?= -n 2 --dist loadfile
 
-unit: setup postgres
-	$(PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/e2e
+## test: everything the tests need, then all three tiers; each tier runs even when an earlier one failed
+test: setup postgres components
+	@status=0; \
+	$(PYTEST) $(UNIT_ARGS) tests/unit || status=1; \
+	$(PYTEST) $(INTEGRATION_ARGS) tests/integration || status=1; \
+	$(PYTEST) $(E2E_ARGS) tests/e2e || status=1; \
+	exit $$status
+
+## unit: pure logic; no database, server, cluster or network
+unit: $(VENV_STAMP)
+	$(PYTEST) $(UNIT_ARGS) tests/unit
+
+integration: setup postgres components
+	$(PYTEST) $(INTEGRATION_ARGS) tests/integration
 
 e2e: setup postgres components
-	$(PY) -m pytest -q -p no:cacheprovider tests/e2e
+	$(PYTEST) $(E2E_ARGS) tests/e2e
 
 lint: setup postgres components
 	.venv/bin/ruff check operator tests bench hack
@@ -28,8 +49,8 @@ lint: setup postgres components
 	L=$$(bash hack/build-dashboard-linter.sh) && $$L lint --strict --config charts/prescaler/dashboards/.lint \
 	  charts/prescaler/dashboards/prescaler.json
 	bash hack/render-manifests.sh --check
-	$(PY) -m pytest -q -p no:cacheprovider tests/test_crd.py tests/test_chart.py tests/test_dashboard.py \
-	  tests/test_readme.py
+	$(PYTEST) tests/unit/test_crd.py tests/unit/test_dashboard.py tests/unit/test_readme.py \
+	  tests/integration/test_chart.py tests/integration/test_dashboard.py
 
 ## bench: backtest KPIs on both traces, forecaster quality and speed, fleet benchmark
 bench: setup postgres components

@@ -2,7 +2,7 @@
 """Regenerate the docs' generated sections: the CRD field reference and the metric lists.
 
     .venv/bin/python hack/update-docs.py
-tests/test_readme.py fails when they drift from the CRD, operator/prescaler/metrics.py or
+tests/unit/test_readme.py fails when they drift from the CRD, operator/prescaler/metrics.py or
 operator/prescaler/collect/metrics.py.
 """
 

@@ -63,6 +63,9 @@ SERVICE_LEVEL_SERVED = _scaler(Gauge, "prescaler_service_level_served_percent",
                                "Percent of the calibration window's load the calibrated sizing served.")
 SERVICE_LEVEL_COVERAGE = _scaler(Gauge, "prescaler_service_level_coverage_percent",
                                  "Percent of the calibration window's steps whose load the calibrated sizing covered.")
+SERVICE_LEVEL_AT_RISK = _scaler(Gauge, "prescaler_service_level_at_risk",
+                                "1 when the scaler's record shows its service level out of reach (the "
+                                "ServiceLevelAtRisk condition), else 0; absent without a calibrated service level.")
 CALIBRATED_QUANTILE = _scaler(Gauge, "prescaler_calibrated_quantile",
                               "The forecast quantile (0-1) the service level is sized at, calibrated online.")
 MODEL_INFO = _scaler(Gauge, "prescaler_model_info", "1 for the forecast model in use.", extra=("model",))

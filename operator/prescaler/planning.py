@@ -74,7 +74,7 @@ from prescaler.durations import format_duration
 from prescaler.errors import InputError
 from prescaler.forecasting.interface import Forecast
 from prescaler.sizing.calibration import SizingCalibration
-from prescaler.sizing.loads import floor_plus_trusted_rise, trust_weighted_mean
+from prescaler.sizing.loads import floor_plus_trusted_rise, trust_weighted_mean, window_floor
 from prescaler.sizing.service_level import check_service_level
 from prescaler.windows import WindowAsk
 
@@ -303,7 +303,7 @@ def sizing_quantile(policy: ScalingPolicy, calibration: SizingCalibration | None
 
 
 def size_load(policy: ScalingPolicy, load: Load, calibration: SizingCalibration | None, lead: timedelta,
-              level_correction: float = 1.0) -> SizedLoad:
+              level_correction: float = 1.0, in_window: bool = False) -> SizedLoad:
     """Step 1b: the trust in the forecast and the service level's multiplier, or max(P, R) with headroom.
 
     With a calibrated service level the load is max(m·B, R), B = w·P + (1 − w)·R: the trust-weighted mean of
@@ -311,7 +311,8 @@ def size_load(policy: ScalingPolicy, load: Load, calibration: SizingCalibration 
     with it), with the observed load under it unscaled. By headroom it is R + w·max(0, P − R), times
     1 + headroom. Trust below 1 needs the reactive floor: without it there is nothing to lean on, and the
     forecast keeps full trust. P is first scaled by `level_correction`
-    (`prescaler.sizing.level_correction`).
+    (`prescaler.sizing.level_correction`). Inside a scheduled window (`in_window`) the calibration's window
+    multiplier applies, when it has one.
     """
     p, r = load.forecast * level_correction, load.observed
     trust, notes = 1.0, []
@@ -321,14 +322,14 @@ def size_load(policy: ScalingPolicy, load: Load, calibration: SizingCalibration 
         trust = calibration.trust.weight
     leaning: LimitedBy | None = "ReactiveBlend" if trust < 1.0 and p > r else None
     if calibration is not None and is_calibrated(policy, calibration):
-        multiplier = calibration.multiplier(lead)
+        multiplier = calibration.multiplier(lead, in_window)
         assert multiplier is not None  # a ready calibration has buckets
         scaled = float(multiplier * trust_weighted_mean(p, r, trust))
         value = max(scaled, r)
         limited_by: LimitedBy = "ReactiveFloor" if r > scaled else (leaning or "None")
         if leaning:
             notes.append(f"{calibration.trust.reason}: sized for {_fmt_load(value, policy)}")
-        notes.append(calibration.describe(lead))
+        notes.append(calibration.describe(lead, in_window))
         return SizedLoad(value, 1.0, trust, multiplier, limited_by, "; ".join(notes))
     value = max(p, r) if trust >= 1.0 else float(floor_plus_trusted_rise(p, r, trust))
     if leaning and calibration is not None:
@@ -347,10 +348,12 @@ def size_for_window(policy: ScalingPolicy, sized: SizedLoad, observed: float, wi
     the floor the replica count may not go below (0: none). Whole-replay twin in `predictive_requests`."""
     if window is None or not window.asks:
         return sized, 0
-    lifted = observed * window.rise
+    m = sized.multiplier if sized.multiplier is not None else math.nan
+    lifted = float(window_floor(observed, window.rise, m))
     if lifted <= sized.load:
         return sized, window.min_replicas
-    note = "; ".join(n for n in (sized.note, f"window {window.note}: observed ×{window.rise:.1f}") if n)
+    scaled = f" ×{m:.2f}" if window.rise > 1.0 and not math.isnan(m) else ""
+    note = "; ".join(n for n in (sized.note, f"window {window.note}: observed ×{window.rise:.1f}{scaled}") if n)
     return replace(sized, load=lifted, limited_by="ScheduledWindow", note=note), window.min_replicas
 
 
@@ -470,7 +473,8 @@ def plan(
     assert forecast_generated_at is not None
     load = peak_load(policy, forecast, now=now, end=horizon_end, observed=observed,
                      quantile=sizing_quantile(policy, calibration))
-    sized = size_load(policy, load, calibration, now + policy.lead_time - forecast_generated_at, level_correction)
+    sized = size_load(policy, load, calibration, now + policy.lead_time - forecast_generated_at, level_correction,
+                      in_window=window is not None and window.rise > 1.0)
     sized, window_floor = size_for_window(policy, sized, load.observed, window)
     raw = policy.replicas_at(sized.load, sized.factor)
     if window_floor > raw:

@@ -149,7 +149,8 @@ def _sizing_line(result: BacktestResult) -> str:
         lines.append(("service-level", service_level_line(result.service_level)))
     if result.blend is not None:
         lines.append(("blend", blend_line(result.blend)))
-    return "".join(f'<p id="{css}">{escape(text[:1].upper() + text[1:])}.</p>' for css, text in lines)
+    return "".join(f'<p id="{css}">{escape(text[:1].upper() + text[1:])}.</p>'.replace("\n", "<br>")
+                   for css, text in lines)
 
 
 def _events_line(result: BacktestResult) -> str:

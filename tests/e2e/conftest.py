@@ -14,7 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from pgfixtures import engine, engine_for, make_database, pg_server_url, pg_url
 from prescaler_dev.localcluster import ClusterConfig, LocalCluster
+
+__all__ = ["engine", "engine_for", "make_database", "pg_server_url", "pg_url"]
 
 POD_READY_DELAY = 2.0
 # By default each session takes the first free port block (locked while it runs), so several test

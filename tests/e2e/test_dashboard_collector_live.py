@@ -26,7 +26,7 @@ from prescaler.clock import Clock
 from prescaler.collect.prometheus import floor_minute
 from prescaler_dev.kafka import KafkaBroker, free_port
 from promserver import PrometheusServer, has_finite_value
-from test_dashboard import Query, Window, dashboard_queries, load_dashboard, render_promql
+from unit.test_dashboard import Query, Window, dashboard_queries, load_dashboard, render_promql
 from waiting import wait_for
 
 COLLECTOR_PANELS = range(40, 50)

@@ -37,7 +37,7 @@ from prescaler import ingest
 from prescaler.clock import Clock
 from prescaler_dev.localcluster import LocalCluster
 from promserver import PrometheusServer, find_binary, free_port, has_finite_value
-from test_dashboard import Query, Window, dashboard_queries, load_dashboard, render_promql, render_sql
+from unit.test_dashboard import Query, Window, dashboard_queries, load_dashboard, render_promql, render_sql
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "manifests" / "examples" / "workout-api.yaml"

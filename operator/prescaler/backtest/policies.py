@@ -30,7 +30,7 @@ from prescaler.planning import (
     plan,
     replicas_array,
 )
-from prescaler.sizing.loads import calibrated_load, floor_plus_trusted_rise
+from prescaler.sizing.loads import calibrated_load, floor_plus_trusted_rise, window_floor
 from prescaler.windows import WindowSizing
 
 POLICIES = ("static", "reactive", "predictive", "oracle")
@@ -186,7 +186,7 @@ def predictive_requests(
     load[calibrated] = calibrated_load(forecast[calibrated], observed[calibrated], trust[calibrated],
                                        multiplier[calibrated])
     if windows is not None:
-        load = np.maximum(load, observed * windows.rise)
+        load = np.maximum(load, window_floor(observed, windows.rise, np.where(calibrated, multiplier, np.nan)))
     raw = replicas_array(policy, load, np.where(calibrated, 1.0, policy.headroom_factor))
     if windows is not None:
         raw = np.maximum(raw, windows.min_replicas)

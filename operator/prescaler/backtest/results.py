@@ -79,6 +79,8 @@ class ServiceLevelReport:
     calibrated_quantile_pct: float | None  # the quantile the calibrations aimed at, on average
     multiplier_mean: float | None
     calibrated_pct: float  # evaluated decisions sized by a calibration (the rest: the headroom fallback)
+    at_risk_refits: int = 0  # evaluated refits whose record showed the target out of reach
+    at_risk: str = ""  # the last such refit's reason
 
 
 @dataclass(frozen=True)
@@ -368,6 +370,8 @@ def service_level_line(r: ServiceLevelReport) -> str:
                  f"covered {_fmt_opt(r.coverage_pct, 1)}% of buckets")
     if r.calibrated_pct < 100:
         text += f"; {r.calibrated_pct:.0f}% of decisions calibrated (headroom before)"
+    if r.at_risk:
+        text += f"\nservice level at risk at {r.at_risk_refits} refits: {r.at_risk}"
     return text
 
 

@@ -194,27 +194,26 @@ def _last_lifts(fits: Sequence[Fit]) -> dict[str, float]:
 # The run
 
 
-def _window_sizing(s: pd.Series, ds: pd.DatetimeIndex, origins: Sequence[int], lead_steps: int,
+def _window_sizing(s: pd.Series, span: pd.DatetimeIndex, starts: Sequence[int], lead_steps: int,
                    windows: Sequence[Window]) -> tuple[WindowSizing | None, dict[str, Regime]]:
-    """The scheduled windows' sizing of every evaluated decision, learned at each refit from the past only."""
+    """The scheduled windows' sizing of every decision of the replay span, learned at each refit (`starts`:
+    span indices) from the past only; the regimes of the last refit."""
     if not windows:
         return None, {}
     values = s.to_numpy(dtype=float)
     index = pd.DatetimeIndex(s.index)
     step_ns = int((index[1] - index[0]).value) if len(index) > 1 else 0
-    starts = [o for o in origins if o >= 0] or [0]
-    if starts[0] > 0:
-        starts.insert(0, 0)
-    rise = np.ones(len(ds))
-    floor = np.zeros(len(ds), dtype=np.int64)
+    bounds = sorted({0, *(o for o in starts if o >= 0)})
+    rise = np.ones(len(span))
+    floor = np.zeros(len(span), dtype=np.int64)
     regimes: dict[str, Regime] = {}
     names: list[str] = []
-    for i, o in enumerate(starts):
-        end = starts[i + 1] if i + 1 < len(starts) else len(ds)
+    for i, o in enumerate(bounds):
+        end = bounds[i + 1] if i + 1 < len(bounds) else len(span)
         if end <= o:
             continue
-        regimes = learn_regimes(values, index, windows, now=ds[o], lead_steps=lead_steps)
-        part = size_windows(ds[o:end], step_ns, lead_steps, windows, regimes)
+        regimes = learn_regimes(values, index, windows, now=span[o], lead_steps=lead_steps)
+        part = size_windows(span[o:end], step_ns, lead_steps, windows, regimes)
         rise[o:end], floor[o:end] = part.rise, part.min_replicas
         names.extend(part.active)
     return WindowSizing(rise, floor, tuple(dict.fromkeys(names))), regimes
@@ -314,17 +313,27 @@ def run_backtest(
     correction = level_corrections(span_load, raw_track.yhat, level_correction_steps(step_td))
     track = corrected(raw_track, correction)
     window_steps = max(1, int(CALIBRATION_WINDOW / step_td))
-    samples = {q: samples_by_bucket(track, span_load, span_prev, delay_steps, q) for q in ("yhat", "upper")}
+    held_steps = int(HPA_WINDOW / step_td)
+    # Scheduled windows size the floor in their own regime; the calibration sees that floor in the record,
+    # so quiet hours do not dilute the misses inside windows, nor do misses the windows cover raise the
+    # multiplier everywhere.
+    window_list = [*windows_from_events(events), *schedules]
+    span_windows, regimes = _window_sizing(s, pd.DatetimeIndex(s.index[e0 - off :]), [o + off for o in origins],
+                                           delay_steps, window_list)
+    samples = {q: samples_by_bucket(track, span_load, span_prev, delay_steps, q, held_steps=held_steps,
+                                    unit=capacity, rise=None if span_windows is None else span_windows.rise)
+               for q in ("yhat", "upper")}
     times = list(ds.to_pydatetime())
 
     def calibrated(headroom: float, target: float | None) -> tuple[SizingInputs, list[SizingCalibration]]:
         base: Quantile = "yhat" if target is not None else quantile
         cals = calibrations(track, samples[base], window_steps=window_steps, service_level=target,
                             headroom_percent=headroom)
-        return sizing_inputs(track, cals, quantile=quantile), cals
+        return sizing_inputs(track, cals, quantile=quantile,
+                             rise=None if span_windows is None else span_windows.rise), cals
 
-    window_list = [*windows_from_events(events), *schedules]
-    window_sizing, regimes = _window_sizing(s, ds, origins, delay_steps, window_list)
+    window_sizing = None if span_windows is None else WindowSizing(
+        span_windows.rise[off : off + n], span_windows.min_replicas[off : off + n], span_windows.active)
 
     def run_predictive_with(sized: SizingInputs, headroom: float, target: float | None) -> np.ndarray:
         ev = slice(off, off + n)
@@ -396,6 +405,7 @@ def run_backtest(
     yhat, lower, upper = (a[off : off + n] for a in (track.yhat, track.lower, track.upper))
     quality = forecast_quality(model, used, failed, load, yhat, values[:e0], grid_step)
     service_level_report = None
+    evaluated_cals = [c for c, f in zip(main_cals, fits, strict=True) if f.origin >= 0]
     if service_level is not None:
         served, coverage = realized_coverage(track, main_sized, span_load, span_prev, delay_steps, off)
         ev = slice(off, off + n)
@@ -409,6 +419,8 @@ def run_backtest(
                                      if sized_here.any() else None),
             multiplier_mean=float(np.mean(main_sized.multiplier[ev][sized_here])) if sized_here.any() else None,
             calibrated_pct=100 * float(np.mean(sized_here)),
+            at_risk_refits=sum(1 for c in evaluated_cals if c.at_risk),
+            at_risk=next((c.at_risk for c in reversed(evaluated_cals) if c.at_risk), ""),
         )
     leaning = [c for c, f in zip(main_cals, fits, strict=True) if f.origin >= 0 and c.trust.leans_on_reactive]
     blend = BlendReport(

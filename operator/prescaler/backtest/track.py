@@ -23,7 +23,7 @@ import pandas as pd
 
 from prescaler.backtest.policies import Fit
 from prescaler.planning import Quantile
-from prescaler.sizing.calibration import SizingCalibration, calibrate_sizing
+from prescaler.sizing.calibration import InForce, SizingCalibration, calibrate_steered
 from prescaler.sizing.loads import calibrated_load
 from prescaler.sizing.samples import Samples
 from prescaler.sizing.service_level import served_and_coverage
@@ -90,31 +90,39 @@ def corrected(track: Track, level_correction: np.ndarray) -> Track:
 
 
 def samples_by_bucket(track: Track, load: np.ndarray, prev_load: np.ndarray, delay_steps: int,
-                      quantile: Quantile) -> Samples:
-    """One sample per span bucket u: A(u) against every decision that can serve it, u − delay to u (a
-    stale decision, one without a forecast, does not limit it: NaN)."""
-    n, d = len(load), delay_steps
-    forecast, observed = np.full((n, d + 1), np.nan), np.full((n, d + 1), np.nan)
-    for j in range(d + 1):
-        t = np.arange(n) - d + j
+                      quantile: Quantile, *, held_steps: int = 0, unit: float = 0.0,
+                      rise: np.ndarray | None = None) -> Samples:
+    """One sample per span bucket u: A(u) against every decision that can serve it, u − delay to u, after the
+    `held_steps` decisions before them that the scale-down stabilisation keeps (a stale decision, one without
+    a forecast, does not limit it: NaN); asks in whole replicas of `unit`; `rise` the scheduled windows'
+    factor on each decision's observed load (none: 1)."""
+    n, d, h = len(load), delay_steps, held_steps
+    forecast, observed = np.full((n, h + d + 1), np.nan), np.full((n, h + d + 1), np.nan)
+    factor = np.ones((n, h + d + 1))
+    for j in range(h + d + 1):
+        t = np.arange(n) - h - d + j
         has = t >= 0
         tt = np.where(has, t, 0)
         forecast[:, j] = np.where(has & ~track.stale[tt], track.peak[quantile][tt], np.nan)
         observed[:, j] = np.where(has, prev_load[tt], np.nan)
+        if rise is not None:
+            factor[:, j] = np.where(has, rise[tt], 1.0)
     first = np.arange(n) - d
     lead = np.where(first >= 0, track.lead_s[np.maximum(first, 0)], np.nan)
-    return Samples(lead_s=lead, actual=np.asarray(load, dtype=float), forecast=forecast, observed=observed)
+    return Samples(lead_s=lead, actual=np.asarray(load, dtype=float), forecast=forecast, observed=observed,
+                   held=h, unit=unit, rise=None if rise is None else factor, decided=first.astype(np.int64))
 
 
 def calibrations(track: Track, samples: Samples, *, window_steps: int, service_level: float | None,
                  headroom_percent: float) -> list[SizingCalibration]:
-    """At each refit, the calibration of the trailing `window_steps` buckets that had come by then."""
-    out = []
+    """At each refit, the calibration of the trailing `window_steps` buckets that had come by then, steered
+    by how the earlier ones served (`calibrate_steered`), as the operator does."""
+    history: list[InForce] = []
     for start in track.starts:
         lo = max(0, start - window_steps)
-        out.append(calibrate_sizing(samples.rows(slice(lo, start)), service_level=service_level,
-                                    headroom_percent=headroom_percent))
-    return out
+        history.append(calibrate_steered(samples.rows(slice(lo, start)), history, service_level=service_level,
+                                         headroom_percent=headroom_percent, since=start))
+    return [h.calibration for h in history]
 
 
 @dataclass(frozen=True)
@@ -127,18 +135,22 @@ class SizingInputs:
     quantile: np.ndarray  # the calibrated quantile of the bucket's lead (NaN: not calibrated)
 
 
-def sizing_inputs(track: Track, cals: Sequence[SizingCalibration], *, quantile: Quantile) -> SizingInputs:
+def sizing_inputs(track: Track, cals: Sequence[SizingCalibration], *, quantile: Quantile,
+                  rise: np.ndarray | None = None) -> SizingInputs:
+    """Per span bucket, what the calibration in force sizes with; `rise` marks decisions inside scheduled
+    windows (above 1), which take the windows' multiplier."""
     n = len(track.lead_s)
     peak = track.peak[quantile].copy()
     trust = np.ones(n)
     multiplier, q = np.full(n, np.nan), np.full(n, np.nan)
+    inside = np.zeros(n, dtype=bool) if rise is None else np.asarray(rise) > 1.0
     bounds = [*track.starts, n]
     for i, cal in enumerate(cals):
         lo, hi = bounds[i], min(bounds[i + 1], n)
         trust[lo:hi] = cal.trust.weight
         if cal.ready:
             peak[lo:hi] = track.peak["yhat"][lo:hi]
-            multiplier[lo:hi] = cal.multipliers(track.lead_s[lo:hi])
+            multiplier[lo:hi] = cal.multipliers(track.lead_s[lo:hi], inside[lo:hi])
             q[lo:hi] = cal.quantiles(track.lead_s[lo:hi])
     return SizingInputs(peak, trust, multiplier, q)
 

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-CONDITION_TYPES = ("Ready", "DataAvailable", "ForecastReady", "ScalingActive", "Promoted", "CapacityShortfall")
+CONDITION_TYPES = ("Ready", "DataAvailable", "ForecastReady", "ScalingActive", "Promoted", "CapacityShortfall",
+                   "ServiceLevelAtRisk")
 # Conditions whose True is the bad news: their Event is a Warning when they turn True, Normal when they clear.
-TRUE_IS_WARNING = frozenset({"CapacityShortfall"})
+TRUE_IS_WARNING = frozenset({"CapacityShortfall", "ServiceLevelAtRisk"})
 
 
 @dataclass(frozen=True)

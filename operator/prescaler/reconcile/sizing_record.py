@@ -11,6 +11,7 @@ short history read per tick) and the status fields.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,9 +23,10 @@ from prescaler import history, metrics
 from prescaler.errors import DataUnavailable
 from prescaler.forecasting.interface import Forecast
 from prescaler.sizing.calibration import (
+    InForce,
     RealizedSizing,
     SizingCalibration,
-    calibrate_sizing,
+    calibrate_steered,
     realized_sizing,
     status_fields,
 )
@@ -41,6 +43,10 @@ class _Calibrated:
     status: dict[str, Any]
 
 
+# The scheduled windows' factor on the observed load at decision times (int64 ns): `WindowKeeper.rise_at`.
+RiseAt = Callable[[np.ndarray], np.ndarray]
+
+
 class SizingRecordKeeper:
     """Per scaler (namespace, name): the record of forecasts used and the calibration of the newest."""
 
@@ -48,14 +54,18 @@ class SizingRecordKeeper:
         self.reads = reads
         self._records: dict[tuple[str, str], ForecastRecord] = {}
         self._calibrated: dict[tuple[str, str], _Calibrated] = {}
+        # The calibrations each scaler planned with, so the next one is steered by how they served.
+        self._history: dict[tuple[str, str], list[InForce]] = {}
 
     def forget(self, namespace: str, name: str) -> None:
         self._records.pop((namespace, name), None)
         self._calibrated.pop((namespace, name), None)
+        self._history.pop((namespace, name), None)
 
     async def calibration_for(self, namespace: str, name: str, spec: ScalerSpec, source: history.TrafficSource,
                               forecast: Forecast | None, generated_at: datetime | None,
-                              now: datetime) -> tuple[SizingCalibration | None, dict[str, Any]]:
+                              now: datetime, rise_at: RiseAt | None = None,
+                              ) -> tuple[SizingCalibration | None, dict[str, Any]]:
         """The calibration to plan with and its status fields; (None, {}) until there is a forecast."""
         if forecast is None or generated_at is None:
             return None, {}
@@ -78,23 +88,31 @@ class SizingRecordKeeper:
         except DataUnavailable:
             # No record to read: plan as configured (headroom), calibrate at the next forecast.
             return None, {}
-        samples = samples_from_forecasts(record.entries, actuals, now=now, lead_time=spec.lead_time)
-        cal = calibrate_sizing(samples, service_level=spec.service_level,
-                               headroom_percent=float(spec.headroom_percent))
+        samples = samples_from_forecasts(record.entries, actuals, now=now, lead_time=spec.lead_time,
+                                         stabilization=spec.stabilization_window, unit=spec.capacity_per_step,
+                                         rise_at=rise_at)
+        past = [h for h in self._history.get(key, []) if done is not None and done.settings == settings
+                and h.since >= pd.Timestamp(now - CALIBRATION_WINDOW).value]
+        in_force = calibrate_steered(samples, past, service_level=spec.service_level,
+                                     headroom_percent=float(spec.headroom_percent),
+                                     since=pd.Timestamp(generated_at).value)
+        self._history[key] = [*past, in_force]
+        cal = in_force.calibration
         lead = spec.lead_time + (now - generated_at)
         sizing = realized_sizing(cal, samples, lead=lead)
         status = status_fields(cal, samples, lead=lead, sizing=sizing)
-        _export(namespace, name, spec, sizing)
+        _export(namespace, name, spec, sizing, cal)
         self._calibrated[key] = _Calibrated(generated_at, settings, cal, status)
         return cal, status
 
     async def for_tick(self, namespace: str, name: str, spec: ScalerSpec, source: history.TrafficSource,
                        forecast: Forecast | None, generated_at: datetime | None,
-                       now: datetime) -> tuple[SizingCalibration | None, float, dict[str, Any]]:
+                       now: datetime, rise_at: RiseAt | None = None,
+                       ) -> tuple[SizingCalibration | None, float, dict[str, Any]]:
         """What `plan` takes from the record this tick: the calibration, the level correction (1: none) and
         the status fields. Without a forecast or traffic: (None, 1.0, {}), the manual sizing."""
         calibration, status = await self.calibration_for(namespace, name, spec, source, forecast, generated_at,
-                                                         now)
+                                                         now, rise_at)
         if calibration is None:
             return None, 1.0, {}
         return calibration, await self._level_correction(namespace, name, spec, source, now), status
@@ -114,11 +132,12 @@ class SizingRecordKeeper:
         return level_correction(np.asarray(actual, dtype=float), _in_force(record, pd.DatetimeIndex(actual.index)))
 
 
-def _export(namespace: str, name: str, spec: ScalerSpec, sizing: RealizedSizing) -> None:
+def _export(namespace: str, name: str, spec: ScalerSpec, sizing: RealizedSizing, cal: SizingCalibration) -> None:
     """The service-level gauges; a figure the record cannot give yet (or a scaler without a target) is absent,
     never a made-up 0."""
     values = {metrics.SERVICE_LEVEL_TARGET: spec.service_level, metrics.SERVICE_LEVEL_SERVED: sizing.served_percent,
-              metrics.SERVICE_LEVEL_COVERAGE: sizing.coverage_percent, metrics.CALIBRATED_QUANTILE: sizing.quantile}
+              metrics.SERVICE_LEVEL_COVERAGE: sizing.coverage_percent, metrics.CALIBRATED_QUANTILE: sizing.quantile,
+              metrics.SERVICE_LEVEL_AT_RISK: (1.0 if cal.at_risk else 0.0) if cal.ready else None}
     for gauge, value in values.items():
         if value is None:
             metrics.remove(gauge, namespace, name)

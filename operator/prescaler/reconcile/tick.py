@@ -414,8 +414,13 @@ class Reconciler:
             return None, 1.0
         calibration, level_correction, record_status = await self.sizing_records.for_tick(
             t.ref.namespace, t.ref.name, t.spec, t.source, cached.forecast if cached else None,
-            cached.generated_at if cached else None, t.now)
+            cached.generated_at if cached else None, t.now, self.windows.rise_at(t.ref.key, t.spec, t.now))
         t.out.status.update(record_status)
+        if t.spec.service_level is not None and calibration is not None and calibration.ready:
+            t.out.conditions["ServiceLevelAtRisk"] = (
+                Cond("True", "ServiceLevelAtRisk", calibration.at_risk) if calibration.at_risk
+                else Cond("False", "ServiceLevelOnTrack",
+                          f"the record supports {t.spec.service_level:g}% served at the calibrated sizing"))
         return calibration, level_correction
 
     async def _promotion(self, t: _TickContext, status: Mapping[str, Any], target: TargetState, hpa: HpaState | None,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -23,6 +24,7 @@ from prescaler import history
 from prescaler.durations import format_duration
 from prescaler.errors import DataUnavailable
 from prescaler.schedules import windows_between
+from prescaler.sizing.samples import CALIBRATION_WINDOW
 from prescaler.spec import ScalerSpec
 from prescaler.windows import Regime, Window, WindowAsk, learn_regimes, size_windows, windows_from_events
 
@@ -110,11 +112,31 @@ class WindowKeeper:
         schedule_windows = windows_between(spec.schedules, now - _EVENT_LOOKBACK, now + timedelta(days=8))
         return decide(now, spec, [*state.events, *schedule_windows], state.regimes)
 
+    def rise_at(self, key: str, spec: ScalerSpec, now: datetime) -> Callable[[np.ndarray], np.ndarray] | None:
+        """The windows' factor on the observed load at any decision times (int64 ns) of the scaler's record, for
+        the calibration; None when it has no learned regime."""
+        state = self._learned.get(key)
+        if state is None or not state.regimes:
+            return None
+        windows = [*state.events, *windows_between(spec.schedules, now - CALIBRATION_WINDOW - _EVENT_LOOKBACK, now)]
+        if not windows:
+            return None
+        step_ns = int(spec.step.total_seconds() * 1e9)
+        lead_steps = int(np.ceil(spec.lead_time / spec.step - 1e-9))
+        regimes = state.regimes
+
+        def rise(decided_ns: np.ndarray) -> np.ndarray:
+            times = pd.DatetimeIndex(np.asarray(decided_ns, dtype=np.int64), tz="UTC")
+            return size_windows(times, step_ns, lead_steps, windows, regimes).rise
+
+        return rise
+
     async def _refresh(self, state: _Learned, spec: ScalerSpec, source: history.TrafficSource,
                        now: datetime) -> None:
         try:
             events = await asyncio.to_thread(history.read_events, self.engine, spec.service,
-                                             now - spec.history - _EVENT_LOOKBACK, now + spec.horizon)
+                                             now - max(spec.history, CALIBRATION_WINDOW) - _EVENT_LOOKBACK,
+                                             now + spec.horizon)
             calendar = windows_from_events(events)
             past = windows_between(spec.schedules, now - spec.history, now)
             regimes: dict[str, Regime] = {}
@@ -127,7 +149,8 @@ class WindowKeeper:
         except DataUnavailable as exc:
             log.warning("scheduled windows of %s not refreshed: %s", spec.service, exc)
             return
-        state.events = [w for w in calendar if w.end.to_pydatetime() > now - _EVENT_LOOKBACK]
+        # Past events too: the calibration sizes its record's decisions inside them as the planner did.
+        state.events = calendar
         state.regimes = regimes
         state.learned_at = now
         state.spec_key = _spec_key(spec)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,7 +23,14 @@ from prescaler.durations import format_duration
 from prescaler.forecasting.interface import Forecast
 from prescaler.sizing.loads import sample_capacity
 from prescaler.sizing.samples import CALIBRATION_WINDOW, MIN_SAMPLES, Samples, samples_from_forecasts
-from prescaler.sizing.service_level import check_service_level, needed_multiplier, served_and_coverage
+from prescaler.sizing.service_level import (
+    FEEDBACK_MIN_SAMPLES,
+    check_service_level,
+    cost_at_service_level,
+    needed_multiplier,
+    served_and_coverage,
+    steered_service_level,
+)
 from prescaler.sizing.trust import Trust, choose_trust
 
 # Lead-time buckets (upper edges); the last bucket is open.
@@ -57,6 +64,11 @@ class SizingCalibration:
     buckets: tuple[LeadBucket, ...]
     samples: int
     incidents: int = 0  # buckets of the record left out as incidents (see samples.INCIDENT_RATIO)
+    # Scheduled windows are a regime of their own: decisions inside one are sized by this multiplier (every
+    # lead pooled), calibrated on the window buckets alone. None: too few of them, the buckets apply.
+    window_multiplier: float | None = None
+    window_samples: int = 0
+    at_risk: str = ""  # why the record shows the service level out of reach ("" when it does not)
 
     @property
     def ready(self) -> bool:
@@ -69,12 +81,15 @@ class SizingCalibration:
             return None
         return next((b for b in self.buckets if b.holds(lead)), self.buckets[0])
 
-    def multipliers(self, lead_s: np.ndarray) -> np.ndarray:
+    def multipliers(self, lead_s: np.ndarray, in_window: np.ndarray | None = None) -> np.ndarray:
         """`multiplier` for leads in seconds, at once (the backtest's replay); needs `ready`."""
         starts = np.array([b.start.total_seconds() for b in self.buckets])
         values = np.array([b.multiplier for b in self.buckets])
         at = np.clip(np.searchsorted(starts, np.asarray(lead_s, dtype=float), side="right") - 1, 0, len(starts) - 1)
-        return np.asarray(values[at])
+        out = np.asarray(values[at])
+        if in_window is not None and self.window_multiplier is not None:
+            out = np.where(in_window, self.window_multiplier, out)
+        return out
 
     def quantiles(self, lead_s: np.ndarray) -> np.ndarray:
         """The calibrated quantile of each lead's bucket, like `multipliers`."""
@@ -83,14 +98,19 @@ class SizingCalibration:
         at = np.clip(np.searchsorted(starts, np.asarray(lead_s, dtype=float), side="right") - 1, 0, len(starts) - 1)
         return np.asarray(values[at])
 
-    def multiplier(self, lead: timedelta) -> float | None:
+    def multiplier(self, lead: timedelta, in_window: bool = False) -> float | None:
         b = self.bucket(lead)
+        if b is not None and in_window and self.window_multiplier is not None:
+            return self.window_multiplier
         return None if b is None else b.multiplier
 
-    def describe(self, lead: timedelta) -> str:
+    def describe(self, lead: timedelta, in_window: bool = False) -> str:
         b = self.bucket(lead)
         if b is None:
             return ""
+        if in_window and self.window_multiplier is not None:
+            return (f"×{self.window_multiplier:.3f} in scheduled windows ({self.window_samples} samples) "
+                    f"for {self.service_level:g}% served")
         span = (f"lead {format_duration(b.start)}–{format_duration(b.end)}" if b.end is not None
                 else f"lead ≥ {format_duration(b.start)}")
         return (f"×{b.multiplier:.3f} (calibrated q{100 * b.quantile:.1f}, {span}, {b.samples} samples) "
@@ -125,21 +145,140 @@ def calibrate_lead_buckets(samples: Samples, *, service_level: float, trust: flo
     return tuple(out)
 
 
+def in_windows(samples: Samples) -> np.ndarray:
+    """Per row, whether a serving decision was inside a scheduled window (its rise above 1)."""
+    if samples.rise is None:
+        return np.zeros(len(samples), dtype=bool)
+    rise = np.asarray(samples.rise, dtype=float)
+    rise = rise[:, None] if rise.ndim == 1 else rise
+    return np.asarray((rise[:, samples.held:] > 1.0).any(axis=1))
+
+
 def calibrate_sizing(samples: Samples, *, service_level: float | None, headroom_percent: float = 0.0,
                      min_samples: int = MIN_SAMPLES, edges: Sequence[timedelta] = LEAD_EDGES,
-                     trust: float | None = None) -> SizingCalibration:
-    """Trust (chosen, unless given) and, with a service level, the per-lead multipliers."""
+                     trust: float | None = None, window_service_level: float | None = None) -> SizingCalibration:
+    """Trust (chosen, unless given) and, with a service level, the per-lead multipliers; with scheduled
+    windows in the record, a multiplier of their own calibrated on their buckets (at `window_service_level`,
+    default the service level), and the lead buckets on the rest, so that quiet hours outside do not hide
+    the misses inside nor do those misses raise the cost everywhere."""
     if service_level is not None:
         check_service_level(service_level)
     chosen = (Trust(trust, f"forecast trust {trust:.0%} (fixed)") if trust is not None
               else choose_trust(samples, service_level=service_level, headroom_percent=headroom_percent,
                                 min_samples=min_samples))
     buckets: tuple[LeadBucket, ...] = ()
+    window_m: float | None = None
+    window_n = 0
     if service_level is not None:
-        buckets = calibrate_lead_buckets(samples, service_level=service_level, trust=chosen.weight,
+        usable = samples.usable()
+        inside = in_windows(usable)
+        outside = usable.rows(~inside) if (~inside).sum() >= min_samples else usable
+        buckets = calibrate_lead_buckets(outside, service_level=service_level, trust=chosen.weight,
                                          min_samples=min_samples, edges=edges)
+        window_rows = usable.rows(inside).calibratable()
+        if buckets and len(window_rows) >= min_samples:
+            window_m = needed_multiplier(window_rows, window_service_level or service_level, chosen.weight)
+            window_n = len(window_rows)
     return SizingCalibration(service_level=service_level, trust=chosen, buckets=buckets,
-                             samples=len(samples.calibratable()), incidents=int(samples.incidents().sum()))
+                             samples=len(samples.calibratable()), incidents=int(samples.incidents().sum()),
+                             window_multiplier=window_m, window_samples=window_n)
+
+
+@dataclass(frozen=True)
+class InForce:
+    """A calibration and when it took over (in the unit of `Samples.decided`), with the service levels it
+    aimed at outside and inside scheduled windows."""
+
+    since: int
+    calibration: SizingCalibration
+    aims: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class Steering:
+    """What the calibrations in force served out of sample, and the aims that follow (outside, inside windows)."""
+
+    aims: tuple[float, float]
+    served: float | None = None  # % of the load of the buckets judged, both regimes
+    buckets: int = 0
+
+
+def steered_aims(samples: Samples, history: Sequence[InForce], target: float) -> Steering:
+    """Per regime (outside, inside scheduled windows), the service level the next calibration aims at: the
+    calibrations in `history` judged on the record's buckets decided while each was in force (out of sample),
+    through `steered_service_level`. Without such buckets, the last aims (the target at first)."""
+    last = history[-1].aims if history else (target, target)
+    s = samples.usable()
+    if not history or s.decided is None or len(s) == 0:
+        return Steering(last)
+    since = np.array([h.since for h in history])
+    which = np.searchsorted(since, np.asarray(s.decided), side="right") - 1
+    inside = in_windows(s)
+    aims = []
+    judged_actual, judged_provisioned = [], []
+    for regime, fallback in ((False, last[0]), (True, last[1])):
+        actual, provisioned, weights = [], [], []
+        for j in np.unique(which[which >= 0]):
+            h = history[int(j)]
+            if not h.calibration.ready:
+                continue
+            pick = (which == j) & (inside == regime)
+            if not pick.any():
+                continue
+            part = s.rows(pick)
+            cal = h.calibration
+            actual.append(part.actual)
+            provisioned.append(sample_capacity(part, cal.trust.weight,
+                                               cal.multipliers(part.lead_s, in_windows(part))))
+            weights.append((int(pick.sum()), h.aims[1 if regime else 0]))
+        if not actual:
+            aims.append(fallback)
+            continue
+        aimed = sum(n * a for n, a in weights) / sum(n for n, _ in weights)
+        aims.append(steered_service_level(target, aimed, np.concatenate(actual), np.concatenate(provisioned)))
+        judged_actual.extend(actual)
+        judged_provisioned.extend(provisioned)
+    if not judged_actual:
+        return Steering((aims[0], aims[1]))
+    a, p = np.concatenate(judged_actual), np.concatenate(judged_provisioned)
+    served, _ = served_and_coverage(a, p)
+    return Steering((aims[0], aims[1]), served, len(a))
+
+
+# Out-of-sample served this far below the target (in points), over enough buckets, is a target at risk.
+AT_RISK_MARGIN = 0.05
+
+
+def at_risk(samples: Samples, steering: Steering, target: float, trust: float) -> str:
+    """Why the record shows `target` out of reach ("" when it does not): what the calibrations in force served
+    out of sample, and what the target would have cost on the record."""
+    if steering.served is None or steering.buckets < FEEDBACK_MIN_SAMPLES:
+        return ""
+    if steering.served >= target - AT_RISK_MARGIN:
+        return ""
+    s = samples.usable()
+    m, cost = cost_at_service_level(s, target, trust)
+    load = float(s.actual.sum())
+    price = ("no multiplier up to ×10 meets it" if not math.isfinite(cost) or load <= 0
+             else f"it takes ×{m:.2f} the forecast, {cost / load:.2f}× the load")
+    return (f"served {steering.served:.2f}% of the load over the last {steering.buckets} buckets against a "
+            f"{target:g}% target; on the record {price}")
+
+
+def calibrate_steered(samples: Samples, history: Sequence[InForce], *, service_level: float | None,
+                      headroom_percent: float = 0.0, since: int, min_samples: int = MIN_SAMPLES) -> InForce:
+    """`calibrate_sizing` at the aims the record steers to (`steered_aims`); the calibration reports the target,
+    and whether the record shows it at risk (`at_risk`)."""
+    if service_level is None:
+        cal = calibrate_sizing(samples, service_level=None, headroom_percent=headroom_percent,
+                               min_samples=min_samples)
+        return InForce(since, cal, (0.0, 0.0))
+    steering = steered_aims(samples, history, service_level)
+    aim_out, aim_in = steering.aims
+    cal = calibrate_sizing(samples, service_level=aim_out, headroom_percent=headroom_percent,
+                           min_samples=min_samples, window_service_level=aim_in)
+    risk = at_risk(samples, steering, service_level, cal.trust.weight) if cal.ready else ""
+    return InForce(since, replace(cal, service_level=service_level, at_risk=risk), steering.aims)
 
 
 def calibrate_sizing_from_forecasts(

@@ -2,8 +2,12 @@
 
 **Samples.** One per load bucket u that has come: the load A(u), and for each decision whose capacity can
 serve u — those from u − leadTime to u: a scale-up takes leadTime to be ready, a scale-down applies at once,
-so the capacity in u is the smallest any of them asked for — the F and R that decision saw (NaN F: it had no
-forecast and did not limit u). The lead is u − generated_at of the forecast in force at the first of them.
+so the capacity in u is the smallest any of them kept — the F and R that decision saw (NaN F: it had no
+forecast and did not limit u). What a decision keeps is the highest of its own ask and those of the `held`
+decisions before it within the scale-down stabilisation window (the planner's step 4), so the samples carry
+those earlier decisions too; and the ask is whole replicas of `unit` requests (step 2 rounds up). Without
+them the record would count bursts as missed that the held or rounded-up capacity served, and the
+calibration would buy that coverage twice. The lead is u − generated_at of the forecast in force at the first of them.
 Only the trailing `CALIBRATION_WINDOW` counts, and incidents (load over `INCIDENT_RATIO` times everything
 its decisions saw and forecast) are left out of the fit and counted.
 
@@ -14,7 +18,7 @@ forecasts it used (`ForecastRecord`) and the traffic that came (`samples_from_fo
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -41,7 +45,8 @@ class Samples:
     """Paired records, one row per load bucket (see the module docstring).
 
     `forecast` and `observed` have one column per decision that can serve the bucket (a 1-D array is one
-    decision); all have the same number of rows.
+    decision), after `held` columns of the decisions before them whose asks the stabilisation keeps; all have
+    the same number of rows. `unit` is what one replica serves (0: asks are not rounded).
     """
 
     lead_s: np.ndarray  # seconds from the forecast's generation to the bucket
@@ -49,6 +54,10 @@ class Samples:
     forecast: np.ndarray  # F per decision: the forecast's peak over its window (NaN: no forecast)
     observed: np.ndarray  # R per decision: what the reactive floor saw (NaN: nothing)
     clean: bool = field(default=False, compare=False)  # already `usable()`: the search calls it often
+    held: int = 0
+    unit: float = 0.0
+    rise: np.ndarray | None = None  # per decision, the scheduled windows' factor on R (None: 1 everywhere)
+    decided: np.ndarray | None = None  # per row, when its first serving decision was made (ns; None: unknown)
 
     def __post_init__(self) -> None:
         n = len(self.actual)
@@ -62,7 +71,9 @@ class Samples:
 
     def rows(self, pick: np.ndarray | slice) -> Samples:
         return Samples(lead_s=self.lead_s[pick], actual=self.actual[pick], forecast=self.forecast[pick],
-                       observed=self.observed[pick], clean=self.clean)
+                       observed=self.observed[pick], clean=self.clean, held=self.held, unit=self.unit,
+                       rise=None if self.rise is None else self.rise[pick],
+                       decided=None if self.decided is None else self.decided[pick])
 
     def usable(self) -> Samples:
         """Rows with an actual, a lead and a forecast at one decision at least, as 2-D arrays; negative
@@ -73,7 +84,7 @@ class Samples:
         r = np.asarray(self.observed, dtype=float)
         if f.ndim == 1:
             f, r = f[:, None], r[:, None]
-        ok = np.isfinite(self.actual) & np.isfinite(self.lead_s) & np.isfinite(f).any(axis=1)
+        ok = np.isfinite(self.actual) & np.isfinite(self.lead_s) & np.isfinite(f[:, self.held:]).any(axis=1)
         f = f[ok]
         return Samples(
             lead_s=np.asarray(self.lead_s, dtype=float)[ok],
@@ -81,6 +92,10 @@ class Samples:
             forecast=np.where(np.isfinite(f), np.maximum(f, 0.0), np.nan),
             observed=np.maximum(np.nan_to_num(r[ok], nan=0.0), 0.0),
             clean=True,
+            held=self.held,
+            unit=self.unit,
+            rise=None if self.rise is None else np.asarray(self.rise, dtype=float).reshape(np.shape(r))[ok],
+            decided=None if self.decided is None else np.asarray(self.decided)[ok],
         )
 
     def incidents(self) -> np.ndarray:
@@ -101,13 +116,18 @@ def samples_from_forecasts(
     now: datetime,
     lead_time: timedelta,
     window: timedelta = CALIBRATION_WINDOW,
+    stabilization: timedelta = timedelta(0),
+    unit: float = 0.0,
+    rise_at: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Samples:
     """The operator's samples: the forecasts it used (generated_at, forecast) against the traffic that came.
 
     `actuals` is the load per forecast step (UTC bucket starts, NaN = missing). A bucket counts once it is
     complete (it ends by `now`) and lies within `window`. Its decisions are one per step from bucket start
     − `lead_time` to the bucket start, each with the newest forecast generated by then (its peak over the
-    planner's window [t, t + lead_time + step)) and the last bucket complete by then (the floor).
+    planner's window [t, t + lead_time + step)) and the last bucket complete by then (the floor). Before
+    them come the decisions within `stabilization` (the scale-down window) whose asks they keep; `unit` is
+    what one replica serves per step; `rise_at` gives the scheduled windows' factor at decision times (ns).
     """
     if len(actuals) < 2 or not forecasts:
         return _empty()
@@ -125,9 +145,12 @@ def samples_from_forecasts(
     ordered = sorted(forecasts, key=lambda gf: gf[0])
     generated = np.array([pd.Timestamp(g).value for g, _ in ordered], dtype=np.int64)
     k = max(0, math.ceil(lead / step - 1e-9)) + 1
+    held = max(0, int(pd.Timedelta(stabilization).value // step))
     u = at[rows]
-    # Decision j of a bucket: one per step from its start − lead_time, the last at its start.
-    offsets = np.where(np.arange(k) < k - 1, np.arange(k) * step - lead, 0)
+    # Decision j of a bucket: one per step from its start − lead_time, the last at its start; before them the
+    # `held` ones whose asks the stabilisation keeps.
+    serving = np.where(np.arange(k) < k - 1, np.arange(k) * step - lead, 0)
+    offsets = np.concatenate([-lead - step * np.arange(held, 0, -1), serving])
     decided = u[:, None] + offsets[None, :]
     g = np.searchsorted(generated, decided, side="right") - 1
     seen = g >= 0
@@ -140,12 +163,14 @@ def samples_from_forecasts(
     b = np.searchsorted(at, decided - step, side="right") - 1
     observed = np.where(seen & (b >= 0) & (b < len(values)), values[np.clip(b, 0, len(values) - 1)], np.nan)
     forecast[~seen] = np.nan
-    keep = seen.any(axis=1)
+    rise = None if rise_at is None else np.asarray(rise_at(decided.ravel()), dtype=float).reshape(decided.shape)
+    keep = seen[:, held:].any(axis=1)
     if not keep.any():
         return _empty()
-    first = generated[_first_valid(g[keep])]
+    first = generated[_first_valid(g[keep][:, held:])]
     return Samples(lead_s=(u[keep] - first) / 1e9, actual=values[rows][keep], forecast=forecast[keep],
-                   observed=observed[keep])
+                   observed=observed[keep], held=held, unit=unit, rise=None if rise is None else rise[keep],
+                   decided=decided[keep, held])
 
 
 def _first_valid(g: np.ndarray) -> np.ndarray:

@@ -111,3 +111,33 @@ def served_and_coverage(actual: np.ndarray, provisioned: np.ndarray) -> tuple[fl
     total = float(a.sum())
     served = 100.0 * (1 - shortfall(a, p) / total) if total > 0 else 100.0
     return served, 100.0 * float(np.mean(a <= p + 1e-12))
+
+
+# The record's own out-of-sample misses steer the level the next calibration aims at: the square root of the
+# ratio of what was allowed to what was missed (a damped step, so one bad day does not swing the cost), the
+# aim kept within these multiples of the target's unserved share.
+FEEDBACK_DAMPING = 1.0
+FEEDBACK_BOUNDS = (0.1, 1.0)
+# Out-of-sample buckets needed before the aim moves: a day of 5-minute buckets, two of hourly ones.
+FEEDBACK_MIN_SAMPLES = 48
+
+
+def steered_service_level(target: float, aimed: float, actual: np.ndarray, provisioned: np.ndarray) -> float:
+    """The service level the next calibration aims at, from how the calibrations in force did out of sample.
+
+    A calibration meets the target on the record it was fitted on; the buckets that came after it are what
+    it really served. Those misses (`actual` against what the calibrations in force `provisioned`, incidents
+    included) against the target's allowance move the aim from `aimed` (the level those calibrations aimed
+    at) by a damped step: more misses than allowed aim higher, fewer aim lower, so the realized level settles
+    at the target instead of above or below it.
+    """
+    a, p = np.asarray(actual, dtype=float), np.asarray(provisioned, dtype=float)
+    ok = np.isfinite(a) & np.isfinite(p)
+    if ok.sum() < FEEDBACK_MIN_SAMPLES or float(np.maximum(a[ok], 0).sum()) <= 0:
+        return aimed
+    allowed = 1 - target / 100
+    missed = shortfall(a[ok], p[ok]) / float(np.maximum(a[ok], 0).sum())
+    lo, hi = FEEDBACK_BOUNDS
+    step = (allowed / max(missed, allowed * lo)) ** FEEDBACK_DAMPING
+    aim = float(np.clip((1 - aimed / 100) * step, allowed * lo, allowed * hi))
+    return 100 * (1 - aim)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import kopf
@@ -19,7 +19,8 @@ from sqlalchemy.engine import Engine
 from prescaler import db, handlers, history
 from prescaler.config import OperatorConfig
 from prescaler.informers import Informer
-from test_reconcile import NOW, FakeActuator, FixedClock, _body
+
+from .test_reconcile import NOW, FakeActuator, FixedClock, _body
 
 NAMESPACE = "first-pass"
 NAMES = ("a", "b", "c")
@@ -167,20 +168,6 @@ def test_the_start_up_pass_starts_nothing_past_its_budget(
     asyncio.run(handlers.decide_all(budget_s=0.0))
     assert actuator.scaled is None and _rows(engine) == []
     assert all(not s.state.decided for s in handlers._slots.values())
-
-
-def test_live_peers_follow_kopfs_rule() -> None:
-    now = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
-    status = {
-        "fresh": {"priority": 5, "lifetime": 60, "lastseen": "2026-12-06T11:59:30+00:00"},
-        "lapsed": {"priority": 9, "lifetime": 60, "lastseen": "2026-12-06T11:58:59+00:00"},
-        "short-lived": {"priority": 9, "lifetime": 10, "lastseen": "2026-12-06T11:59:30+00:00"},
-        "naive-time": {"priority": 1, "lifetime": 60, "lastseen": "2026-12-06T11:59:30"},
-        "never-seen": {"priority": 1},  # kopf counts a missing time as now
-        "garbled": {"priority": 1, "lastseen": "yesterday"},  # unreadable: assume alive rather than act beside it
-    }
-    assert sorted(handlers.live_peers(status, now)) == ["fresh", "garbled", "naive-time", "never-seen"]
-    assert handlers.live_peers({}, now) == []
 
 
 @pytest.fixture

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEV_ONLY_MODULES = ("prescaler_dev", "cryptography")
 
-# Runs in a fresh interpreter: this test process has imported the dev kit already (tests/conftest.py).
+# Runs in a fresh interpreter: this test process may have imported the dev kit already (other tests do).
 _IMPORT_EVERY_MODULE = """
 import importlib, json, pkgutil, sys
 import prescaler

@@ -305,21 +305,6 @@ def test_views_over_rollups_return_what_the_raw_views_returned(engine: Engine) -
         conn.execute(sa.text("DELETE FROM traffic_log WHERE service LIKE 'r_'"))
 
 
-def test_unreachable_database_is_data_unavailable() -> None:
-    engine = db.make_engine("postgresql+psycopg2://prescaler:prescaler@127.0.0.1:9/prescaler")
-    with pytest.raises(DataUnavailable, match="migrating the schema"):
-        db.migrate(engine)
-    with pytest.raises(DataUnavailable):
-        db.load_latest_forecast(engine, "x")
-
-
-def test_bad_url_is_input_error() -> None:
-    with pytest.raises(InputError):
-        db.make_engine("not a url")
-    with pytest.raises(InputError):
-        db.make_engine("nosuchdb://x/y")
-
-
 @pytest.mark.skipif(bool(os.environ.get("PRESCALER_TEST_DATABASE_URL")),
                     reason="the local server is not used when an external test database is given")
 def test_local_server_creates_and_drops_databases(pg_server_url: str) -> None:

@@ -15,7 +15,7 @@ import yaml
 from prescaler.durations import parse_duration
 from prescaler.errors import InputError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CRD_DIR = ROOT / "crds"
 SCALER_CRD = CRD_DIR / "prescaler.dev_predictivescalers.yaml"
 EXAMPLES = ROOT / "manifests" / "examples"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import selectors
 import signal
 import socket
@@ -28,7 +27,6 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-import yaml
 from confluent_kafka import Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from sqlalchemy.engine import Engine, make_url
@@ -37,13 +35,14 @@ from collector_process import CollectorProcess
 from prescaler.clock import Clock
 from prescaler.collect import collect_once, load_config, metrics, run_forever
 from prescaler.collect import kafka as kafka_feed
-from prescaler.collect.kafka import Drop, KafkaFeed, MessageParser
+from prescaler.collect.kafka import KafkaFeed
 from prescaler.collect.store import CountWriter, Fenced, OffsetMove, load_offsets
-from prescaler.errors import InputError
 from prescaler.history import default_source
 from prescaler_dev.kafka import KafkaBroker, free_port
-from test_collect import _self_signed
+from unit.test_collect_kafka import cli, write_config
 from waiting import wait_for
+
+from .test_collect import _self_signed
 
 UTC = dt.UTC
 MINUTE = dt.timedelta(minutes=1)
@@ -122,14 +121,6 @@ def events(start: dt.datetime, n: int, *, services: int = 3, endpoints: int = 2,
     return values, keys, sent
 
 
-def write_config(path: Path, broker: KafkaBroker | str, topic: str, **kafka: Any) -> Path:
-    bootstrap = broker if isinstance(broker, str) else broker.bootstrap
-    settings = {"bootstrap_servers": bootstrap, "topic": topic, "group": f"collector-{topic}", **kafka}
-    path.write_text(yaml.safe_dump({"sources": {"default": {}}, "feeds": [{"name": "requests", "kafka": settings}]},
-                                   sort_keys=False))
-    return path
-
-
 def table(engine: Engine) -> Counter[Key]:
     with engine.connect() as conn:
         rows = conn.execute(sa.text("SELECT ts, service, endpoint, requests FROM traffic_log")).all()
@@ -144,11 +135,6 @@ def stored_offsets(engine: Engine) -> int:
 
 def once(config: Path, engine: Engine, **kwargs: Any) -> int:
     return collect_once(load_config(config), engine, settle=dt.timedelta(seconds=20), **kwargs)
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "prescaler.cli", *args], capture_output=True, text=True,
-                          timeout=300, check=False, env={**os.environ, **(env or {})})
 
 
 def metric(name: str, **labels: str) -> float:
@@ -276,29 +262,6 @@ def test_malformed_messages_are_skipped_counted_by_reason_and_logged_with_partit
     with engine.connect() as conn:  # the position moved past them: they are never read again
         assert conn.execute(sa.text("SELECT next_offset FROM collector_kafka_offsets")).scalar_one() == \
             len(values) + len(good)
-
-
-def test_message_parser_formats_and_reasons(tmp_path: Path) -> None:
-    now = dt.datetime(2026, 6, 1, 12, 0, tzinfo=UTC).timestamp()
-    events_format = MessageParser(load_spec(tmp_path, format="events"))
-    counts_format = MessageParser(load_spec(tmp_path, format="counts"))
-    assert events_format(b'{"ts": "2026-06-01T11:59:30.5Z", "service": "a", "endpoint": "/"}', now) == \
-        (now - 29.5, "a", "/", 1)
-    assert events_format(b'{"ts": "2026-06-01T13:59:30+02:00", "service": "a", "endpoint": "/"}', now) == \
-        (now - 30, "a", "/", 1)
-    assert events_format(b'{"ts": "2026-06-01T11:59:30", "service": "a", "endpoint": "/"}', now)[0] == now - 30
-    assert counts_format(json.dumps({"ts": now - 60, "service": "a", "endpoint": "/", "requests": 12}).encode(),
-                         now) == (now - 60, "a", "/", 12)
-    assert counts_format(b'{"ts": 1, "service": "a", "endpoint": "/"}', now) == Drop("missing_field", "no 'requests'")
-    assert isinstance(events_format(b'{"ts": NaN, "service": "a", "endpoint": "/"}', now), Drop)
-    assert events_format(json.dumps({"ts": now + 299, "service": "a", "endpoint": "/"}).encode(), now)[0] == now + 299
-    assert events_format(json.dumps({"ts": now + 301, "service": "a", "endpoint": "/"}).encode(),
-                         now).reason == "future"  # type: ignore[union-attr]
-
-
-def load_spec(folder: Path, **kafka: Any) -> Any:
-    path = folder / f"{uuid.uuid4().hex}.yaml"
-    return load_config(write_config(path, "127.0.0.1:9092", "t", **kafka)).feeds[0].kafka
 
 
 def test_transactions_only_committed_messages_count_and_an_open_one_does_not_hold_once_up(
@@ -679,55 +642,3 @@ def test_unknown_topic_is_a_configuration_error(broker: KafkaBroker, engine_for:
     done = cli("collect", "--config", str(config), "--once", "--database-url", url)
     assert done.returncode == 2, done.stderr
     assert "unknown_topic: topic 'no-such-topic'" in done.stderr and len(done.stderr.strip().splitlines()) == 1
-
-
-@pytest.mark.parametrize(("change", "message"), [
-    ({"bootstrap_servers": "kafka"}, r"kafka\.bootstrap_servers\[0\]: 'kafka' is not host:port"),
-    ({"bootstrap_servers": []}, r"kafka\.bootstrap_servers: expected host:port"),
-    ({"topic": "a topic"}, r"kafka\.topic: 'a topic' is not a Kafka topic name"),
-    ({"group": None}, r"kafka\.group: is required"),
-    ({"format": "avro"}, r"kafka\.format: expected one of \['events', 'counts'\]"),
-    ({"grace": "2x"}, r"kafka\.grace: '2x' is not a duration"),
-    ({"batch_messages": 0}, r"kafka\.batch_messages: expected a whole number"),
-    ({"start": "middle"}, r"kafka\.start: expected one of"),
-    ({"sasl": {"username": "u", "mechanism": "PLAIN"}}, r"kafka\.sasl\.password_file: SASL needs"),
-    ({"sasl": {"username": "u", "password_env": "PRESCALER_TEST_UNSET"}}, r"PRESCALER_TEST_UNSET is not set"),
-    ({"sasl": {"username": "u", "mechanism": "GSSAPI", "password_env": "HOME"}}, r"sasl\.mechanism: expected one"),
-    ({"tls": {"cert_file": "/nonexistent"}}, r"kafka\.tls\.cert_file: /nonexistent is not a readable file"),
-    ({"topik": "x"}, r"unknown keys \['topik'\]"),
-])
-def test_kafka_config_errors_name_feed_and_field(tmp_path: Path, change: dict[str, Any], message: str) -> None:
-    settings = {"bootstrap_servers": "127.0.0.1:9092", "topic": "t", "group": "g", **change}
-    settings = {k: v for k, v in settings.items() if v is not None}
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump({"feeds": [{"name": "requests", "kafka": settings}]}))
-    with pytest.raises(InputError, match=message):
-        load_config(path)
-
-
-def test_a_kafka_config_error_stops_the_command_with_one_line_and_exit_2(tmp_path: Path) -> None:
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump({"feeds": [{"name": "requests", "kafka": {
-        "bootstrap_servers": "127.0.0.1:9092", "topic": "t", "group": "g", "format": "avro"}}]}))
-    done = cli("collect", "--config", str(path), "--once", "--database-url", "postgresql+psycopg2://x@127.0.0.1:9/x")
-    assert done.returncode == 2, done.stderr
-    assert done.stderr.strip().splitlines() == [
-        f"prescaler: error: {path}: feed 'requests': kafka.format: expected one of ['events', 'counts'], got 'avro'"]
-
-
-def test_kafka_settings_parse_with_defaults_and_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PRESCALER_TEST_KAFKA_PASSWORD", "s3cret")
-    ca = tmp_path / "ca.crt"
-    ca.write_text("-----BEGIN CERTIFICATE-----\n")
-    spec = load_spec(tmp_path, bootstrap_servers="a:9093, b:9093", services=["web"],
-                     sasl={"username": "collector", "password_env": "PRESCALER_TEST_KAFKA_PASSWORD"},
-                     tls={"ca_file": str(ca)}, grace="0s")
-    assert spec.bootstrap_servers == ("a:9093", "b:9093")
-    assert spec.security_protocol == "SASL_SSL" and spec.sasl.mechanism == "SCRAM-SHA-512"
-    assert spec.grace == dt.timedelta(0) and spec.services == frozenset({"web"})
-    assert (spec.format, spec.start, spec.batch_messages) == ("events", "earliest", 50_000)
-    from prescaler.collect.kafka import consumer_config
-
-    conf = consumer_config("requests", spec)
-    assert conf["sasl.password"] == "s3cret" and conf["ssl.ca.location"] == str(ca)
-    assert conf["enable.auto.commit"] is False and conf["group.id"] == "collector-t"

@@ -16,7 +16,7 @@ from prescaler.cli import build_parser
 from prescaler.collect import metrics as collector_metrics
 from prescaler.metrics import METRIC_NAMES
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 DOCS = ROOT / "docs"
 PAGES = [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]

@@ -54,7 +54,7 @@ SERVICE_LEVELS = {
 def test_the_crd_rule_for_service_level_agrees_with_the_operator(text: str) -> None:
     import re
 
-    crd = yaml.safe_load((Path(__file__).resolve().parents[1] / "crds" / "prescaler.dev_predictivescalers.yaml")
+    crd = yaml.safe_load((Path(__file__).resolve().parents[2] / "crds" / "prescaler.dev_predictivescalers.yaml")
                          .read_text())
     node = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
         "scaling"]["properties"]["serviceLevel"]
@@ -72,7 +72,7 @@ def test_the_crd_rule_for_service_level_agrees_with_the_operator(text: str) -> N
 
 
 def test_example_manifest_parses() -> None:
-    example = Path(__file__).resolve().parents[1] / "manifests" / "examples" / "workout-api.yaml"
+    example = Path(__file__).resolve().parents[2] / "manifests" / "examples" / "workout-api.yaml"
     docs = list(yaml.safe_load_all(example.read_text()))
     ps = next(d for d in docs if d and d["kind"] == "PredictiveScaler")
     s = parse_spec(ps["spec"])
