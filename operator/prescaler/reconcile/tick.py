@@ -305,7 +305,8 @@ class Reconciler:
         now: datetime,
         targets: TargetLookup | None,
     ) -> Outcome:
-        """One decision, step by step: validate → observe → forecast → calibrate → plan → actuate → report.
+        """One decision, step by step: validate → observe → forecast → calibrate → gate (the effective mode) →
+        plan → actuate → report (status, scorecard, scheduled window, capacity).
 
         A step that cannot go on leaves its conditions in the outcome, and the tick ends there."""
         out = Outcome()
@@ -617,8 +618,8 @@ class Reconciler:
             "limitedBy": decision.limited_by,
         })
         if effective == "ForecastOnly":
-            why = "mode is ForecastOnly" if spec.promotion is None else "effective mode is ForecastOnly (the " \
-                "promotion gate's)"
+            why = "mode is ForecastOnly" if spec.promotion is None else \
+                "effective mode is ForecastOnly (the Promoted condition says why)"
             conds["ScalingActive"] = Cond("False", "ForecastOnly", f"{why}: replicas are computed and reported, "
                                           "never changed")
         elif decision.stale:
