@@ -69,10 +69,11 @@ SERVICE_LEVEL_AT_RISK = _scaler(Gauge, "prescaler_service_level_at_risk",
 CALIBRATED_QUANTILE = _scaler(Gauge, "prescaler_calibrated_quantile",
                               "The forecast quantile (0-1) the service level is sized at, calibrated online.")
 MODEL_INFO = _scaler(Gauge, "prescaler_model_info", "1 for the forecast model in use.", extra=("model",))
-SCORECARD_REPLICA_HOURS = _scaler(
-    Gauge, "prescaler_scorecard_replica_hours",
-    "Replica-hours in the scorecard window (1d, 7d, 14d): planned by prescaler, or the baseline's (what the target "
-    "ran; while prescaler was in charge, what an HPA on the same load would have).", extra=("window", "side"))
+SCORECARD_REPLICA_SECONDS = _scaler(
+    Gauge, "prescaler_scorecard_replica_seconds",
+    "Replica-seconds in the scorecard window (1d, 7d, 14d): planned by prescaler, or the baseline's (what the "
+    "target ran; while prescaler was in charge, what the controller it took over from would have).",
+    extra=("window", "side"))
 SCORECARD_UNSERVED_PERCENT = _scaler(
     Gauge, "prescaler_scorecard_unserved_percent",
     "Percent of the window's observed load above ready capacity, planned or baseline (absent without load).",

@@ -19,7 +19,7 @@ def test_the_scorecard_row_charts_the_new_metrics() -> None:
         i: {m for t in panels[i]["targets"] for m in re.findall(r"\bprescaler_\w+", t["expr"])} for i in range(61, 66)}
     assert used == {
         61: {"prescaler_scorecard_cost_ratio", "prescaler_scorecard_unserved_ratio"},
-        62: {"prescaler_scorecard_replica_hours"},
+        62: {"prescaler_scorecard_replica_seconds"},
         63: {"prescaler_scorecard_unserved_percent"},
         64: {"prescaler_effective_auto"},
         65: {"prescaler_capacity_shortfall_replicas"},

@@ -143,8 +143,8 @@ def export(namespace: str, name: str, figures: dict[str, Figures]) -> None:
     for label, f in figures.items():
         held = f.covered > timedelta(0)
         sides: dict[Any, dict[str, float | None]] = {
-            metrics.SCORECARD_REPLICA_HOURS: {"planned": f.planned_replica_hours if held else None,
-                                              "baseline": f.baseline_replica_hours if held else None},
+            metrics.SCORECARD_REPLICA_SECONDS: {"planned": 3600 * f.planned_replica_hours if held else None,
+                                                "baseline": 3600 * f.baseline_replica_hours if held else None},
             metrics.SCORECARD_UNSERVED_PERCENT: {"planned": f.planned_unserved_percent,
                                                  "baseline": f.baseline_unserved_percent},
         }
