@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import itertools
 import math
+from array import array
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
@@ -46,7 +47,7 @@ HOUR = 3600
 Baseline = Literal["Observed", "Estimated", "Mixed"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DecisionSample:
     """One decision as the scorecard sees it. Loads and capacities are requests per second."""
 
@@ -66,24 +67,44 @@ class DecisionSample:
         return self.estimate if self.in_charge else self.target
 
 
-@dataclass
-class _Hour:
-    covered: float = 0.0  # seconds with a record
-    in_charge: float = 0.0  # of those, seconds prescaler was in charge
-    planned: float = 0.0  # replica-seconds
-    baseline: float = 0.0
-    load: float = 0.0  # requests, where a load was observed
-    planned_unserved: float = 0.0  # requests
-    baseline_unserved: float = 0.0
+# The columns of an hour's sums: seconds with a record, of those seconds in charge, planned and baseline
+# replica-seconds, requests observed, planned and baseline requests unserved.
+COVERED, IN_CHARGE, PLANNED, BASELINE, LOAD, PLANNED_UNSERVED, BASELINE_UNSERVED = range(7)
+COLUMNS = 7
 
-    def add(self, other: _Hour) -> None:
-        self.covered += other.covered
-        self.in_charge += other.in_charge
-        self.planned += other.planned
-        self.baseline += other.baseline
-        self.load += other.load
-        self.planned_unserved += other.planned_unserved
-        self.baseline_unserved += other.baseline_unserved
+
+class _Hours:
+    """Hourly sums in a ring of rows, one per hour of the span kept, in flat arrays of machine numbers: two
+    weeks of a scaler in a few kilobytes (a fleet keeps one per scaler). Hours come in time order, so a row is
+    only ever reused for a later hour."""
+
+    def __init__(self, span: timedelta) -> None:
+        self.size = int(span.total_seconds() // HOUR) + 2
+        self.keys = array("q", [-1]) * self.size
+        self.sums = array("d", [0.0]) * (self.size * COLUMNS)
+        self.newest = -1
+
+    def add(self, hour: int, values: Sequence[float]) -> None:
+        row = hour % self.size
+        base = row * COLUMNS
+        if self.keys[row] != hour:
+            self.keys[row] = hour
+            for c in range(COLUMNS):
+                self.sums[base + c] = 0.0
+        for c in range(COLUMNS):
+            self.sums[base + c] += values[c]
+        self.newest = max(self.newest, hour)
+
+    def total(self, first: int, end: int) -> list[float]:
+        """The sums of the hours in [first, end) still kept (those a later hour has not passed by the span)."""
+        first = max(first, self.newest - self.size + 2)
+        out = [0.0] * COLUMNS
+        for row, hour in enumerate(self.keys):
+            if first <= hour < end:
+                base = row * COLUMNS
+                for c in range(COLUMNS):
+                    out[c] += self.sums[base + c]
+        return out
 
 
 @dataclass(frozen=True)
@@ -140,9 +161,12 @@ class ScoreRecord:
     """A scaler's scorecard, fed its decisions in time order; hourly sums over the last `keep`."""
 
     keep: timedelta = timedelta(days=14)
-    _hours: dict[int, _Hour] = field(default_factory=dict)
     _recent: deque[DecisionSample] = field(default_factory=deque)  # the newest sample and those its lead reaches
     first_at: datetime | None = None
+    _hours: _Hours = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._hours = _Hours(self.keep)
 
     @property
     def last(self) -> DecisionSample | None:
@@ -154,16 +178,14 @@ class ScoreRecord:
         if last is not None and sample.at <= last.at:
             return False
         if last is not None:
-            self._accumulate(last, last.at, min(sample.at, _hold_end(last)), self._hours)
+            for hour, values in self._pieces(last, last.at, min(sample.at, _hold_end(last))):
+                self._hours.add(hour, values)
         self._recent.append(sample)
         if self.first_at is None:
             self.first_at = sample.at
         # Keep the newest sample at or before `at - lead`: the plan ready from then on is its.
         while len(self._recent) >= 2 and self._recent[1].at <= sample.at - sample.lead:
             self._recent.popleft()
-        oldest = _hour_of(sample.at - self.keep) - 1
-        for hour in [h for h in self._hours if h < oldest]:
-            del self._hours[hour]
         return True
 
     def window(self, now: datetime, length: timedelta) -> Figures:
@@ -183,28 +205,23 @@ class ScoreRecord:
         return out
 
     def _figures(self, now: datetime, first: int, end: int) -> Figures:
-        total = _Hour()
-        for hour, sums in self._hours.items():
-            if first <= hour < end:
-                total.add(sums)
+        total = self._hours.total(first, end)
         last = self.last
         if last is not None and now > last.at:
             # The newest decision holds until now (or its gap limit): counted, not yet stored.
-            open_hours: dict[int, _Hour] = {}
-            self._accumulate(last, last.at, min(now, _hold_end(last)), open_hours)
-            for hour, sums in open_hours.items():
+            for hour, values in self._pieces(last, last.at, min(now, _hold_end(last))):
                 if first <= hour < end:
-                    total.add(sums)
+                    total = [t + v for t, v in zip(total, values, strict=True)]
         return Figures(
             start=datetime.fromtimestamp(first * HOUR, UTC),
             end=min(now, datetime.fromtimestamp(end * HOUR, UTC)),
-            covered=timedelta(seconds=total.covered),
-            planned_replica_hours=total.planned / HOUR,
-            baseline_replica_hours=total.baseline / HOUR,
-            load=total.load,
-            planned_unserved=total.planned_unserved,
-            baseline_unserved=total.baseline_unserved,
-            in_charge=timedelta(seconds=total.in_charge),
+            covered=timedelta(seconds=float(total[COVERED])),
+            planned_replica_hours=float(total[PLANNED]) / HOUR,
+            baseline_replica_hours=float(total[BASELINE]) / HOUR,
+            load=float(total[LOAD]),
+            planned_unserved=float(total[PLANNED_UNSERVED]),
+            baseline_unserved=float(total[BASELINE_UNSERVED]),
+            in_charge=timedelta(seconds=float(total[IN_CHARGE])),
         )
 
     def _ready_source(self, at: datetime) -> DecisionSample:
@@ -218,32 +235,33 @@ class ScoreRecord:
                 break
         return found
 
-    def _accumulate(self, s: DecisionSample, start: datetime, end: datetime, into: dict[int, _Hour]) -> None:
-        """Add the span [start, end) that sample `s` holds, cut where an hour ends or a plan becomes ready."""
+    def _pieces(self, s: DecisionSample, start: datetime, end: datetime) -> list[tuple[int, list[float]]]:
+        """The span [start, end) that sample `s` holds, cut where an hour ends or a plan becomes ready: each
+        piece's hour and sums."""
         if end <= start:
-            return
+            return []
         cuts = {start, end}
         cuts.update(r.at + s.lead for r in self._recent if start < r.at + s.lead < end)
         hour = (int(start.timestamp()) // HOUR + 1) * HOUR
         while hour < end.timestamp():
             cuts.add(datetime.fromtimestamp(hour, UTC))
             hour += HOUR
-        edges = sorted(cuts)
-        for a, b in itertools.pairwise(edges):
+        pieces = []
+        for a, b in itertools.pairwise(sorted(cuts)):
             seconds = (b - a).total_seconds()
-            sums = into.setdefault(_hour_of(a), _Hour())
-            sums.covered += seconds
-            sums.planned += s.planned * seconds
-            sums.baseline += s.baseline * seconds
-            if s.in_charge:
-                sums.in_charge += seconds
-            if s.load is None:
-                continue
-            ready = self._ready_source(a - s.lead)
-            baseline_ready = ready.estimate if s.in_charge else s.ready
-            sums.load += s.load * seconds
-            sums.planned_unserved += max(0.0, s.load - ready.planned * s.capacity) * seconds
-            sums.baseline_unserved += max(0.0, s.load - baseline_ready * s.capacity) * seconds
+            values = [0.0] * COLUMNS
+            values[COVERED] = seconds
+            values[IN_CHARGE] = seconds if s.in_charge else 0.0
+            values[PLANNED] = s.planned * seconds
+            values[BASELINE] = s.baseline * seconds
+            if s.load is not None:
+                ready = self._ready_source(a - s.lead)
+                baseline_ready = ready.estimate if s.in_charge else s.ready
+                values[LOAD] = s.load * seconds
+                values[PLANNED_UNSERVED] = max(0.0, s.load - ready.planned * s.capacity) * seconds
+                values[BASELINE_UNSERVED] = max(0.0, s.load - baseline_ready * s.capacity) * seconds
+            pieces.append((_hour_of(a), values))
+        return pieces
 
 
 def _hold_end(s: DecisionSample) -> datetime:
