@@ -527,6 +527,17 @@ def test_harmonic_level_follows_the_newest_weeks() -> None:
     assert fc.smape(truth, recent.yhat) < fc.smape(truth, flat.yhat)
 
 
+def test_harmonic_on_half_a_weekend_day_takes_the_weekday_curve() -> None:
+    # Five and a half days from a Monday end on Saturday noon: a weekend curve of its own, fitted on half a
+    # day, would be free over the other half.
+    five = timedelta(minutes=5)
+    history = traffic(5.5, five)
+    forecast = fc.HarmonicForecaster(step=five).fit(history).predict(DAY)
+    assert forecast.yhat.max() < history.max()
+    truth = traffic(6.5, five, noise=0.0).iloc[-len(forecast.yhat):]
+    assert fc.smape(truth.to_numpy(), forecast.yhat) < 5
+
+
 def test_internal_candidates_need_three_days(series: pd.Series) -> None:
     two_days = series.iloc[: 2 * 24]
     for model in (fc.SeasonalMedianForecaster(step=HOUR), fc.MSTLForecaster(step=HOUR),
