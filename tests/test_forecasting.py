@@ -583,6 +583,22 @@ def test_auto_rejects_a_candidate_whose_forecast_explodes(series: pd.Series, mon
     assert result.forecast.yhat.max() < 3 * series.max()
 
 
+def test_auto_scores_a_candidate_whose_backtest_band_alone_is_wide(series: pd.Series,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # A backtest window's own band is never used (the window's errors calibrate the band), so only its yhat
+    # can get a candidate rejected.
+    real = fc.MSTLForecaster.predict
+
+    def predict(self: Any, horizon: timedelta) -> fc.Forecast:
+        f = real(self, horizon)
+        return fc.Forecast(f.ds, f.yhat, f.lower, f.upper * 10, f.model, f.note)
+
+    monkeypatch.setattr(fc.MSTLForecaster, "predict", predict)
+    result = fc.fit_predict("auto", series, DAY)
+    assert "mstl" in result.errors
+    assert "rejected mstl" not in result.reason
+
+
 def test_a_configured_model_whose_forecast_explodes_falls_back(series: pd.Series,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     _exploding(fc.HoltWintersForecaster, monkeypatch)
