@@ -48,8 +48,8 @@ BASELINES = ("holt-winters", "seasonal-naive")
 # the widest of more of them (a quiet Sunday's) would widen every day's band.
 AUTO_FOLDS = 3
 # `auto`'s windows of a day or less: a week of them, so that every weekday judges the candidates. Three days
-# rank close models by their luck on those days, and a weekly pattern makes the next day unlike them. It
-# costs 8 fits per candidate instead of 4.
+# rank close models by their luck on those days, and a weekly pattern makes the next day unlike them. Each
+# window costs a fit per candidate.
 SHORT_FOLDS = 7
 SCORE_FOLDS = 3
 # `auto` leaves out every candidate whose backtest pinball loss is above this factor of the best one's, even
