@@ -2,7 +2,7 @@
 
 Predictive runs in service-level mode (`--service-level`, default 99.9%); its frontier sweeps the headroom
 on the same refits. Prints the KPI tables, the frontier comparison at equal replica-hours, each backtest's
-time, and the issue's targets with PASS/FAIL (informational: the bench reports what it measured, it does
+time, and the project's targets with PASS/FAIL (informational: the bench reports what it measured, it does
 not fail the build), then a summary of every scenario. Writes JSON and HTML reports to bench/results/
 (gitignored).
 """
@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
 RESULTS = HERE / "results"
 
-# Issue 7's targets. At every frontier point where reactive leaves unserved load, predictive leaves at most
+# The targets. At every frontier point where reactive leaves unserved load, predictive leaves at most
 # this share of it at equal replica-hours (the daily-cyclic hourly traces: FRONTIER_CYCLIC_HOURLY).
 FRONTIER_SHARE = 0.5
 FRONTIER_CYCLIC_HOURLY = 0.25
@@ -37,6 +37,9 @@ FRONTIER_CYCLIC_HOURLY = 0.25
 # replica-hours (hourly traces, and the 5-minute ones; the 1-minute ones are held to the 5-minute bound).
 SERVICE_LEVEL = 99.9
 SERVED_PCT = 99.85
+# ... and served no more than this many points above the target: a service level that over-serves costs more
+# than it was asked to.
+OVER_SERVED_POINTS = 0.05
 RH_VS_ORACLE_HOURLY = 1.3
 RH_VS_ORACLE_FINE = 1.6
 # A 60-day, 5-minute trace with daily refits, `auto`, on 2 cores.
@@ -51,12 +54,14 @@ class Scenario:
     capacity: float  # requests one replica serves per step
     startup_delay: timedelta
     last: timedelta
-    targets: bool  # the issue states targets for this scenario
+    targets: bool  # targets are set for this scenario
     events: pd.DataFrame | None = None
     step: timedelta | None = None  # resample to this step (None: the trace's own)
     frontier_share: float = FRONTIER_SHARE
     rh_vs_oracle: float = RH_VS_ORACLE_FINE
-    time_limit_s: float | None = None  # the speed target, where the issue sets one
+    time_limit_s: float | None = None  # the speed target, where one is set
+    # Frontier points count where reactive leaves more than this share unserved (percent).
+    contested_above: float = 0.0
 
 
 def appserver() -> Scenario:
@@ -103,8 +108,8 @@ SCENARIOS = {"appserver": appserver, "fitness": fitness, "wikipedia": wikipedia,
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Real bursty traffic (ClarkNet), the event calendar, and the peer autoscalers at equal cost (issue 7:
-# events everywhere, peer policies, real bursty data). Kept apart from the scenarios above.
+# Real bursty traffic (ClarkNet), the event calendar, scheduled broadcasts, and the peer autoscalers at equal
+# cost. Kept apart from the scenarios above.
 
 # 16 requests per minute per replica: the fortnight's busiest minute (472) needs 30 replicas.
 CLARKNET_PER_MINUTE = 16.0
@@ -164,9 +169,11 @@ def broadcast(*, with_calendar: bool) -> Scenario:
     title = ("simulated scheduled broadcasts, last 14 of 42 days, 5m step, 10m startup delay, "
              + ("with the broadcast schedule" if with_calendar else "without the schedule"))
     # 1,000 requests per 5 minutes per replica: the evaluated fortnight's busiest burst (30.1k/5m) needs 31.
+    # With the schedule, predictive leaves at most 0.3x of reactive's unserved load wherever reactive leaves
+    # more than 0.05%; without it, never more than reactive.
     return Scenario(name, title, series, capacity=1_000.0, startup_delay=timedelta(minutes=10),
-                    last=timedelta(days=14), targets=False, events=calendar if with_calendar else None,
-                    step=timedelta(minutes=5))
+                    last=timedelta(days=14), targets=True, events=calendar if with_calendar else None,
+                    step=timedelta(minutes=5), frontier_share=0.3 if with_calendar else 1.0, contested_above=0.05)
 
 
 REAL_AND_EVENT_SCENARIOS: dict[str, Callable[[], Scenario]] = {
@@ -244,11 +251,11 @@ class Check:
 
 
 def check_targets(result: backtest.BacktestResult, sc: Scenario, seconds: float) -> list[Check]:
-    """Issue 7's targets: the frontier against reactive, the service level against the oracle, the speed."""
+    """The targets: the frontier against reactive, the service level against the oracle, the speed."""
     checks = []
     comparable = [c for c in backtest.compare_frontiers(result) if c.reactive_unserved_pct is not None]
     # Where reactive leaves nothing unserved there is nothing to halve; the claim is about the rest.
-    contested = [c for c in comparable if (c.reactive_unserved_pct or 0.0) > 0]
+    contested = [c for c in comparable if (c.reactive_unserved_pct or 0.0) > sc.contested_above]
     shares = [c.predictive_unserved_pct / (c.reactive_unserved_pct or 1.0) for c in contested]
     worst = max(shares, default=float("nan"))
     checks.append(Check(f"frontier: predictive unserved <= {sc.frontier_share:g}x reactive's at equal replica-hours",
@@ -260,6 +267,9 @@ def check_targets(result: backtest.BacktestResult, sc: Scenario, seconds: float)
         ratio = pred.replica_hours / oracle.replica_hours if oracle.replica_hours else float("inf")
         checks.append(Check(f"service level {level.target_pct:g}%: served >= {SERVED_PCT}%",
                             f"{level.served_pct:.3f}%", level.served_pct >= SERVED_PCT, "served"))
+        top = level.target_pct + OVER_SERVED_POINTS
+        checks.append(Check(f"service level {level.target_pct:g}%: served within {level.target_pct:g}-{top:g}%",
+                            f"{level.served_pct:.3f}%", level.target_pct <= level.served_pct <= top, "within"))
         checks.append(Check(f"service level {level.target_pct:g}%: replica-hours <= {sc.rh_vs_oracle}x oracle's",
                             f"{pred.replica_hours:,.0f} / {oracle.replica_hours:,.0f} = {ratio:.3f}x",
                             ratio <= sc.rh_vs_oracle, "x oracle"))
@@ -292,7 +302,7 @@ def run_scenario(sc: Scenario, *, model: str, headroom: float, progress: bool, s
     print(backtest.frontier_summary(result))
     print_equal_cost(result)
     checks = check_targets(result, sc, elapsed)
-    label = "targets" if sc.targets else "targets (informational: the issue sets none for this trace)"
+    label = "targets" if sc.targets else "targets (informational: none are set for this trace)"
     print(label + ":")
     for c in checks:
         print(f"  {'PASS' if c.ok else 'FAIL'}  {c.target}: {c.measured}")

@@ -7,7 +7,7 @@ startup delay, HPA scale-down stabilisation and headroom sweep as `bench_backtes
 forecaster can make: the load's centered moving mean over a window of minutes, past and future alike. It sizes
 as the planner does by headroom, max(P, R) with P that level's maximum over the lead window and R the load
 observed in the last bucket (the reactive floor), and once more without the floor. Each sweep is read
-against reactive's as the issue-7 frontier target reads predictive's: unserved at equal replica-hours, as a
+against reactive's as the frontier target reads predictive's: unserved at equal replica-hours, as a
 share of reactive's; and at the replica-hours (× the oracle's) where it first serves 99.85%, the served floor
 of the service-level target.
 
@@ -44,7 +44,7 @@ from prescaler.backtest.results import kpis
 from prescaler.planning import ScalingPolicy
 
 HEADROOMS = (0.0, 5.0, 10.0, 20.0, 30.0, 50.0, 75.0, 100.0)
-SERVED = 99.85  # the service-level target's floor (issue 7)
+SERVED = 99.85  # the service-level target's floor
 DEFAULT = ("clarknet_1m_2m", "clarknet_1m_10m", "clarknet_5m_2m", "clarknet_5m_10m")
 
 Curve = list[tuple[float, float]]  # (replica-hours, unserved %) per headroom

@@ -12,10 +12,10 @@ backtests, selects and combines there too). Columns:
 - band %: share of actual values inside the calibrated lower-upper band (aimed at: 80%);
 - own band %: the same for the model's own band before calibration (what the operator published before);
 - s/fit: median seconds per fit, with its backtest and calibration (for `auto`: the whole selection).
-Targets checked per trace: `auto`'s pinball ≤ 0.9× the best single model's, never above seasonal-naive's,
+Targets checked per trace: `auto`'s pinball ≤ 1.1× the best single model's, never above seasonal-naive's,
 its band within 80 ± 3%. On the synthetic trace the generator's own 90% quantile (its mean times
 1 + 5% × z₀.₉, the noise being known) is scored too: the lowest pinball any forecaster can expect there, so
-the target is reachable only where that floor is below 0.9× the best single model's.
+the first target is reachable only where that floor is below 1.1× the best single model's.
 `--real FILE` takes a `ds,y` CSV (e.g. a per-minute web trace), resamples it to
 `--real-step` (a bucket with fewer than 60% of its minutes observed stays missing) and keeps the last
 `--real-days`. Reports, never asserts: the exit code is non-zero only on a crash.
@@ -44,7 +44,9 @@ SINGLE_MODELS = fc.CANDIDATES
 SELECTABLE = ("prophet", "holt-winters", "seasonal-naive")
 NOMINAL = fc.BAND_COVERAGE * 100
 COVERAGE_TOLERANCE = 3.0
-AUTO_VS_BEST = 0.9
+# `auto` picks models on the scaler's own recent past, so it can trail the model that, in hindsight, did best
+# over the windows scored; it should stay within this factor of it.
+AUTO_VS_BEST = 1.1
 Z_UPPER = statistics.NormalDist().inv_cdf(fc.UPPER_QUANTILE)  # the standard normal's quantile of the upper band
 
 

@@ -244,6 +244,8 @@ def test_two_replicas_passes_never_overlap(
     assert _rows(engine) == [(n, 5) for n in NAMES]
     with engine.connect() as conn:  # released: nothing holds it after the pass
         held = conn.execute(sa.text(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = :hi AND objid = :lo"),
+            # Advisory locks belong to a database; other tests' databases on the same server hold their own.
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = :hi AND objid = :lo "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"),
             {"hi": handlers._PASS_LOCK_KEY >> 32, "lo": handlers._PASS_LOCK_KEY & 0xFFFFFFFF}).scalar()
         assert held == 0

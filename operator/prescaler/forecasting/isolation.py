@@ -141,8 +141,8 @@ def fit_predict(name: str, history: pd.Series, horizon: timedelta, *, events: pd
     """Fit `name` on `history` and forecast `horizon`.
 
     "auto" backtests every eligible model (AUTO_FOLDS windows as long as the horizon when history allows,
-    else 1-day windows), drops each model another beat in every window, and forecasts the 1/sMAPE-weighted
-    mean of the rest (`model` "auto(a+b)"; a lone survivor keeps its own name).
+    else a week of 1-day windows) and forecasts the 1/pinball-weighted mean of the best and of the models its
+    backtest cannot tell from it (`model` "auto(a+b)"; a lone model keeps its own name).
 
     Falls back to a baseline, with the reason, when history is too short for the model, when the fit
     fails, or when it exceeds `timeout_s` (enforced in a child process; None = in-process, no limit).

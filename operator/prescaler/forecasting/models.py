@@ -469,6 +469,7 @@ class HarmonicForecaster(_Base):
         self.iterations = iterations
         self._coef = np.zeros(0)
         self._weekly = False
+        self._weekend_shape = True
         self._resid_q = (0.0, 0.0)
 
     def requirement(self, history: pd.Series) -> str | None:
@@ -489,7 +490,7 @@ class HarmonicForecaster(_Base):
         columns = [np.ones(len(index)), weekend]
         for k in range(1, self.daily_order + 1):
             for wave in (np.sin(k * day_phase), np.cos(k * day_phase)):
-                columns += [wave * (1 - weekend), wave * weekend]
+                columns += [wave * (1 - weekend), wave * weekend] if self._weekend_shape else [wave]
         if self._weekly:
             for k in range(1, self.weekly_order + 1):
                 columns += [np.sin(k * week_phase), np.cos(k * week_phase)]
@@ -500,6 +501,7 @@ class HarmonicForecaster(_Base):
         observed = history.notna().to_numpy()
         index = time_index(history)
         self._weekly = valid_span(history, self.step) >= 2 * WEEK * SPAN_TOLERANCE
+        self._weekend_shape = _covers_the_day(index[observed & (index.dayofweek >= 5)], index[observed])
         x = self._design(index)[observed]
         y = np.log1p(np.clip(history.to_numpy()[observed], 0, None))
         age = (index[-1] - index[observed]) / self.half_life
@@ -527,6 +529,16 @@ class HarmonicForecaster(_Base):
         lower, upper = band(yhat, np.full(len(ds), self._resid_q[0]), np.full(len(ds), self._resid_q[1]))
         return Forecast(ds=ds, yhat=yhat, lower=lower, upper=upper, model=self.name,
                         note="daily+weekly" if self._weekly else "daily")
+
+
+def _covers_the_day(weekend: pd.DatetimeIndex, every: pd.DatetimeIndex) -> bool:
+    """Whether the weekend's buckets cover (nearly) every time of day the history has: a weekend curve fitted
+    on part of a day is free over the rest of it and can explode there, so weekends then share the weekdays'
+    curve (shifted by their own level)."""
+    def times(index: pd.DatetimeIndex) -> set[int]:
+        return set((index.hour * 60 + index.minute).tolist())
+
+    return len(times(weekend)) >= SPAN_TOLERANCE * len(times(every)) > 0
 
 
 def _weekday_levels(logs: np.ndarray, index: pd.DatetimeIndex, per_day: int) -> np.ndarray:

@@ -11,7 +11,7 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 
-from prescaler.forecasting.accuracy import mape, mase, relative_pinball, smape
+from prescaler.forecasting.accuracy import mape, mase, pinball, smape
 from prescaler.forecasting.bands import calibrate_bands, log_residuals, quantile_offsets
 from prescaler.forecasting.interface import Forecast
 from prescaler.forecasting.models import make_candidate, requirement_of
@@ -46,17 +46,17 @@ def explosion_limit(history: pd.Series) -> tuple[float, float]:
     return peak, EXPLOSION_FACTOR * max(peak, 1.0)
 
 
-def exploded(forecast: Forecast, history: pd.Series) -> str | None:
-    """Why `forecast` is a fit gone wrong (values or band beyond EXPLOSION_FACTOR × the history's maximum,
-    or not finite), or None."""
+def exploded(forecast: Forecast, history: pd.Series, *, band: bool = True) -> str | None:
+    """Why `forecast` is a fit gone wrong (values, or with `band` its band, beyond EXPLOSION_FACTOR × the
+    history's maximum, or not finite), or None."""
     peak, limit = explosion_limit(history)
-    arrays = (forecast.yhat, forecast.lower, forecast.upper)
+    arrays = (forecast.yhat, forecast.lower, forecast.upper) if band else (forecast.yhat,)
     if not all(np.isfinite(a).all() for a in arrays):
         return "forecast has values that are not finite"
     top_yhat, top_band = float(np.max(forecast.yhat, initial=0)), float(np.max(forecast.upper, initial=0))
     if top_yhat > limit:
         return f"forecast peak {top_yhat:,.0f} > {EXPLOSION_FACTOR:g}× the history's maximum {peak:,.0f}"
-    if top_band > limit:
+    if band and top_band > limit:
         return f"forecast band {top_band:,.0f} > {EXPLOSION_FACTOR:g}× the history's maximum {peak:,.0f}"
     return None
 
@@ -85,7 +85,9 @@ def candidate_folds(history: pd.Series, name: str, horizon: timedelta, folds: in
             reasons.append(reason)
             continue
         forecast = make_candidate(name, step=step).fit(train, events=events).predict(horizon)
-        boom = exploded(forecast, train)
+        # Only yhat is scored: a window's own band is never used (its errors calibrate the band), and a
+        # model's band on the short history of an old window says nothing of the one it would get now.
+        boom = exploded(forecast, train, band=False)
         if boom is not None:
             raise Exploded(f"{boom} in the backtest window from {history.index[split]:%Y-%m-%d %H:%M}")
         out.append(Fold(split, test.to_numpy(), forecast))
@@ -101,18 +103,27 @@ def _quantile_forecast(yhat: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return np.expm1(np.log1p(np.clip(yhat, 0, None)) + offsets[idx])
 
 
-def cross_pinball(pairs: list[tuple[np.ndarray, np.ndarray]], step: timedelta, quantile: float) -> float:
-    """Pinball loss, in % of the mean load, of each window's `quantile` forecast: its yhat shifted by the
-    `quantile` of the log errors of the other windows (of itself when it is the only one)."""
+def cross_losses(pairs: list[tuple[np.ndarray, np.ndarray]], step: timedelta,
+                 quantile: float) -> list[tuple[float, float]]:
+    """Per window, the pinball loss summed over its buckets of its `quantile` forecast (its yhat shifted by
+    the `quantile` of the log errors of the other windows, of itself when it is the only one) and its load
+    summed over the same buckets."""
     residuals = [log_residuals(a, y) for a, y in pairs]
-    actual, predicted = [], []
+    out = []
     for i, (a, y) in enumerate(pairs):
         others = [r for j, r in enumerate(residuals) if j != i] or residuals
-        actual.append(a)
-        predicted.append(_quantile_forecast(y, quantile_offsets(others, step, quantile)))
-    if not actual:
-        return float("nan")
-    return relative_pinball(np.concatenate(actual), np.concatenate(predicted), quantile)
+        predicted = _quantile_forecast(y, quantile_offsets(others, step, quantile))
+        seen = np.isfinite(a) & np.isfinite(predicted)
+        loss = pinball(a[seen], predicted[seen], quantile) * int(seen.sum()) if seen.any() else 0.0
+        out.append((loss, float(np.abs(a[seen]).sum())))
+    return out
+
+
+def cross_pinball(pairs: list[tuple[np.ndarray, np.ndarray]], step: timedelta, quantile: float) -> float:
+    """Pinball loss, in % of the mean load, of each window's `quantile` forecast (see `cross_losses`)."""
+    losses = cross_losses(pairs, step, quantile)
+    load = sum(w for _, w in losses)
+    return sum(x for x, _ in losses) / load * 100 if load > 0 else float("nan")
 
 
 def cross_coverage(pairs: list[tuple[np.ndarray, np.ndarray]], step: timedelta) -> float:

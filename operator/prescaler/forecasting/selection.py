@@ -6,7 +6,8 @@ and a band calibrated on the model's own backtest errors (`bands`).
 backtest window's forecast of the provisioning quantile (the upper band's 90% by default, or a service
 level's), that quantile calibrated on the other windows, so a model is judged out of sample on level and
 spread alike. sMAPE only measures the middle of the forecast and ranked models differently from what
-scaling needed. It mixes the candidates close to the best (NEAR_BEST), weighted by 1/loss.
+scaling needed. It mixes, weighted by 1/loss, the best and the candidates its backtest cannot tell from it:
+within one standard error of the best's loss, window by window (`close_to_best`), and within NEAR_BEST.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from prescaler.forecasting.scoring import (
     Exploded,
     Fold,
     candidate_folds,
+    cross_losses,
     cross_pinball,
     exploded,
     explosion_limit,
@@ -41,13 +43,23 @@ from prescaler.forecasting.series import DAY, check_minimum, days_text, infer_st
 CANDIDATES = ("prophet", "holt-winters", "seasonal-naive", "seasonal-median", "mstl", "harmonic")
 # When a configured model cannot fit its history: the cheap models that need two days.
 BASELINES = ("holt-winters", "seasonal-naive")
+# `auto`'s backtest windows longer than a day (a week's three cover three weeks). Its band is calibrated on
+# its newest AUTO_FOLDS windows whatever their length: the calibration is built for a few recent windows, and
+# the widest of more of them (a quiet Sunday's) would widen every day's band.
 AUTO_FOLDS = 3
+# `auto`'s windows of a day or less: a week of them, so that every weekday judges the candidates. Three days
+# rank close models by their luck on those days, and a weekly pattern makes the next day unlike them. Each
+# window costs a fit per candidate.
+SHORT_FOLDS = 7
 SCORE_FOLDS = 3
-# `auto` mixes every candidate whose backtest pinball loss is within this factor of the best one's. Three
-# windows rank close models by chance: replaying the bench's windows, the best by three windows alone lost
-# 0.97-1.29× what the best single model did, the mix of those within 1.5× 0.90-1.16× (bench_forecast:
-# 0.92-1.16×), and its band held closer to 80% than a mix of the two best (75-77% on appserver, wikipedia).
+# `auto` leaves out every candidate whose backtest pinball loss is above this factor of the best one's, even
+# where too few windows can tell them apart.
 NEAR_BEST = 1.5
+# A candidate stays in the mix unless its loss is above the best's by more than this many standard errors of
+# their difference over the shared windows: the one-standard-error rule of cross-validation. With few windows
+# or models alike it mixes, as an average of close models errs less than one picked by chance; with a week of
+# windows where one model is steadily better it keeps that one alone.
+STANDARD_ERRORS = 1.0
 
 
 def check_candidate_name(name: str) -> None:
@@ -202,6 +214,53 @@ def mix_calibration(backtests: dict[str, dict[int, Fold]], members: list[str], w
     return calibrate_bands([log_residuals(a, y) for a, y in pairs], step) if pairs else None
 
 
+def auto_folds(window: timedelta) -> int:
+    """How many backtest windows of this length `auto` scores its candidates on."""
+    return SHORT_FOLDS if window <= DAY else AUTO_FOLDS
+
+
+def newest(backtests: dict[str, dict[int, Fold]], count: int) -> dict[str, dict[int, Fold]]:
+    """Each model's `count` newest backtest windows."""
+    return {m: dict(sorted(folds.items())[-count:]) for m, folds in backtests.items()}
+
+
+def close_to_best(best: dict[int, float], other: dict[int, float]) -> bool:
+    """Whether the backtest cannot tell `other` from `best` (their losses by window's first row): the mean of
+    other - best over the windows both were scored on is at most STANDARD_ERRORS standard errors of it.
+    Fewer than two shared windows cannot tell."""
+    shared = sorted(set(best) & set(other))
+    if len(shared) < 2:
+        return True
+    diff = np.array([other[s] - best[s] for s in shared])
+    return float(diff.mean()) <= STANDARD_ERRORS * float(diff.std(ddof=1)) / math.sqrt(len(diff))
+
+
+def mix_candidates(scores: dict[str, float], losses: dict[str, dict[int, float]]
+                   ) -> tuple[list[str], dict[str, str]]:
+    """The models to mix, best first by `scores`: the best and each other within NEAR_BEST of it that
+    `close_to_best` keeps on their `losses` per window (none given: NEAR_BEST alone decides); and why each
+    of the others is left out."""
+    ranked = sorted(scores, key=lambda n: scores[n])
+    best = ranked[0]
+    kept, dropped = [best], {}
+    for name in ranked[1:]:
+        if not scores[name] <= NEAR_BEST * scores[best]:
+            dropped[name] = f"pinball {scores[name]:.2f}% > {NEAR_BEST:g}× the best's"
+        elif name in losses and best in losses and not close_to_best(losses[best], losses[name]):
+            dropped[name] = (f"pinball {scores[name]:.2f}%, more than {STANDARD_ERRORS:g} standard error above "
+                             f"the best's")
+        else:
+            kept.append(name)
+    return kept, dropped
+
+
+def _window_losses(history: pd.Series, folds: dict[int, Fold], quantile: float) -> dict[int, float]:
+    ordered = sorted(folds)
+    pairs = [(folds[s].actual, folds[s].yhat) for s in ordered]
+    losses = cross_losses(pairs, infer_step(history), quantile)
+    return {s: loss for s, (loss, _) in zip(ordered, losses, strict=True)}
+
+
 def _auto_horizons(history: pd.Series, step: timedelta, names: list[str], horizon: timedelta,
                    select_horizon: timedelta | None) -> list[timedelta]:
     """Backtest windows as long as the forecast when every model fits the oldest one, else one day:
@@ -226,9 +285,9 @@ def _score(errors: dict[str, float]) -> float:
 def plan_auto(history: pd.Series, names: list[str], horizon: timedelta, *, events: pd.DataFrame | None = None,
               select_horizon: timedelta | None = None, errors: dict[str, dict[str, float]] | None = None,
               quantile: float = UPPER_QUANTILE) -> AutoPlan | None:
-    """Backtest `names` on AUTO_FOLDS windows, reject exploding ones, and mix every model whose cross-fitted
-    pinball loss at `quantile` is within NEAR_BEST of the best, weighted by 1/loss. None when no model
-    could be backtested. Fills `errors` (per model)."""
+    """Backtest `names` on `auto_folds` windows, reject exploding ones, and mix the best by cross-fitted
+    pinball loss at `quantile` with every model within NEAR_BEST of it that `close_to_best` keeps, weighted
+    by 1/loss. None when no model could be backtested. Fills `errors` (per model)."""
     history = prepare(history)
     step = infer_step(history)
     errors = {} if errors is None else errors
@@ -237,26 +296,32 @@ def plan_auto(history: pd.Series, names: list[str], horizon: timedelta, *, event
     sel_h = horizon
     for sel_h in _auto_horizons(history, step, names, horizon, select_horizon):
         rejected = {}
-        scored = _backtest_all(history, names, sel_h, AUTO_FOLDS, events, rejected)
+        folds = auto_folds(sel_h)
+        scored = _backtest_all(history, names, sel_h, folds, events, rejected)
         # Long windows only when every model got all of them; otherwise the ranking compares unlike folds.
-        if all(len(scored.get(n, {})) == AUTO_FOLDS for n in names if n not in rejected):
+        if all(len(scored.get(n, {})) == folds for n in names if n not in rejected):
             break
     if not scored:
         return None
-    for name, folds in scored.items():
-        errors[name] = summarise(history, list(folds.values()), quantile)
+    for name, scored_folds in scored.items():
+        errors[name] = summarise(history, list(scored_folds.values()), quantile)
     scores = {n: _score(errors[n]) for n in scored}
-    if not any(math.isfinite(s) for s in scores.values()):  # no load at all in the windows
+    by_pinball = any(math.isfinite(s) for s in scores.values())
+    if not by_pinball:  # no load at all in the windows
         scores = {n: errors[n]["smape"] for n in scored}
     ranked = sorted(scored, key=lambda n: scores[n])
     best = ranked[0]
-    kept = [n for n in ranked if scores[n] <= NEAR_BEST * scores[best]]
+    losses = {n: _window_losses(history, scored[n], quantile) for n in scored} if by_pinball else {}
+    kept, dropped = mix_candidates(scores, losses)
     weights = combination_weights({n: scores[n] for n in kept})
     members = sorted((n for n in kept if weights[n] > 0), key=lambda n: -weights[n])
     if not set.intersection(*(set(scored[m]) for m in members)):
         members = [best]
     member_weights = [weights[m] for m in members] if len(members) > 1 else [1.0]
-    dropped = {n: f"pinball {scores[n]:.2f}% > {NEAR_BEST:g}× the best's" for n in ranked if n not in members}
+    for name in kept:
+        if name not in members:
+            dropped[name] = f"pinball {scores[name]:.2f}%, not mixable with {best}"
+    dropped = {n: dropped[n] for n in ranked if n in dropped}
     pairs = _mix_pairs(scored, members, member_weights)
     combined_smape = float(np.mean([smape(a, y) for a, y in pairs])) if pairs else errors[best]["smape"]
     combined_pinball = cross_pinball(pairs, step, quantile) if pairs else errors[best]["pinball"]
@@ -277,8 +342,9 @@ def _auto_reason(plan: AutoPlan, names: list[str], errors: dict[str, dict[str, f
             f"of {days_text(plan.horizon)})")
     if len(plan.members) > 1:
         mix = " + ".join(f"{w:.2f} {n}" for n, w in zip(plan.members, plan.weights, strict=True))
-        text += (f"; combined {mix} (models within {NEAR_BEST:g}× the best pinball, weights ∝ 1/pinball; "
-                 f"combination pinball {plan.combined_pinball:.2f}%, sMAPE {plan.combined_smape:.1f}%)")
+        text += (f"; combined {mix} (models the backtest cannot tell from the best: within {STANDARD_ERRORS:g} "
+                 f"standard error and {NEAR_BEST:g}× its pinball; weights ∝ 1/pinball; combination pinball "
+                 f"{plan.combined_pinball:.2f}%, sMAPE {plan.combined_smape:.1f}%)")
     else:
         text += f"; using {plan.members[0]}"
     if plan.dropped:
@@ -414,8 +480,8 @@ def fit_local(name: str, history: pd.Series, horizon: timedelta, events: pd.Data
     notes = {m: f.note for (m, _), f in zip(fitted, forecasts, strict=True)}
     if plan is not None and all(m in plan.backtests for m, _ in fitted):
         total = sum(w for _, w in fitted)
-        calibration = mix_calibration(plan.backtests, [m for m, _ in fitted], [w / total for _, w in fitted],
-                                      step, notes)
+        calibration = mix_calibration(newest(plan.backtests, AUTO_FOLDS), [m for m, _ in fitted],
+                                      [w / total for _, w in fitted], step, notes)
     if len(fitted) == 1:
         chosen = fitted[0][0]
         forecast = forecasts[0]
