@@ -4,7 +4,7 @@ PY := .venv/bin/python
 VENV_STAMP := .venv/.installed
 export PRESCALER_CACHE ?= $(HOME)/.cache/prescaler
 
-.PHONY: demo test unit e2e lint bench setup venv system-deps components postgres manifests \
+.PHONY: demo test unit e2e lint bench setup venv system-deps components postgres manifests image \
         kind-up kind-down clean
 
 ## demo: PostgreSQL + local control plane, simulated traffic, operator on scaled time, report
@@ -12,13 +12,13 @@ demo: setup components
 	$(PY) -m prescaler_dev.demo  # starts and stops its own PostgreSQL when none is running
 
 ## test: everything the tests need, then unit + e2e tests
-test: setup postgres components
+test: setup postgres components image
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 unit: setup postgres
 	$(PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/e2e
 
-e2e: setup postgres components
+e2e: setup postgres components image
 	$(PY) -m pytest -q -p no:cacheprovider tests/e2e
 
 lint: setup postgres components
@@ -53,6 +53,10 @@ postgres: $(VENV_STAMP)
 
 components:
 	@bash hack/build-components.sh >/dev/null
+
+## image: the operator image (prescaler:dev by default) on a base made from Debian packages, no registry needed
+image:
+	@bash hack/build-image.sh >/dev/null
 
 manifests:
 	bash hack/render-manifests.sh
