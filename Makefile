@@ -4,7 +4,7 @@ PY := .venv/bin/python
 VENV_STAMP := .venv/.installed
 export PRESCALER_CACHE ?= $(HOME)/.cache/prescaler
 
-.PHONY: demo test unit integration e2e lint bench setup venv system-deps components postgres manifests \
+.PHONY: demo test unit integration e2e lint bench setup venv system-deps components postgres manifests image \
         kind-up kind-down clean
 
 ## demo: PostgreSQL + local control plane, simulated traffic, operator on scaled time, report
@@ -25,7 +25,7 @@ INTEGRATION_ARGS ?= -n $(WORKERS) --dist loadfile
 E2E_ARGS ?= -n 2 --dist loadfile
 
 ## test: everything the tests need, then all three tiers; each tier runs even when an earlier one failed
-test: setup postgres components
+test: setup postgres components image
 	@status=0; \
 	$(PYTEST) $(UNIT_ARGS) tests/unit || status=1; \
 	$(PYTEST) $(INTEGRATION_ARGS) tests/integration || status=1; \
@@ -39,7 +39,7 @@ unit: $(VENV_STAMP)
 integration: setup postgres components
 	$(PYTEST) $(INTEGRATION_ARGS) tests/integration
 
-e2e: setup postgres components
+e2e: setup postgres components image
 	$(PYTEST) $(E2E_ARGS) tests/e2e
 
 lint: setup postgres components
@@ -74,6 +74,10 @@ postgres: $(VENV_STAMP)
 
 components:
 	@bash hack/build-components.sh >/dev/null
+
+## image: the operator image (prescaler:dev by default) on a base made from Debian packages, no registry needed
+image:
+	@bash hack/build-image.sh >/dev/null
 
 manifests:
 	bash hack/render-manifests.sh

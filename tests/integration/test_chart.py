@@ -297,26 +297,48 @@ def test_helm_test_pod_checks_metrics_and_is_not_selected_by_the_service() -> No
     assert not selector.items() <= pod["metadata"]["labels"].items()
 
 
-def test_helm_test_check_passes_on_a_fresh_operators_metrics() -> None:
+def _run_helm_test_pod(tmp_path: Path, wget: str, *sets: str) -> subprocess.CompletedProcess[str]:
+    """The test pod's script, run here with `wget` standing in for the cluster's network (its body given)."""
+    args = ["template", "prescaler", str(CHART), "--namespace", "prescaler-system", "--kube-version", KUBE_VERSION,
+            "--show-only", "templates/tests/test-metrics.yaml"]
+    for s in sets:
+        args += ["--set", s]
+    script = yaml.safe_load(helm(*args).stdout)["spec"]["containers"][0]["command"][-1]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "wget").write_text(f"#!/bin/sh\n{wget}\n")
+    (bin_dir / "wget").chmod(0o755)
+    return subprocess.run(["sh", "-c", script], env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
+                          capture_output=True, text=True)
+
+
+def test_helm_test_check_passes_on_a_fresh_operators_metrics(tmp_path: Path) -> None:
     """The pod's check, run on the operator's real exposition before any scaler exists (no samples yet)."""
     from prometheus_client import generate_latest
 
     from prescaler.metrics import REGISTRY
 
-    proc = helm(
-        "template",
-        "prescaler",
-        str(CHART),
-        "--kube-version",
-        KUBE_VERSION,
-        "--show-only",
-        "templates/tests/test-metrics.yaml",
-    )
-    script = yaml.safe_load(proc.stdout)["spec"]["containers"][0]["command"][-1]
-    check = script.split("|", 1)[1]
-    exposition = generate_latest(REGISTRY).decode()
-    assert subprocess.run(["sh", "-c", check], input=exposition, text=True).returncode == 0
-    assert subprocess.run(["sh", "-c", check], input="# TYPE go_goroutines gauge\n", text=True).returncode != 0
+    exposition = tmp_path / "metrics.txt"
+    exposition.write_text(generate_latest(REGISTRY).decode())
+    passed = _run_helm_test_pod(tmp_path, f"cat '{exposition}'")
+    assert (passed.returncode, passed.stderr) == (0, "")
+    foreign = tmp_path / "foreign.txt"
+    foreign.write_text("# TYPE go_goroutines gauge\n")
+    assert _run_helm_test_pod(tmp_path, f"cat '{foreign}'").returncode != 0
+
+
+@pytest.mark.parametrize("sets, image", [
+    ((), f"ghcr.io/prescaler/prescaler:{yaml.safe_load((CHART / 'Chart.yaml').read_text())['appVersion']}"),
+    (("image.repository=registry.example.com/prescaler", "image.tag=1.2.3"), "registry.example.com/prescaler:1.2.3"),
+])
+def test_helm_test_failure_names_the_image_of_the_release(tmp_path: Path, sets: tuple[str, ...], image: str) -> None:
+    """No operator answering (its image never pulled): the pod fails with one line naming the image to provide."""
+    failed = _run_helm_test_pod(tmp_path, "echo 'wget: bad address' >&2; exit 4", *sets)
+    assert failed.returncode == 1
+    (line,) = [line for line in failed.stderr.splitlines() if "wget:" not in line]
+    assert f"It uses the image {image};" in line
+    assert "http://prescaler-metrics.prescaler-system.svc:9090/metrics" in line
+    assert "make image" in line
 
 
 # --- least privilege ---------------------------------------------------------------------------------------
@@ -884,9 +906,12 @@ def test_hadolint_catches_an_unpinned_root_image(tmp_path: Path) -> None:
 def test_dockerfile_is_pinned_multistage_and_non_root() -> None:
     text = (ROOT / "Dockerfile").read_text()
     bases = re.findall(r"^FROM\s+(\S+)", text, flags=re.M)
-    assert len(bases) == 2
-    for base in bases:
-        assert re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?", base), base
+    assert bases == ["${BASE_IMAGE}", "${BASE_IMAGE}"]
+    # The base is an argument (hack/build-image.sh passes one made from Debian packages); its default is pinned.
+    (default,) = re.findall(r"^ARG BASE_IMAGE=(\S+)$", text, flags=re.M)
+    assert re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?", default), default
+    # No `# syntax=` line: that frontend image is pulled from a registry, and the build must need none.
+    assert "# syntax=" not in text
     assert "latest" not in text
     users = re.findall(r"^USER\s+(\S+)", text, flags=re.M)
     assert users == ["10001:10001"]
