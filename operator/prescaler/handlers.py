@@ -9,7 +9,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -24,7 +24,7 @@ from prometheus_client import start_http_server
 from prescaler import db, events, forecasting, metrics
 from prescaler.actuation import Actuator, HpaState, TargetState, load_client_config
 from prescaler.config import OperatorConfig
-from prescaler.informers import Extract, Informer, ObjectKey, namespace_filter
+from prescaler.informers import Extract, Informer, InformerGroup, ObjectKey, namespace_filter, plain_names
 from prescaler.reconcile import Outcome, Reconciler, ScalerState, Services
 from prescaler.spec import TargetRef
 
@@ -273,32 +273,38 @@ class ClusterCache:
     """What ticks look up about the cluster (an informer per kind; see prescaler.informers for why not
     kopf indexes): targets as a watch sees them, not a GET per scaler and tick."""
 
-    deployments: Informer[TargetState]
-    statefulsets: Informer[TargetState]
-    hpas: Informer[HpaState]  # by the (namespace, kind, name) they scale
-    scalers: Informer[ScalerEntry]  # by the target they scale
+    deployments: Informer[TargetState] | InformerGroup[TargetState]
+    statefulsets: Informer[TargetState] | InformerGroup[TargetState]
+    hpas: Informer[HpaState] | InformerGroup[HpaState]  # by the (namespace, kind, name) they scale
+    scalers: Informer[ScalerEntry] | InformerGroup[ScalerEntry]  # by the target they scale
     _listed: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def build(cls, namespaces: tuple[str, ...]) -> ClusterCache:
         # The generic list call serves every kind as plain JSON: the typed API classes take seconds to import.
         objects = client.CustomObjectsApi(client.ApiClient())
-
-        def kind(group: str, version: str, plural: str) -> Callable[..., Any]:
-            return functools.partial(objects.list_cluster_custom_object, group, version, plural)
-
         chosen = namespace_filter(namespaces)
+        # Named namespaces are listed one by one: the chart grants them by RoleBindings, so a cluster-wide list
+        # is forbidden. Globs need the cluster-wide list, filtered here (the chart binds cluster-wide then).
+        named = plain_names(namespaces)
+
+        def informer(plural: str, group: str, version: str, extract: Extract[Any]) -> Any:
+            if named is None:
+                call = functools.partial(objects.list_cluster_custom_object, group, version, plural)
+                return Informer(plural, call, extract, namespaces=chosen)
+            return InformerGroup(
+                Informer(plural, functools.partial(objects.list_namespaced_custom_object, group, version, ns, plural),
+                         extract)
+                for ns in named)
+
         return cls(
-            deployments=Informer("deployments", kind("apps", "v1", "deployments"), _target_state("Deployment"),
-                                 namespaces=chosen),
-            statefulsets=Informer("statefulsets", kind("apps", "v1", "statefulsets"),
-                                  _target_state("StatefulSet"), namespaces=chosen),
-            hpas=Informer("horizontalpodautoscalers", kind("autoscaling", "v2", "horizontalpodautoscalers"), _hpa,
-                          namespaces=chosen),
-            scalers=Informer(PLURAL, kind(GROUP, VERSION, PLURAL), _scaler, namespaces=chosen),
+            deployments=informer("deployments", "apps", "v1", _target_state("Deployment")),
+            statefulsets=informer("statefulsets", "apps", "v1", _target_state("StatefulSet")),
+            hpas=informer("horizontalpodautoscalers", "autoscaling", "v2", _hpa),
+            scalers=informer(PLURAL, GROUP, VERSION, _scaler),
         )
 
-    def all(self) -> tuple[Informer[Any], ...]:
+    def all(self) -> tuple[Informer[Any] | InformerGroup[Any], ...]:
         return (self.deployments, self.statefulsets, self.hpas, self.scalers)
 
     def synced(self) -> bool:

@@ -187,3 +187,51 @@ def _check(response: Any) -> None:
     status = getattr(response, "status", 200)
     if isinstance(status, int) and not 200 <= status < 300:
         raise ApiException(status=status, reason=str(getattr(response, "reason", "")))
+
+
+def plain_names(patterns: Iterable[str]) -> tuple[str, ...] | None:
+    """The patterns when every one is a plain namespace name (no glob), else None."""
+    chosen = tuple(patterns)
+    if not chosen or any(ch in p for p in chosen for ch in "*?["):
+        return None
+    return chosen
+
+
+class _AllSet:
+    """`threading.Event.is_set` over several events: set when every one is."""
+
+    def __init__(self, events: Iterable[threading.Event]) -> None:
+        self._events = tuple(events)
+
+    def is_set(self) -> bool:
+        return all(e.is_set() for e in self._events)
+
+
+class InformerGroup(Generic[V]):
+    """One kind watched in several namespaces, one informer each, looked up as one.
+
+    An operator granted its namespaces by RoleBindings may not list the kind cluster-wide: it lists and
+    watches each of them.
+    """
+
+    def __init__(self, parts: Iterable[Informer[V]]) -> None:
+        self.parts = tuple(parts)
+        self.kind = self.parts[0].kind if self.parts else ""
+        self.synced = _AllSet(p.synced for p in self.parts)
+
+    def find(self, key: Hashable) -> list[V]:
+        return [v for p in self.parts for v in p.find(key)]
+
+    def items(self) -> list[tuple[ObjectKey, V]]:
+        return [item for p in self.parts for item in p.items()]
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    def start(self) -> None:
+        for p in self.parts:
+            p.start()
+
+    def stop(self) -> None:
+        for p in self.parts:
+            p.stop()

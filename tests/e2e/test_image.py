@@ -223,8 +223,8 @@ PEAK = peak_day_time(18, 0)
 
 @dataclass
 class Chart:
-    """The objects of the release as `helm template` renders them with the default values (watching every
-    namespace, bound cluster-wide), by kind."""
+    """The objects of the release as `helm template` renders them watching its own namespace (RoleBindings
+    there, no cluster-wide list), by kind."""
 
     objects: list[dict[str, Any]]
 
@@ -248,6 +248,9 @@ def render_chart(cluster: LocalCluster, image: str, database_url: str, metrics_p
          "--set-string", f"image.tag={tag}", "--set-string", f"database.url={database_url}",
          "--set", f"metrics.port={metrics_port}", "--set", f"livenessPort={liveness_port}",
          "--set", "workers=1",
+         # Watching its own namespace only: the chart's least-privilege variant, RoleBindings and no
+         # cluster-wide list of any kind, which the operator must live with.
+         "--set-json", f"watchNamespaces={json.dumps([NS])}",
          # The scaled clock and a quick timer, as the other operator tests use: extraEnv is the chart's way.
          "--set-json", "extraEnv=" + json.dumps([
              {"name": k, "value": v} for k, v in {"PRESCALER_TIMER_INTERVAL": "0.25"}.items()])],

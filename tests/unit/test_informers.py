@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from prescaler.informers import Informer, namespace_filter
+from prescaler.informers import Informer, InformerGroup, namespace_filter, plain_names
 
 
 @dataclass
@@ -80,3 +80,23 @@ def test_other_namespaces_and_odd_objects_are_left_out() -> None:
     inf.apply({"type": "ADDED", "object": _obj("fleet-07", "f", "web")})
     assert inf.find(("fleet-07", "Deployment", "web")) == ["f"]
     assert len(inf) == 2
+
+
+def test_plain_namespace_names_are_listed_one_by_one_and_globs_cluster_wide() -> None:
+    assert plain_names(("shop", "fleet")) == ("shop", "fleet")
+    assert plain_names(("shop", "fleet-*")) is None
+    assert plain_names(()) is None
+
+
+def test_a_group_of_namespaced_informers_looks_up_as_one() -> None:
+    shop = _informer([_obj("shop", "a", "web")])
+    fleet = _informer([_obj("fleet", "b", "web"), _obj("fleet", "c", "api")])
+    group = InformerGroup([shop, fleet])
+    assert not group.synced.is_set()
+    shop.relist()
+    assert not group.synced.is_set()  # every namespace must have been listed
+    fleet.relist()
+    assert group.synced.is_set()
+    assert len(group) == 3
+    assert group.find(("fleet", "Deployment", "web")) == ["b"]
+    assert sorted(ident for ident, _ in group.items()) == [("fleet", "b"), ("fleet", "c"), ("shop", "a")]
