@@ -98,6 +98,15 @@ class Samples:
             decided=None if self.decided is None else np.asarray(self.decided)[ok],
         )
 
+    def serving_only(self) -> Samples:
+        """The same rows without the held decisions' columns: what the serving decisions alone asked for."""
+        if self.held == 0:
+            return self
+        f, r = np.asarray(self.forecast), np.asarray(self.observed)
+        return Samples(lead_s=self.lead_s, actual=self.actual, forecast=f[:, self.held:], observed=r[:, self.held:],
+                       clean=self.clean, held=0, unit=self.unit,
+                       rise=None if self.rise is None else np.asarray(self.rise)[:, self.held:], decided=self.decided)
+
     def incidents(self) -> np.ndarray:
         """Per usable row, whether it was an incident (see INCIDENT_RATIO): more than that many times the
         capacity the plain sizing max(F, R) left it (the least its decisions asked for)."""

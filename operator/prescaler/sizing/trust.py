@@ -15,9 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
-
-from prescaler.sizing.loads import floor_plus_trusted_rise
+from prescaler.sizing.loads import sample_capacity
 from prescaler.sizing.samples import MIN_SAMPLES, Samples
 from prescaler.sizing.service_level import cost_at_service_level, served_and_coverage
 
@@ -47,7 +45,10 @@ class Trust:
 def choose_trust(samples: Samples, *, service_level: float | None, headroom_percent: float = 0.0,
                  min_samples: int = MIN_SAMPLES) -> Trust:
     """The trust weight the trailing record supports (see the module docstring); full trust without data."""
-    s = samples.calibratable()
+    # The weights are compared on what each decision asked for, without the stabilisation's hold: held asks
+    # credit a blend with the floor's earlier bursts, which makes blends look cheaper on the record than the
+    # plan finds them.
+    s = samples.calibratable().serving_only()
     if len(s) < min_samples:
         return Trust(1.0, f"{len(s)} of {min_samples} samples: forecast trusted until the record is long enough")
     if service_level is not None:
@@ -55,9 +56,9 @@ def choose_trust(samples: Samples, *, service_level: float | None, headroom_perc
         what = f"cost at {priced_at:g}% served"
     else:
         # The service full trust with the headroom gave on the record is the bar every weight must meet.
-        headroom = 1 + headroom_percent / 100
-        full = np.min(np.where(np.isnan(s.forecast), np.inf,
-                               floor_plus_trusted_rise(s.forecast, s.observed, 1.0) * headroom), axis=1)
+        # Priced by the same capacity model as every weight below (what the plan keeps Ready), or the bar
+        # would be set by one model and met by another.
+        full = sample_capacity(s, 1.0, 1 + headroom_percent / 100)
         served, _ = served_and_coverage(s.actual, full)
         priced_at = min(served if served is not None else 100.0, TRUST_SERVICE_LEVEL_CAP)
         what = f"cost at the {priced_at:.4g}% served full trust with {headroom_percent:g}% headroom gave"
