@@ -233,7 +233,7 @@ class HoltWintersForecaster(_Base):
         logs = np.log1p(np.clip(values, 0, None))
         self._dow = np.zeros(7) if weekly else self._day_of_week_levels(observed_part, logs)
         target = logs - self._dow[time_index(observed_part).dayofweek]
-        # With a weekly season the damped trend fitted to ~0 on the traces and cost 6x the fit time.
+        # With a weekly season the damped trend fitted to about zero and cost several times the fit time.
         model = ExponentialSmoothing(
             target, trend=None if weekly else "add", damped_trend=not weekly, seasonal="add",
             seasonal_periods=self._season, initialization_method="heuristic",

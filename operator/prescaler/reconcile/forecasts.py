@@ -192,8 +192,7 @@ class ForecastKeeper:
         self._slots: asyncio.Semaphore | None = None
         self._slots_loop: asyncio.AbstractEventLoop | None = None
         # While set, a due refit waits and the stored forecast serves (the start-up pass: a fit process and its
-        # 14-day read would take a core from the fleet's first decisions; bench/fleet.py at 16 reconciles at
-        # once, p99 14.4 s without the hold, 8.4 s with it).
+        # 14-day read would take a core from the fleet's first decisions; docs/benchmarks.md measures it).
         self.hold_refits = False
 
     # --- stored forecasts -----------------------------------------------------------------------------------
