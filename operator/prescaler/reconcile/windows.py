@@ -32,6 +32,8 @@ log = logging.getLogger("prescaler.reconcile")
 
 # The longest calendar event the keeper looks back for: one that opened this long ago may still be running.
 _EVENT_LOOKBACK = timedelta(days=2)
+# How long a failed read rests before the next try.
+RETRY_AFTER = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,7 @@ class _Learned:
     learned_at: datetime | None = None
     spec_key: tuple[object, ...] = ()
     task: asyncio.Task[None] | None = None
+    failed_at: datetime | None = None
 
 
 def _spec_key(spec: ScalerSpec) -> tuple[object, ...]:
@@ -107,7 +110,9 @@ class WindowKeeper:
         state = self._learned.setdefault(key, _Learned())
         due = (state.learned_at is None or state.spec_key != _spec_key(spec)
                or now - state.learned_at >= spec.refresh_interval)
-        if due and (state.task is None or state.task.done()):
+        # After a failed read, wait before the next: an unreachable database is not asked again every tick.
+        resting = state.failed_at is not None and now - state.failed_at < min(RETRY_AFTER, spec.refresh_interval)
+        if due and not resting and (state.task is None or state.task.done()):
             state.task = asyncio.get_running_loop().create_task(self._refresh(state, spec, source, now))
         schedule_windows = windows_between(spec.schedules, now - _EVENT_LOOKBACK, now + timedelta(days=8))
         return decide(now, spec, [*state.events, *schedule_windows], state.regimes)
@@ -148,7 +153,9 @@ class WindowKeeper:
                                         [*calendar, *past], now=pd.Timestamp(now), lead_steps=lead_steps)
         except DataUnavailable as exc:
             log.warning("scheduled windows of %s not refreshed: %s", spec.service, exc)
+            state.failed_at = now
             return
+        state.failed_at = None
         # Past events too: the calibration sizes its record's decisions inside them as the planner did.
         state.events = calendar
         state.regimes = regimes
