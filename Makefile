@@ -18,7 +18,7 @@ demo: setup components
 # operator starts once; their tests mostly wait on those servers, and a second worker overlaps the waits.
 # e2e stays at two workers whatever the core count: each worker starts its own control plane (the session
 # fixture), cheap beside the modules' run time but a few processes and some memory apiece.
-PYTEST := $(PY) -m pytest -q -p no:cacheprovider
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider --durations=15
 WORKERS ?= auto
 UNIT_ARGS ?= -n $(WORKERS)
 INTEGRATION_ARGS ?= -n $(WORKERS) --dist loadfile

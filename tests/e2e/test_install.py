@@ -374,7 +374,8 @@ def test_kubectl_apply_of_crds_manifests_and_examples(cluster: LocalCluster, crd
         assert search["fallback"] == {"staleAfter": "2h", "action": "HoldCurrent"}
         assert search["series"]["source"] == "default"
         header = cluster.kubectl("get", "psc", "-n", "fitness").stdout.splitlines()[0].split()
-        assert header == ["NAME", "TARGET", "MODE", "CURRENT", "DESIRED", "NEXT", "PEAK", "ERROR", "READY", "AGE"]
+        assert header == ["NAME", "TARGET", "MODE", "CURRENT", "DESIRED", "NEXT", "PEAK", "ERROR", "SCORE", "READY",
+                          "AGE"]
         assert "workout-api" in cluster.kubectl("get", "prescaler", "-n", "fitness", "-o", "name").stdout
     finally:
         cluster.kubectl(
