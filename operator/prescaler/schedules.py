@@ -13,6 +13,7 @@ Validation errors name the field. Pure but for `load_schedules_file`, which read
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -64,6 +65,13 @@ def shortest_period(cron: str, zone: ZoneInfo, after: datetime) -> timedelta:
     return best if best is not None else timedelta(days=366)
 
 
+@functools.lru_cache(maxsize=1024)
+def _period(cron: str, zone_name: str) -> timedelta:
+    """`shortest_period` from a fixed reference: the spec is parsed at every tick, the cron rarely changes."""
+    zone = ZoneInfo(zone_name)
+    return shortest_period(cron, zone, datetime(2026, 1, 1, tzinfo=zone))
+
+
 def parse_schedule(raw: Mapping[str, Any], where: str, *, max_replicas: int | None = None,
                    reference: datetime | None = None) -> Schedule:
     """One schedule from its spec object; every problem raises InputError naming `where.field`."""
@@ -89,9 +97,8 @@ def parse_schedule(raw: Mapping[str, Any], where: str, *, max_replicas: int | No
     cron = " ".join(str(raw["cron"]).split())
     if len(cron.split()) != 5:
         raise InputError(f"{where}.cron: {cron!r} must have five fields (minute hour day month weekday)")
-    ref = reference or datetime(2026, 1, 1, tzinfo=zone)
     try:
-        period = shortest_period(cron, zone, ref)
+        period = shortest_period(cron, zone, reference) if reference else _period(cron, zone_name)
     except (CronSimError, ValueError) as exc:
         raise InputError(f"{where}.cron: {cron!r} does not parse: {exc}") from exc
     duration = parse_duration(str(raw["duration"]), field=f"{where}.duration")

@@ -123,14 +123,14 @@ class WindowKeeper:
         state = self._learned.get(key)
         if state is None or not state.regimes:
             return None
-        windows = [*state.events, *windows_between(spec.schedules, now - CALIBRATION_WINDOW - _EVENT_LOOKBACK, now)]
-        if not windows:
-            return None
         step_ns = int(spec.step.total_seconds() * 1e9)
         lead_steps = int(np.ceil(spec.lead_time / spec.step - 1e-9))
-        regimes = state.regimes
+        regimes, events = state.regimes, state.events
 
+        # Called only when the record is calibrated (once per forecast), not at every tick: the windows are
+        # expanded then.
         def rise(decided_ns: np.ndarray) -> np.ndarray:
+            windows = [*events, *windows_between(spec.schedules, now - CALIBRATION_WINDOW - _EVENT_LOOKBACK, now)]
             times = pd.DatetimeIndex(np.asarray(decided_ns, dtype=np.int64), tz="UTC")
             return size_windows(times, step_ns, lead_steps, windows, regimes).rise
 
