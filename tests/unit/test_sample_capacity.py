@@ -51,5 +51,6 @@ def test_held_asks_and_rounding_only_ever_add_capacity(rows: list[tuple[float, .
     r = [[d, d, d] for *_, d in rows]
     plain = sample_capacity(_samples([row[1:] for row in f], [row[1:] for row in r]), 1.0, m)
     held = sample_capacity(_samples(f, r, held=1, unit=unit), 1.0, m)
-    assert np.all(held >= plain - 1e-9)
+    # Whole replicas round loads within the planner's guard (1e-9 of a replica) down: allow that much.
+    assert np.all(held >= plain - 1e-9 * max(unit, 1.0))
     assert np.all(held <= np.maximum(plain, np.max(np.asarray(f) * m, axis=1)) + max(unit, 0.0) + 1e-6)
